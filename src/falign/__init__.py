@@ -1,0 +1,45 @@
+"""falign: learning rules without weight transport for PyTorch.
+
+    import falign
+    model = falign.convert(model, "fa")          # or "dfa", "usf", "frsf", "kp", ...
+    falign.rules()                                # every rule with its citation
+    with falign.exact_backward(model): ...        # true backprop, temporarily
+"""
+
+from .layers import (
+    ConversionReport,
+    FeedbackConv1d,
+    FeedbackConv2d,
+    FeedbackConv3d,
+    FeedbackLinear,
+    convert,
+    exact_backward,
+    feedback_layers,
+)
+from .rules import Rule, RuleError, get_rule, rules
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConversionReport",
+    "FeedbackConv1d",
+    "FeedbackConv2d",
+    "FeedbackConv3d",
+    "FeedbackLinear",
+    "Rule",
+    "RuleError",
+    "convert",
+    "create_model",
+    "exact_backward",
+    "feedback_layers",
+    "get_rule",
+    "rules",
+]
+
+
+def __getattr__(name):  # lazy: models import torch layers only when asked for
+    if name == "create_model":
+        from .models import create_model
+
+        return create_model
+    raise AttributeError(f"module 'falign' has no attribute {name!r}")
