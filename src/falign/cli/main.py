@@ -1,0 +1,194 @@
+"""The ``falign`` command: parse, build a config, call the library.  Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+COMPARE_RULES = "bp,fa,dfa,usf,frsf"
+
+# Defaults of `falign compare` per dataset: a quick, fair comparison (< 5 min on 2 CPU cores
+# for MNIST).  Every rule gets the same optimiser, data order and seed.
+COMPARE_DEFAULTS = {
+    "model": {"mlp": {"sizes": None, "activation": "tanh"}},
+    "optim": {"name": "adam", "lr": 1e-3},
+    "epochs": 5,
+}
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..data import DatasetError
+    from ..models import ModelError
+    from ..rules import RuleError
+    from ..training.checkpoint import CheckpointError
+    from ..training.config import ConfigError
+    from ..training.loop import RunDirError
+
+    errors: list[type[BaseException]] = [DatasetError, ModelError, RuleError, CheckpointError,
+                                         ConfigError, RunDirError]
+    try:
+        from ..training.sweep import SweepError
+
+        errors.append(SweepError)
+    except ImportError:  # optuna not installed
+        pass
+    return tuple(errors)
+
+
+def _data_dir(args) -> None:
+    if getattr(args, "data_dir", None):
+        os.environ["FALIGN_DATA"] = str(Path(args.data_dir).resolve())
+
+
+def cmd_train(args) -> int:
+    from ..training.config import load_config
+    from ..training.loop import train
+
+    _data_dir(args)
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / cfg.name
+    tracking = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    print(f"run written to {out}")
+    return 0 if tracking["status"] == "completed" else 1
+
+
+def compare_base(args):
+    from ..training.config import apply_overrides, parse_config
+
+    data = {
+        "name": f"compare-{args.dataset}-{args.model}",
+        "seed": args.seed,
+        "device": args.device,
+        "data": {"name": args.dataset, "subset": args.subset},
+        "model": {"name": args.model, "options": {}},
+        "optim": dict(COMPARE_DEFAULTS["optim"]),
+        "train": {"epochs": args.epochs if args.epochs is not None else COMPARE_DEFAULTS["epochs"],
+                  "batch_size": args.batch_size},
+    }
+    if args.model == "mlp":
+        data["model"]["options"] = {"activation": "tanh", "sizes": None}
+        if args.dataset in ("mnist", "fashion-mnist"):
+            data["model"]["options"]["sizes"] = [784, 500, 500, 10]
+        else:
+            del data["model"]["options"]["sizes"]
+    if args.dataset.startswith("cifar10"):
+        data["model"]["options"].pop("sizes", None)
+    return parse_config(apply_overrides(data, args.set), where="falign compare")
+
+
+def cmd_compare(args) -> int:
+    from ..training.compare import run_compare
+
+    _data_dir(args)
+    base = compare_base(args)
+    out = Path(args.out) if args.out else Path("runs") / base.name
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    from ..rules import get_rule
+
+    for r in rules:
+        get_rule(r.partition(":")[0])  # fail fast on an unknown rule, before any training
+    rows = run_compare(base, rules, out, resume=args.resume, overwrite=args.overwrite)
+    print(f"summary: {out / 'summary.md'}; figure: {out / 'val_acc.png'}")
+    return 0 if all(r["status"] == "completed" for r in rows) else 1
+
+
+def cmd_sweep(args) -> int:
+    from ..training.config import load_config
+    from ..training.sweep import SweepError, run_sweep
+
+    _data_dir(args)
+    cfg = load_config(args.config, args.set)
+    spec = cfg.sweep
+    if spec is None:
+        raise SweepError(f"{args.config}: no 'sweep' section (see configs/*sweep*.yaml)")
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{cfg.name}"
+    run_sweep(cfg, spec, out, storage=args.storage, worker=args.worker, resume=args.resume,
+              overwrite=args.overwrite, n_trials=args.trials)
+    return 0
+
+
+def cmd_rules(args) -> int:
+    from ..rules import rules
+
+    for name, text in rules().items():
+        print(f"{name:<14} {text}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from ..data import data_root, download
+
+    root = data_root(args.data_dir)
+    for name in args.names:
+        download(name, root, base_url=args.mirror)
+        print(f"{name}: ready in {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="falign", description="Learning rules without weight "
+                                 "transport: train, compare, sweep, analyse.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p, out=True):
+        p.add_argument("--data-dir", help="dataset root (else $FALIGN_DATA, else ./data)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
+        if out:
+            p.add_argument("--out", help="run directory")
+            p.add_argument("--resume", action="store_true", help="continue the run in --out")
+            p.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+
+    p = sub.add_parser("train", help="train one configuration")
+    p.add_argument("config", help="YAML experiment config")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train several rules on identical data and seeds")
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--model", default="mlp")
+    p.add_argument("--rules", default=COMPARE_RULES)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--subset", type=int, default=None, help="use only N examples per split")
+    p.add_argument("--device", default="auto")
+    common(p)
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("sweep", help="hyper-parameter search with Optuna")
+    p.add_argument("config", help="YAML experiment config with a 'sweep' section")
+    p.add_argument("--storage", help="Optuna storage URL (default: a file in --out)")
+    p.add_argument("--worker", action="store_true",
+                   help="join the shared study as one more worker (trials only)")
+    p.add_argument("--trials", type=int, default=None, help="trials for this worker (TPE)")
+    common(p)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("rules", help="list the learning rules")
+    p.set_defaults(func=cmd_rules)
+
+    p = sub.add_parser("download", help="download datasets (checksums verified)")
+    p.add_argument("names", nargs="+")
+    p.add_argument("--data-dir")
+    p.add_argument("--mirror", help="base URL of a mirror")
+    p.set_defaults(func=cmd_download)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        print(f"falign: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("falign: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Self-describing checkpoints, written atomically, loadable with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain containers:
+``format`` ("falign-checkpoint"), ``version``, ``config`` (the whole experiment config),
+``model_spec`` (constructor arguments: name, rule, rule options, shapes), ``model`` (state_dict,
+feedback buffers included), ``optimizer``, ``scheduler``, ``rng`` (torch CPU/CUDA, python, the
+data generator), ``epoch``, ``history`` (per-epoch metrics so far), ``best``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "falign-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A missing, corrupt, foreign or incompatible checkpoint; one-line message."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a temp file in the same directory, fsync, then ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"format": FORMAT, "version": VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile,
+            ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a falign checkpoint (no '{FORMAT}' header)")
+    if data.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {data.get('version')} is not supported "
+            f"(this falign reads version {VERSION})"
+        )
+    return data
+
+
+def rng_state(data_generator: torch.Generator | None) -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]) + [random.getstate()[2] or 0],
+    }
+    state["python_version"] = random.getstate()[0]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if data_generator is not None:
+        state["data"] = data_generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], data_generator: torch.Generator | None) -> None:
+    torch.set_rng_state(state["torch"])
+    internal = state["python"]
+    random.setstate((state["python_version"], tuple(internal[:-1]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if data_generator is not None and "data" in state:
+        data_generator.set_state(state["data"])

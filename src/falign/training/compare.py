@@ -1,0 +1,107 @@
+"""Train several rules on identical data, model and seed; one table, one figure, one summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig
+from .loop import RunDirError, train, write_json
+
+
+def compare_configs(base: ExperimentConfig, rules: list[str],
+                    rule_options: dict[str, dict[str, Any]] | None = None) -> dict[str, ExperimentConfig]:
+    out = {}
+    for rule in rules:
+        name, _, variant = rule.partition(":")
+        opts = dict((rule_options or {}).get(rule, {}))
+        if variant:
+            opts["conv_feedback"] = variant
+        cfg = base.model_copy(deep=True)
+        cfg.rule = cfg.rule.model_validate({"name": name, "options": opts})
+        cfg.name = f"{base.name}-{rule.replace(':', '-')}"
+        out[rule] = cfg
+    return out
+
+
+def run_compare(base: ExperimentConfig, rules: list[str], out: str | Path, *, resume: bool = False,
+                overwrite: bool = False, log=print, figure: bool = True) -> list[dict[str, Any]]:
+    out = Path(out)
+    marker = out / "compare.json"
+    if marker.exists() and not (resume or overwrite):
+        raise RunDirError(f"{out}: holds another comparison (use --resume to continue it or "
+                          "--overwrite to replace it)")
+    out.mkdir(parents=True, exist_ok=True)
+    configs = compare_configs(base, rules)
+    write_json(marker, {"rules": rules, "base": base.to_dict(), "status": "running"})
+    rows = []
+    for rule, cfg in configs.items():
+        run_dir = out / rule.replace(":", "-")
+        done = run_dir / "tracking.json"
+        if resume and done.exists() and json.loads(done.read_text()).get("status") in (
+                "completed", "diverged"):
+            tracking = json.loads(done.read_text())
+            log(f"== {rule}: already complete, reusing {run_dir}")
+        else:
+            log(f"== {rule}")
+            tracking = train(cfg, run_dir, resume=resume, overwrite=overwrite, log=log)
+        rows.append(summary_row(rule, tracking))
+    table = format_table(rows, base)
+    log(table)
+    (out / "summary.md").write_text(summary_markdown(rows, base, table))
+    if figure:
+        from ..plots import plot_curves
+
+        series = {r["rule"]: [100 * a for a in r["val_curve"]] for r in rows if r["val_curve"]}
+        if series:
+            plot_curves(series, out / "val_acc", xlabel="epoch", ylabel="validation accuracy (%)",
+                        title=f"{base.data.name} / {base.model.name}: validation accuracy")
+    write_json(marker, {"rules": rules, "base": base.to_dict(), "status": "completed",
+                        "rows": [{k: v for k, v in r.items() if k != "val_curve"} for r in rows]})
+    return rows
+
+
+def summary_row(rule: str, tracking: dict[str, Any]) -> dict[str, Any]:
+    epochs = tracking["epochs"]
+    secs = [e["seconds"] for e in epochs]
+    return {
+        "rule": rule,
+        "best_val_acc": tracking.get("best_val_acc"),
+        "test_acc": tracking.get("test_acc"),
+        "epochs": len(epochs),
+        "best_epoch": tracking.get("best_epoch"),
+        "sec_per_epoch": sum(secs) / len(secs) if secs else None,
+        "status": tracking.get("status"),
+        "val_curve": [e["val_acc"] for e in epochs if e.get("val_acc") is not None],
+    }
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def format_table(rows: list[dict[str, Any]], base: ExperimentConfig) -> str:
+    lines = [
+        f"{base.data.name} / {base.model.name}, seed {base.seed}",
+        f"{'rule':<16}{'best val %':>11}{'test %':>9}{'epochs':>8}{'s/epoch':>9}  status",
+    ]
+    for r in rows:
+        spe = "-" if r["sec_per_epoch"] is None else f"{r['sec_per_epoch']:.1f}"
+        lines.append(f"{r['rule']:<16}{_pct(r['best_val_acc']):>11}{_pct(r['test_acc']):>9}"
+                     f"{r['epochs']:>8}{spe:>9}  {r['status']}")
+    return "\n".join(lines)
+
+
+def summary_markdown(rows: list[dict[str, Any]], base: ExperimentConfig, table: str) -> str:
+    md = [f"# falign compare: {base.data.name} / {base.model.name}", "",
+          f"Seed {base.seed}, {base.train.epochs} epochs, optimiser {base.optim.name} "
+          f"lr {base.optim.lr}, batch {base.train.batch_size}.", "",
+          "| rule | best val acc % | test acc % | epochs | s/epoch | status |",
+          "|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        spe = "-" if r["sec_per_epoch"] is None else f"{r['sec_per_epoch']:.1f}"
+        md.append(f"| {r['rule']} | {_pct(r['best_val_acc'])} | {_pct(r['test_acc'])} | "
+                  f"{r['epochs']} | {spe} | {r['status']} |")
+    md += ["", "![validation accuracy](val_acc.png)", ""]
+    return "\n".join(md)

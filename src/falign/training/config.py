@@ -1,0 +1,198 @@
+"""Typed experiment configuration, validated once at the edge (pydantic).
+
+A config is YAML with the sections below; every key is checked (unknown keys are refused with
+the nearest valid name), and the whole config is saved in every checkpoint and in
+``tracking.json`` so a resumed run cannot silently change shape.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """An invalid config file, key, type or value; the message is one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: str = "mnist"
+    root: str | None = None
+    download: bool = False
+    val_size: int | None = Field(default=None, ge=0)
+    split_seed: int = 42
+    subset: int | None = Field(default=None, ge=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Section):
+    name: str = "mlp"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RuleConfig(_Section):
+    name: str = "bp"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known_rule(cls, v: str) -> str:
+        from ..rules import get_rule
+
+        return get_rule(v).name  # raises RuleError with a suggestion
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(default=0.01, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["constant", "multistep", "cosine"] = "constant"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0)
+    warmup_epochs: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(default=10, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+    eval_batch_size: int = Field(default=1000, ge=1)
+    loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"
+    loss_reduction: Literal["mean", "sum"] = "mean"
+    #: DFA framework report loops: per-sample error, batch-averaged "master error", per-class.
+    dfa_loop: Literal["sample", "batch", "class"] = "sample"
+    select_on: Literal["val", "test"] = "val"
+    checkpoint_every_epoch: bool = False
+    #: stop when |change in training error count| <= tol between epochs (DFA report); None: off
+    early_stop_tol: float | None = Field(default=None, ge=0)
+    #: alignment measures every N training steps (0: off)
+    alignment_every: int = Field(default=0, ge=0)
+    alignment_batch: int = Field(default=256, ge=4)
+
+
+class SearchSpace(_Section):
+    """Parameters of one search: dotted config keys -> a list of values (grid / categorical) or
+    a range ``{low, high, log}`` (TPE only)."""
+
+    params: dict[str, list[Any] | dict[str, Any]] = Field(default_factory=dict)
+    rule_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SweepConfig(_Section):
+    sampler: Literal["grid", "tpe"] = "grid"
+    params: dict[str, list[Any] | dict[str, Any]] = Field(default_factory=dict)
+    #: tune each of these rules on its own, each with its own search space
+    rules: dict[str, SearchSpace] = Field(default_factory=dict)
+    trial_epochs: int = Field(default=3, ge=1)
+    n_trials: int = Field(default=20, ge=1)
+    metric: Literal["best_val_acc"] = "best_val_acc"
+    final_epochs: int | None = Field(default=None, ge=1)
+    final_seeds: list[int] = Field(default_factory=lambda: [0])
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    rule: RuleConfig = Field(default_factory=RuleConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    sweep: SweepConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _field_names(model: type[BaseModel], path: list[str | int]) -> list[str]:
+    for key in path[:-1]:
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return []
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, where: str) -> ConfigError:
+    first = err.errors()[0]
+    loc = [p for p in first["loc"]]
+    dotted = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        names = _field_names(ExperimentConfig, loc)
+        near = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f"; did you mean '{'.'.join(str(p) for p in loc[:-1] + [near[0]])}'?" if near else ""
+        return ConfigError(f"{where}: unknown key '{dotted}'{hint}")
+    msg = first["msg"]
+    if first["type"] == "value_error" and "ctx" in first and "error" in first["ctx"]:
+        msg = str(first["ctx"]["error"])
+    return ConfigError(f"{where}: {dotted}: {msg} (got {first.get('input')!r})")
+
+
+def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise _explain(err, where) from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """``["optim.lr=0.1", "rule.name=fa"]`` applied to a nested dict (values parsed as YAML)."""
+    data = copy.deepcopy(data)
+    for item in overrides or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}{at}: invalid YAML ({problem})") from None
+    return parse_config(apply_overrides(data, overrides), where=str(path))

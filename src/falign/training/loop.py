@@ -1,0 +1,347 @@
+"""``train()`` and ``evaluate()``: one function that reads top to bottom, no callbacks.
+
+A run directory holds ``tracking.json`` (config, per-epoch metrics, best epoch, test accuracy,
+status, environment), ``config.yaml``, ``last.pt`` (everything needed to resume), ``best.pt``
+(the best-validation model) and, optionally, ``epoch_000.pt`` (before training) ... one per
+epoch.  ``train(..., resume=True)`` after a kill at any moment continues from the last
+complete epoch and ends with the numbers of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from .. import __version__
+from ..data import Dataset, Split, batches, load_dataset
+from ..models import create_model, model_from_spec
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import ExperimentConfig, parse_config
+
+
+class RunDirError(ValueError):
+    """The output directory holds another run (and neither resume nor overwrite was asked)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {
+        "falign": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+        "platform": platform.platform(), "device": str(device), "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic JSON write (temp file + os.replace): a kill never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+# -- pieces built from the config -------------------------------------------------------------
+
+def build_dataset(cfg: ExperimentConfig, device: torch.device) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.name, d.root, device=device, download=d.download, val_size=d.val_size,
+                        split_seed=d.split_seed, subset=d.subset, **d.options)
+
+
+def rule_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    opts = {"seed": cfg.seed, **cfg.rule.options}
+    if cfg.rule.name == "kp" and opts.get("decay") is None:
+        # B receives W's weight decay: the per-step shrink lr * weight_decay (Akrout et al.)
+        opts["decay"] = cfg.optim.lr * cfg.optim.weight_decay
+    return opts
+
+
+def build_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
+    rule = None if cfg.rule.name == "bp" else cfg.rule.name
+    model = create_model(cfg.model.name, rule=rule, num_classes=data.num_classes,
+                         in_shape=tuple(data.input_shape),
+                         rule_options=rule_options(cfg) if rule else None, **cfg.model.options)
+    return model
+
+
+def build_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
+    o = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if o.name == "sgd":
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
+                               weight_decay=o.weight_decay)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+
+def lr_factor(cfg: ExperimentConfig) -> Callable[[int], float]:
+    """Multiplier of the base lr at epoch ``e`` (0-based): warm-up, then the schedule."""
+    s, total = cfg.schedule, max(cfg.train.epochs, 1)
+    base = cfg.optim.lr
+
+    def factor(e: int) -> float:
+        if s.warmup_epochs and e < s.warmup_epochs:
+            return (e + 1) / (s.warmup_epochs + 1)
+        if s.name == "multistep":
+            return s.gamma ** sum(e >= m for m in s.milestones)
+        if s.name == "cosine":
+            span = max(total - s.warmup_epochs, 1)
+            t = min(max(e - s.warmup_epochs, 0), span) / span
+            floor = s.min_lr / base
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return factor
+
+
+def loss_and_target(kind: str, reduction: str, num_classes: int):
+    def fn(out: Tensor, y: Tensor) -> Tensor:
+        if kind == "cross_entropy":
+            return F.cross_entropy(out, y, reduction=reduction)
+        onehot = F.one_hot(y, num_classes).to(out.dtype)
+        if kind == "mse":
+            return F.mse_loss(out, onehot, reduction=reduction)
+        return F.binary_cross_entropy_with_logits(out, onehot, reduction=reduction)
+
+    return fn
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 1000,
+             loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, float]:
+    """Mean loss (if ``loss_fn``) and accuracy of ``model`` on ``split``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, correct, loss_sum = 0, 0, 0.0
+    try:
+        for x, y in batches(split, batch_size, transform=transform, shuffle=False):
+            out = model(x)
+            correct += int((out.argmax(1) == y).sum())
+            total += y.shape[0]
+            if loss_fn is not None:
+                loss_sum += float(loss_fn(out, y)) * (y.shape[0] if _is_mean(loss_fn) else 1)
+    finally:
+        model.train(was_training)
+    result = {"acc": correct / max(total, 1)}
+    if loss_fn is not None:
+        result["loss"] = loss_sum / max(total, 1)
+    return result
+
+
+def _is_mean(loss_fn) -> bool:
+    return getattr(loss_fn, "reduction", "mean") == "mean"
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
+    tracking = out / "tracking.json"
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{out}: exists and is not a directory")
+    if resume or overwrite:
+        return
+    if tracking.exists() or (out / "last.pt").exists():
+        raise RunDirError(f"{out}: holds another run (use --resume to continue it or "
+                          "--overwrite to replace it)")
+
+
+def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool | None = None, log: Callable[[str], None] | None = print,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train as ``cfg`` says, writing the run to ``out``; returns the tracking dict.
+
+    ``stop_after`` ends the process-equivalent early after that many epochs of this call
+    (used by tests to simulate a kill between epochs).
+    """
+    out = Path(out)
+    prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    last_path = out / "last.pt"
+    saved = None
+    if resume and last_path.exists():
+        saved = load_checkpoint(last_path)
+        _check_same_config(saved["config"], cfg, last_path)
+    out.mkdir(parents=True, exist_ok=True)
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = build_dataset(cfg, device)
+    model = build_model(cfg, data).to(device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    loss_fn = loss_and_target(cfg.train.loss, cfg.train.loss_reduction, data.num_classes)
+    loss_fn.reduction = cfg.train.loss_reduction
+    eval_split = data.val if (cfg.train.select_on == "val" and data.val is not None) else data.test
+    select_name = "val" if eval_split is data.val else "test"
+
+    tracking: dict[str, Any] = {
+        "config": cfg.to_dict(), "model_spec": model.falign_spec, "dataset": data.description,
+        "epochs": [], "best_epoch": None, "best_val_acc": None, "test_acc": None,
+        "selected_on": select_name, "status": "running", "environment": environment(device),
+    }
+    start_epoch = 1
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"], gen)
+        tracking.update({k: saved["tracking"][k] for k in ("epochs", "best_epoch", "best_val_acc")})
+        start_epoch = saved["epoch"] + 1
+    else:
+        if cfg.train.checkpoint_every_epoch:
+            _save_model(out / "epoch_000.pt", model, cfg, 0)
+        # a fresh start: forget files of a replaced run
+        (out / "best.pt").unlink(missing_ok=True)
+    write_json(out / "tracking.json", tracking)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    say = log or (lambda s: None)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    prev_errors = None
+    if tracking["epochs"]:
+        prev_errors = tracking["epochs"][-1].get("train_errors")
+    epochs_this_call = 0
+    for epoch in range(start_epoch, cfg.train.epochs + 1):
+        model.train()
+        t0 = time.perf_counter()
+        n, correct, loss_sum, diverged = 0, 0, 0.0, False
+        lr = optimizer.param_groups[0]["lr"]
+        it = batches(data.train, cfg.train.batch_size, transform=data.train_transform, shuffle=True,
+                     generator=gen)
+        if show_bar:
+            from tqdm import tqdm
+
+            steps = math.ceil(len(data.train) / cfg.train.batch_size)
+            it = tqdm(it, total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False)
+        for x, y in it:
+            optimizer.zero_grad(set_to_none=True)
+            if cfg.train.dfa_loop != "sample":
+                from .dfa_loops import averaged_dfa_grads
+
+                onehot = F.one_hot(y, data.num_classes).to(x.dtype)
+                out_b = averaged_dfa_grads(model, x, onehot, y, mode=cfg.train.dfa_loop,
+                                           loss=cfg.train.loss)
+                loss = loss_fn(out_b.detach(), y)
+            else:
+                out_b = model(x)
+                loss = loss_fn(out_b, y)
+                if not torch.isfinite(loss):
+                    diverged = True
+                    break
+                loss.backward()
+            optimizer.step()
+            bs = y.shape[0]
+            loss_sum += float(loss.detach()) * (bs if cfg.train.loss_reduction == "mean" else 1)
+            correct += int((out_b.detach().argmax(1) == y).sum())
+            n += bs
+        seconds = time.perf_counter() - t0
+        if diverged or not math.isfinite(loss_sum):
+            tracking["status"] = "diverged"
+            say(f"epoch {epoch}: loss is not finite: run diverged")
+            break
+        scheduler.step()
+        record = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
+                  "train_errors": n - correct, "lr": lr, "seconds": seconds}
+        if data.val is not None:
+            v = evaluate(model, data.val, data.eval_transform, batch_size=cfg.train.eval_batch_size,
+                         loss_fn=loss_fn)
+            record["val_loss"], record["val_acc"] = v["loss"], v["acc"]
+        else:
+            record["val_loss"] = record["val_acc"] = None
+        sel = record["val_acc"] if select_name == "val" else evaluate(
+            model, data.test, data.eval_transform, batch_size=cfg.train.eval_batch_size)["acc"]
+        if tracking["best_val_acc"] is None or sel > tracking["best_val_acc"]:
+            tracking["best_val_acc"], tracking["best_epoch"] = sel, epoch
+            _save_model(out / "best.pt", model, cfg, epoch)
+        tracking["epochs"].append(record)
+        if cfg.train.checkpoint_every_epoch:
+            _save_model(out / f"epoch_{epoch:03d}.pt", model, cfg, epoch)
+        save_checkpoint(last_path, {
+            "config": cfg.to_dict(), "model_spec": model.falign_spec, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng_state(gen), "epoch": epoch,
+            "tracking": {k: tracking[k] for k in ("epochs", "best_epoch", "best_val_acc")},
+        })
+        write_json(out / "tracking.json", tracking)
+        val_txt = "" if record["val_acc"] is None else (
+            f" val_loss {record['val_loss']:.4f} val_acc {100 * record['val_acc']:.2f}%")
+        say(f"epoch {epoch}/{cfg.train.epochs} train_loss {record['train_loss']:.4f} "
+            f"train_acc {100 * record['train_acc']:.2f}%{val_txt} lr {lr:.3g} {seconds:.1f}s")
+        epochs_this_call += 1
+        if cfg.train.early_stop_tol is not None and prev_errors is not None and \
+                abs(record["train_errors"] - prev_errors) <= cfg.train.early_stop_tol:
+            say(f"early stop: training errors changed by {abs(record['train_errors'] - prev_errors)}"
+                f" <= tol {cfg.train.early_stop_tol}")
+            break
+        prev_errors = record["train_errors"]
+        if stop_after is not None and epochs_this_call >= stop_after:
+            return tracking
+
+    if tracking["status"] == "running":
+        tracking["status"] = "completed"
+    if (out / "best.pt").exists():
+        best = load_checkpoint(out / "best.pt", map_location=device)
+        model.load_state_dict(best["model"])
+        tracking["test_acc"] = evaluate(model, data.test, data.eval_transform,
+                                        batch_size=cfg.train.eval_batch_size)["acc"]
+    write_json(out / "tracking.json", tracking)
+    if tracking["test_acc"] is not None:
+        say(f"best epoch {tracking['best_epoch']} ({select_name} acc "
+            f"{100 * tracking['best_val_acc']:.2f}%), test acc {100 * tracking['test_acc']:.2f}%")
+    return tracking
+
+
+def _save_model(path: Path, model: nn.Module, cfg: ExperimentConfig, epoch: int) -> None:
+    save_checkpoint(path, {"config": cfg.to_dict(), "model_spec": model.falign_spec,
+                           "model": model.state_dict(), "epoch": epoch})
+
+
+def _check_same_config(saved: dict[str, Any], cfg: ExperimentConfig, where: Path) -> None:
+    current = cfg.to_dict()
+    for section, values in current.items():
+        old = saved.get(section)
+        if section == "train" and isinstance(old, dict):
+            old = {k: v for k, v in old.items() if k != "epochs"}
+            values = {k: v for k, v in values.items() if k != "epochs"}
+        if old != values:
+            raise CheckpointError(f"{where}: the run was made with a different '{section}' "
+                                  "config; resume with the run's own config.yaml")
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model from any falign checkpoint (epoch_*.pt, best.pt, last.pt)."""
+    ckpt = load_checkpoint(path, map_location=map_location)
+    if "model_spec" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path}: checkpoint holds no model")
+    model = model_from_spec(ckpt["model_spec"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(map_location)
+
+
+def config_from_run(run_dir: str | Path) -> ExperimentConfig:
+    path = Path(run_dir) / "config.yaml"
+    return parse_config(yaml.safe_load(path.read_text()), where=str(path))
