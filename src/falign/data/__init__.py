@@ -1,0 +1,28 @@
+"""Datasets held whole on the training device, and fast batch loaders, looked up by name.
+
+    ds = load_dataset("cifar10-jpeg", device="cuda")
+    for x, y in batches(ds.train, 128, transform=ds.train_transform, shuffle=True, generator=g):
+        ...
+
+Splits store compact tensors (uint8 images); ``ds.train_transform`` / ``ds.eval_transform``
+turn a batch into normalised float32 on the same device, augmenting in batch.
+"""
+
+from .core import BatchTransform, Dataset, DatasetError, Split, batches, cache_dir, data_root
+from .registry import available_datasets, download, load_dataset
+from .transforms import ImageTransform, ToFloat
+
+__all__ = [
+    "BatchTransform",
+    "Dataset",
+    "DatasetError",
+    "ImageTransform",
+    "Split",
+    "ToFloat",
+    "available_datasets",
+    "batches",
+    "cache_dir",
+    "data_root",
+    "download",
+    "load_dataset",
+]

@@ -82,10 +82,13 @@ class FeedbackLayer:
         with torch.no_grad():
             return self.rule.matrix(self.weight, self.feedback)
 
-    def _advance(self) -> None:
-        """Per-training-step state of the rule (brsf redraw, sign-tracking copy, KP decay)."""
+    def _advance(self, update: bool) -> None:
+        """Per-training-step state of the rule (brsf redraw, sign-tracking copy, KP decay).
+        The step always counts; B is only remade where the layer sends a signal this step."""
         self._step += 1
         self.feedback_step.fill_(self._step)
+        if not update:
+            return
         with torch.no_grad():
             # Out of place: a graph still waiting for backward keeps the B it saw.
             self.feedback = self.rule.update(
@@ -96,10 +99,12 @@ class FeedbackLayer:
         if self.exact or self.rule.name == "bp":
             return plain(x)
         grad_mode = torch.is_grad_enabled()
+        needs_signal = grad_mode and x.requires_grad
         if self.training and grad_mode and self.rule.stateful:
-            self._advance()
-        if not (grad_mode and x.requires_grad):
-            # No input gradient wanted: the local weight update is the ordinary one.
+            self._advance(update=needs_signal)
+        if not needs_signal:
+            # No input gradient wanted: the local weight update is the ordinary one, and no B
+            # is made (a first layer carries no feedback).
             return plain(x)
         if self._lazy_feedback and self.feedback is None:
             if self.rule.kind == "direct":

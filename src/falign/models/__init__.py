@@ -1,0 +1,30 @@
+"""Reference models built from plain torch layers, looked up by name.
+
+    >>> from falign.models import create_model
+    >>> model = create_model("arch1")                 # plain backprop layers
+    >>> model = create_model("resnet20", rule="fa")   # converted by falign.layers.convert
+
+Registered names: ``mlp``, ``arch1``, ``lenet``, ``resnet``, ``resnet20``, ``resnet56``.
+"""
+
+from .arch1 import Arch1
+from .lenet import LeNet
+from .mlp import MLP
+from .registry import ModelError, available_models, create_model, model_from_spec, register_model
+from .resnet import BasicBlock, CifarResNet, PadShortcut
+from .summary import model_summary
+
+__all__ = [
+    "MLP",
+    "Arch1",
+    "BasicBlock",
+    "CifarResNet",
+    "LeNet",
+    "ModelError",
+    "PadShortcut",
+    "available_models",
+    "create_model",
+    "model_from_spec",
+    "model_summary",
+    "register_model",
+]

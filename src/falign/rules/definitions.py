@@ -97,8 +97,9 @@ class BRSF(Rule):
 
     def update(self, weight, feedback, step, std, seed):
         # R_t depends on (layer seed, step) alone: identical on every rank and after a resume.
-        return gaussian(weight.shape, std, seed + 1_000_003 * step, dtype=weight.dtype,
-                        device=weight.device).abs()
+        gen = torch.Generator(device=weight.device).manual_seed(seed + 1_000_003 * step)
+        r = torch.randn(weight.shape, generator=gen, dtype=weight.dtype, device=weight.device)
+        return r.abs_().mul_(std)
 
     def matrix(self, weight, feedback):
         return feedback * _sign(weight)

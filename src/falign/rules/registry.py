@@ -118,7 +118,7 @@ def get_rule(rule: str | type[Rule] | Rule, **options: Any) -> Rule:
     elif isinstance(rule, str):
         key = rule.strip().lower().replace("-", "_")
         if key not in _REGISTRY:
-            near = difflib.get_close_matches(key, list(_REGISTRY), n=1)
+            near = difflib.get_close_matches(key, list(_REGISTRY), n=1, cutoff=0.5)
             hint = f"; did you mean '{near[0]}'?" if near else ""
             raise RuleError(f"unknown rule '{rule}'{hint} (known: {', '.join(_REGISTRY)})")
         cls = _REGISTRY[key]

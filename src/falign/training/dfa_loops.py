@@ -72,7 +72,7 @@ def averaged_dfa_grads(model: nn.Module, x: Tensor, target: Tensor, labels: Tens
         grads_b = [None if m.bias is None else torch.zeros_like(m.bias) for m in layers]
         for idx in groups:
             e = (y_hat[idx].mean(0) - target[idx].mean(0)).unsqueeze(0)  # (1, K) master error
-            for i, layer in enumerate(layers):
+            for i in range(len(layers)):
                 h_mean = h_in[i][idx].mean(0, keepdim=True)  # (1, in_i)
                 if i == len(layers) - 1:
                     delta = e
