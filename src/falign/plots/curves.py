@@ -1,0 +1,72 @@
+"""Line plots of per-epoch curves (accuracy, loss, angle) for several methods."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from falign.plots import _style
+
+__all__ = ["plot_curves"]
+
+
+def plot_curves(
+    series: Mapping[str, Sequence[float]],
+    path_stem: str | os.PathLike[str],
+    xlabel: str = "Epoch",
+    ylabel: str = "Value",
+    title: str = "",
+    *,
+    x: Sequence[float] | None = None,
+    references: Mapping[str, float] | None = None,
+    logy: bool = False,
+) -> list[Path]:
+    """One line per entry of ``series`` (name -> values), each with its own colour and marker.
+
+    The x values default to 1, 2, ... (epochs counted from 1); pass ``x`` to share other ones.
+    NaN values leave gaps. ``references`` draws dashed horizontal lines (e.g. a published
+    accuracy), in the colour of the series of the same name when there is one. Put units in
+    the labels, e.g. ``ylabel="Validation accuracy (%)"``. Writes ``path_stem``.png and .pdf and
+    returns their paths.
+    """
+    if not series:
+        raise ValueError("no series to plot")
+    colours = {name: _style.PALETTE[i % len(_style.PALETTE)] for i, name in enumerate(series)}
+    with _style.style_context():
+        fig = _style.new_figure(5.5, 3.6)
+        ax = fig.add_subplot()
+        for i, (name, values) in enumerate(series.items()):
+            ys = [float(v) for v in values]
+            xs = list(range(1, len(ys) + 1)) if x is None else [float(v) for v in x]
+            if len(xs) != len(ys):
+                raise ValueError(f"series {name!r} has {len(ys)} values for {len(xs)} x values")
+            ax.plot(
+                xs,
+                ys,
+                label=name,
+                color=colours[name],
+                marker=_style.MARKERS[i % len(_style.MARKERS)],
+                markersize=4,
+                markevery=max(1, math.ceil(len(ys) / 25)),
+                linewidth=1.4,
+            )
+        for j, (name, value) in enumerate((references or {}).items()):
+            colour = colours.get(name, "#555555")
+            ax.axhline(
+                value, color=colour, linestyle=(0, (4, 2 + j % 3)), linewidth=1.0, label=f"{name} (reference)"
+            )
+        if logy:
+            ax.set_yscale("log")
+        if x is None:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.grid(True, linewidth=0.4, alpha=0.5)
+        ax.legend(frameon=False)
+        return _style.save_figure(fig, path_stem)
