@@ -80,11 +80,19 @@ def compare_base(args):
 
 def cmd_compare(args) -> int:
     from ..training.compare import run_compare
+    from ..training.config import load_config
 
     _data_dir(args)
-    base = compare_base(args)
+    if args.config:
+        base = load_config(args.config, args.set)
+        if args.epochs is not None:
+            base.train.epochs = args.epochs
+        rules_text = args.rules or ",".join(base.compare) or COMPARE_RULES
+    else:
+        base = compare_base(args)
+        rules_text = args.rules or COMPARE_RULES
     out = Path(args.out) if args.out else Path("runs") / base.name
-    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    rules = [r.strip() for r in rules_text.split(",") if r.strip()]
     from ..rules import get_rule
 
     for r in rules:
@@ -149,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="train several rules on identical data and seeds")
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--model", default="mlp")
-    p.add_argument("--rules", default=COMPARE_RULES)
+    p.add_argument("--config", help="YAML experiment config to use as the base (its 'compare' "
+                   "list gives the rules); --dataset/--model are then ignored")
+    p.add_argument("--rules", default=None, help=f"comma-separated (default {COMPARE_RULES})")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)

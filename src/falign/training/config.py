@@ -116,6 +116,8 @@ class ExperimentConfig(_Section):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: SweepConfig | None = None
+    #: rules that ``falign compare --config`` trains on this config ("fa:dense" for a variant)
+    compare: list[str] = Field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
