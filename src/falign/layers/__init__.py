@@ -6,6 +6,7 @@ from .convert import (
     convert,
     exact_backward,
     feedback_layers,
+    frozen_feedback,
 )
 from .feedback import (
     FeedbackConv1d,
@@ -26,4 +27,5 @@ __all__ = [
     "convert",
     "exact_backward",
     "feedback_layers",
+    "frozen_feedback",
 ]

@@ -161,3 +161,18 @@ def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, was in zip(layers, previous, strict=True):
             m.exact = was
+
+
+@contextlib.contextmanager
+def frozen_feedback(model: nn.Module) -> Iterator[nn.Module]:
+    """Forward passes inside the block do not advance the rules' per-step state (brsf redraws,
+    sign-tracking copies, KP decay): a measurement pass sees the B the last training step used."""
+    layers = [m for _, m in feedback_layers(model)]
+    previous = [m.hold_state for m in layers]
+    try:
+        for m in layers:
+            m.hold_state = True
+        yield model
+    finally:
+        for m, was in zip(layers, previous, strict=True):
+            m.hold_state = was

@@ -42,6 +42,7 @@ class FeedbackLayer:
         self.rule = rule
         self.layer_name = name
         self.exact = False
+        self.hold_state = False
         self.feedback_seed = derive_seed(rule.seed, name)
         self._step = 0
         self._dfa_context: DFAContext | None = None
@@ -100,7 +101,7 @@ class FeedbackLayer:
             return plain(x)
         grad_mode = torch.is_grad_enabled()
         needs_signal = grad_mode and x.requires_grad
-        if self.training and grad_mode and self.rule.stateful:
+        if self.training and grad_mode and self.rule.stateful and not self.hold_state:
             self._advance(update=needs_signal)
         if not needs_signal:
             # No input gradient wanted: the local weight update is the ordinary one, and no B

@@ -9,6 +9,7 @@ complete epoch and ends with the numbers of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +31,8 @@ from ..data import Dataset, Split, batches, load_dataset
 from ..models import create_model, model_from_spec
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ExperimentConfig, parse_config
+
+_RESUMED = ("epochs", "best_epoch", "best_val_acc", "alignment")
 
 
 class RunDirError(ValueError):
@@ -202,14 +205,20 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
         "config": cfg.to_dict(), "model_spec": model.falign_spec, "dataset": data.description,
         "epochs": [], "best_epoch": None, "best_val_acc": None, "test_acc": None,
         "selected_on": select_name, "status": "running", "environment": environment(device),
+        "alignment": [],
     }
+    probe = None
+    if cfg.train.alignment_every and cfg.train.dfa_loop == "sample":
+        from ..analysis.alignment import StepProbe
+
+        probe = StepProbe(model)
     start_epoch = 1
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"], gen)
-        tracking.update({k: saved["tracking"][k] for k in ("epochs", "best_epoch", "best_val_acc")})
+        tracking.update({k: saved["tracking"][k] for k in _RESUMED})
         start_epoch = saved["epoch"] + 1
     else:
         if cfg.train.checkpoint_every_epoch:
@@ -225,6 +234,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
     if tracking["epochs"]:
         prev_errors = tracking["epochs"][-1].get("train_errors")
     epochs_this_call = 0
+    step = sum(math.ceil(len(data.train) / cfg.train.batch_size) for _ in tracking["epochs"])
     for epoch in range(start_epoch, cfg.train.epochs + 1):
         model.train()
         t0 = time.perf_counter()
@@ -247,13 +257,20 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
                                            loss=cfg.train.loss)
                 loss = loss_fn(out_b.detach(), y)
             else:
-                out_b = model(x)
-                loss = loss_fn(out_b, y)
-                if not torch.isfinite(loss):
-                    diverged = True
-                    break
-                loss.backward()
+                measure = probe is not None and step % cfg.train.alignment_every == 0
+                with probe.capture() if measure else contextlib.nullcontext():
+                    out_b = model(x)
+                    loss = loss_fn(out_b, y)
+                    if not torch.isfinite(loss):
+                        diverged = True
+                        break
+                    loss.backward()
+                if measure:
+                    stats = probe.finish(x, y, loss_fn)
+                    tracking["alignment"].append({"step": step, "epoch": epoch, "layers": {
+                        name: a.to_dict() for name, a in stats.items()}})
             optimizer.step()
+            step += 1
             bs = y.shape[0]
             loss_sum += float(loss.detach()) * (bs if cfg.train.loss_reduction == "mean" else 1)
             correct += int((out_b.detach().argmax(1) == y).sum())
@@ -284,7 +301,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
             "config": cfg.to_dict(), "model_spec": model.falign_spec, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": rng_state(gen), "epoch": epoch,
-            "tracking": {k: tracking[k] for k in ("epochs", "best_epoch", "best_val_acc")},
+            "tracking": {k: tracking[k] for k in _RESUMED},
         })
         write_json(out / "tracking.json", tracking)
         val_txt = "" if record["val_acc"] is None else (

@@ -1,0 +1,190 @@
+"""How well a rule's updates and signals align with backprop's, layer by layer.
+
+For every converted layer, on one batch:
+
+* ``update_angle`` -- degrees between the weight update the rule produced and the true
+  backprop gradient of the same weights (same weights, same batch);
+* ``signal_angle`` -- degrees between the signal the layer sends to its input and the true
+  gradient at that input (the measure of Lance & Kieu 2026; for DFA, the injected ``B_i e``
+  against backprop's signal at the same feedback point); None for a layer that sends nothing;
+* ``feedback_angle`` -- degrees between the effective B and W (BioTorch's measure; None where B
+  does not have W's shape: dense conv FA, DFA);
+* ``norm_ratio`` -- ||B|| / ||W|| (None likewise);
+* ``sign_concordance`` -- fraction of entries with sign(B) = sign(W) (None likewise);
+* ``update_sign_concordance`` -- fraction with sign(rule update) = sign(true gradient).
+
+Through a converted network autograd returns the *rule's* gradients; the true ones come from a
+second pass under :func:`falign.exact_backward`.  Neither pass advances the rules' state, and
+batch-norm running statistics, parameter ``.grad`` and the RNG are left as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import exact_backward, feedback_layers, frozen_feedback
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class LayerAlignment:
+    update_angle: float
+    signal_angle: float | None
+    feedback_angle: float | None
+    norm_ratio: float | None
+    sign_concordance: float | None
+    update_sign_concordance: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def angle(a: Tensor, b: Tensor) -> float:
+    """Degrees between two tensors seen as flat vectors (90 if either is zero)."""
+    a, b = a.detach().double().flatten(), b.detach().double().flatten()
+    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
+    if na == 0 or nb == 0:
+        return 90.0
+    cos = torch.clamp(torch.dot(a, b) / (na * nb), -1.0, 1.0)
+    return math.degrees(math.acos(float(cos)))
+
+
+def sign_agreement(a: Tensor, b: Tensor) -> float:
+    return float((torch.sign(a) == torch.sign(b)).double().mean())
+
+
+@contextlib.contextmanager
+def capture_inputs(model: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Record, for each converted layer, a handle on its input whose ``.grad`` after backward is
+    the signal *this layer* sent there (an identity view taken just for it, so a skip
+    connection's share is not mixed in)."""
+    store: dict[str, Tensor] = {}
+    handles = []
+
+    def hook(name):
+        def pre(module, args):
+            x = args[0]
+            if not (torch.is_grad_enabled() and x.requires_grad):
+                return None
+            v = x.view_as(x)
+            v.retain_grad()
+            store[name] = v
+            return (v, *args[1:])
+
+        return pre
+
+    for name, layer in feedback_layers(model):
+        handles.append(layer.register_forward_pre_hook(hook(name)))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def preserved_buffers(model: nn.Module) -> Iterator[None]:
+    """Batch-norm running statistics (and every other buffer) restored on exit."""
+    saved = {n: b.detach().clone() for n, b in model.named_buffers() if b is not None}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved and b is not None and b.shape == saved[n].shape:
+                    b.copy_(saved[n])
+
+
+def _pass(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, exact: bool,
+          rng: Tensor | None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(weight gradients, input signals) of one forward/backward, .grad untouched."""
+    layers = feedback_layers(model)
+    if not layers:
+        return {}, {}
+    ctx = exact_backward(model) if exact else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), frozen_feedback(model), preserved_buffers(model), ctx, \
+            capture_inputs(model) as inputs:
+        if rng is not None:
+            torch.set_rng_state(rng)
+        loss = loss_fn(model(x), y)
+        names = [n for n, _ in layers]
+        wanted = [layer.weight for _, layer in layers] + [inputs[n] for n in names if n in inputs]
+        grads = torch.autograd.grad(loss, wanted, allow_unused=True)
+    weight_grads = {n: g for n, g in zip(names, grads[: len(names)], strict=True) if g is not None}
+    signal_names = [n for n in names if n in inputs]
+    signals = {n: g for n, g in zip(signal_names, grads[len(names):], strict=True) if g is not None}
+    return weight_grads, signals
+
+
+def compare(model: nn.Module, rule_grads: dict[str, Tensor], rule_signals: dict[str, Tensor],
+            true_grads: dict[str, Tensor], true_signals: dict[str, Tensor]) -> dict[str, LayerAlignment]:
+    out = {}
+    for name, layer in feedback_layers(model):
+        if name not in rule_grads or name not in true_grads:
+            continue
+        b = layer.effective_feedback()
+        b = None if b is None else b.detach()
+        same_shape = b is not None and b.shape == layer.weight.shape
+        w = layer.weight.detach()
+        sig = None
+        if name in rule_signals and name in true_signals:
+            sig = angle(rule_signals[name], true_signals[name])
+        out[name] = LayerAlignment(
+            update_angle=angle(rule_grads[name], true_grads[name]),
+            signal_angle=sig,
+            feedback_angle=angle(b, w) if same_shape else None,
+            norm_ratio=float(torch.linalg.vector_norm(b.double()) / torch.linalg.vector_norm(w.double()))
+            if same_shape else None,
+            sign_concordance=sign_agreement(b, w) if same_shape else None,
+            update_sign_concordance=sign_agreement(rule_grads[name], true_grads[name]),
+        )
+    return out
+
+
+def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn) -> dict[str, LayerAlignment]:
+    """All the measures on one batch: a rule pass and a true-backprop pass (same RNG state, so
+    dropout masks match), in the model's current train/eval mode."""
+    rng = torch.get_rng_state()
+    rule_grads, rule_signals = _pass(model, x, y, loss_fn, exact=False, rng=rng)
+    true_grads, true_signals = _pass(model, x, y, loss_fn, exact=True, rng=rng)
+    return compare(model, rule_grads, rule_signals, true_grads, true_signals)
+
+
+class StepProbe:
+    """Alignment measured on a training step at the cost of one extra pass.
+
+        probe = StepProbe(model)
+        with probe.capture():                    # the ordinary training forward + backward
+            loss_fn(model(x), y).backward()
+        stats = probe.finish(x, y, loss_fn)      # before optimizer.step()
+
+    The rule's gradients and signals are those the step itself computed (read from ``.grad``);
+    one exact pass with the same RNG state gives the true ones.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._inputs: dict[str, Tensor] = {}
+        self._rng: Tensor | None = None
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        self._rng = torch.get_rng_state()
+        with capture_inputs(self.model) as inputs:
+            yield
+        self._inputs = inputs
+
+    def finish(self, x: Tensor, y: Tensor, loss_fn: LossFn) -> dict[str, LayerAlignment]:
+        rule_grads = {n: layer.weight.grad for n, layer in feedback_layers(self.model)
+                      if layer.weight.grad is not None}
+        rule_signals = {n: v.grad for n, v in self._inputs.items() if v.grad is not None}
+        true_grads, true_signals = _pass(self.model, x, y, loss_fn, exact=True, rng=self._rng)
+        self._inputs = {}
+        return compare(self.model, rule_grads, rule_signals, true_grads, true_signals)
