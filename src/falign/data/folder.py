@@ -1,0 +1,336 @@
+"""Class-per-folder image trees (a directory or a .tar/.tar.gz/.zip of one), decoded once.
+
+Layout: ``train/<class>/<image>``, ``test/<class>/<image>`` and optionally ``val/<class>/...``,
+possibly under one top folder inside an archive. Classes are the sorted folder names under
+``train/``; samples are ordered by class, then file name.
+
+Decoding tens of thousands of small images with PIL takes seconds, so the decoded uint8 arrays
+are cached in an ``.npz`` beside the source (``<name>.falign-v1-s<size>-c<channels>.npz``) or,
+where that directory is read-only, in `cache_dir()`. The cache records the source's size and
+modification time (for a directory: those of every image) and is rebuilt when they change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from .core import DatasetError, Loaded, Split, atomic_write, cache_dir, is_writable_dir
+from .transforms import ImageTransform
+
+__all__ = ["ImageTree", "channel_stats", "load_image_tree", "resolve_source"]
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar", ".zip")
+CACHE_VERSION = 1
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+@dataclass
+class ImageTree:
+    """Decoded images per split: x uint8 (N, C, H, W), y int64 (N,)."""
+
+    classes: list[str]
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class _Entry:
+    split: str
+    label: str
+    name: str
+    data: bytes | Path  # archive member bytes, or a file to open
+    where: str  # for error messages
+
+
+def _is_archive(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _layout_error(source: Path, detail: str) -> DatasetError:
+    return DatasetError(
+        f"{source}: {detail}; expected train/<class>/<image> and test/<class>/<image> "
+        f"(optionally val/<class>/<image>) in that folder or archive"
+    )
+
+
+def _keep(parts: tuple[str, ...]) -> bool:
+    return (
+        len(parts) >= 3
+        and parts[-3] in SPLITS
+        and PurePosixPath(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS
+        and not any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    )
+
+
+def _scan_archive(source: Path) -> list[_Entry]:
+    found: dict[tuple[str, ...], list[_Entry]] = {}  # by prefix folder inside the archive
+    try:
+        if source.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(source) as zf:
+                for info in zf.infolist():
+                    parts = PurePosixPath(info.filename).parts
+                    if info.is_dir() or not _keep(parts):
+                        continue
+                    entry = _Entry(parts[-3], parts[-2], parts[-1], zf.read(info),
+                                   f"{source}:{info.filename}")  # fmt: skip
+                    found.setdefault(parts[:-3], []).append(entry)
+        else:
+            with tarfile.open(source, "r:*") as tf:
+                for member in tf:  # one sequential pass: no seeking back in a compressed stream
+                    parts = PurePosixPath(member.name).parts
+                    if not member.isfile() or not _keep(parts):
+                        continue
+                    f = tf.extractfile(member)
+                    assert f is not None
+                    entry = _Entry(parts[-3], parts[-2], parts[-1], f.read(),
+                                   f"{source}:{member.name}")  # fmt: skip
+                    found.setdefault(parts[:-3], []).append(entry)
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:
+        raise DatasetError(f"cannot read archive {source}: corrupt or truncated ({e})") from e
+    if len(found) > 1:
+        tops = ", ".join(sorted("/".join(p) or "." for p in found))
+        raise _layout_error(source, f"image trees under several folders ({tops})")
+    return next(iter(found.values()), [])
+
+
+def _scan_dir(source: Path) -> list[_Entry]:
+    entries = []
+    for split in SPLITS:
+        split_dir = source / split
+        if not split_dir.is_dir():
+            continue
+        for class_dir in split_dir.iterdir():
+            if not class_dir.is_dir() or class_dir.name.startswith("."):
+                continue
+            for f in class_dir.iterdir():
+                image = f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".")
+                if image and f.is_file():
+                    entries.append(_Entry(split, class_dir.name, f.name, f, str(f)))
+    return entries
+
+
+def _scan(source: Path) -> tuple[list[str], dict[str, list[_Entry]]]:
+    entries = _scan_archive(source) if _is_archive(source) else _scan_dir(source)
+    by_split: dict[str, list[_Entry]] = {}
+    for e in sorted(entries, key=lambda e: (e.split, e.label, e.name)):
+        by_split.setdefault(e.split, []).append(e)
+    for split in ("train", "test"):
+        if split not in by_split:
+            raise _layout_error(source, f"no images under {split}/")
+    classes = sorted({e.label for e in by_split["train"]})
+    for split, items in by_split.items():
+        extra = sorted({e.label for e in items} - set(classes))
+        if extra:
+            raise _layout_error(source, f"{split}/ has classes not in train/: {', '.join(extra)}")
+    return classes, by_split
+
+
+def _decode(items: list[_Entry], size: int | None, mode: str | None) -> list[np.ndarray]:
+    from PIL import Image
+
+    out = []
+    for e in items:
+        try:
+            with Image.open(io.BytesIO(e.data) if isinstance(e.data, bytes) else e.data) as im:
+                target = mode or ("L" if im.mode in _GREY_MODES else "RGB")
+                img = im.convert(target) if im.mode != target else im
+                if size is not None:
+                    img = img.resize((size, size), Image.Resampling.BILINEAR)
+                out.append(np.asarray(img, dtype=np.uint8))  # (H, W) or (H, W, 3)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
+            raise DatasetError(f"cannot decode image {e.where}: {err}") from err
+    return out
+
+
+def _decode_tree(source: Path, size: int | None, channels: int | None) -> ImageTree:
+    classes, by_split = _scan(source)
+    mode = {None: None, 1: "L", 3: "RGB"}[channels]
+    decoded = {split: _decode(items, size, mode) for split, items in by_split.items()}
+    colour = any(a.ndim == 3 for arrays in decoded.values() for a in arrays)
+    first = by_split["train"][0]
+    hw = decoded["train"][0].shape[:2]
+    splits = {}
+    for split, arrays in decoded.items():
+        for a, e in zip(arrays, by_split[split], strict=True):
+            if a.shape[:2] != hw:
+                raise DatasetError(
+                    f"images differ in size: {e.where} is {a.shape[1]}x{a.shape[0]} but "
+                    f"{first.where} is {hw[1]}x{hw[0]}; pass size=N to resize all to NxN"
+                )
+        if colour:
+            arrays = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]
+            x = np.stack(arrays).transpose(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
+        else:
+            x = np.stack(arrays)[:, None]  # (N, 1, H, W)
+        index = {c: i for i, c in enumerate(classes)}
+        y = np.array([index[e.label] for e in by_split[split]], dtype=np.int64)
+        splits[split] = (np.ascontiguousarray(x), y)
+    return ImageTree(classes, splits)
+
+
+def _fingerprint(source: Path) -> str:
+    if source.is_file():
+        st = source.stat()
+        return f"file:{st.st_size}:{st.st_mtime_ns}"
+    h = hashlib.sha1()
+    for e in sorted(_scan_dir(source), key=lambda e: (e.split, e.label, e.name)):
+        assert isinstance(e.data, Path)
+        st = e.data.stat()
+        h.update(f"{e.split}/{e.label}/{e.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return f"dir:{h.hexdigest()}"
+
+
+def _cache_paths(source: Path, size: int | None, channels: int | None) -> list[Path]:
+    name = f"{_stem(source)}.falign-v{CACHE_VERSION}-s{size or 'orig'}-c{channels or 'auto'}.npz"
+    tag = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
+    return [source.parent / name, cache_dir() / f"{tag}-{name}"]
+
+
+def _read_cache(path: Path, meta: dict) -> ImageTree | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            stored = json.loads(str(z["meta"]))
+            if any(stored.get(k) != v for k, v in meta.items()):
+                return None
+            splits = {s: (z[f"{s}_x"], z[f"{s}_y"]) for s in stored["splits"]}
+            return ImageTree(list(stored["classes"]), splits)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        log.warning("ignoring unreadable cache %s (%s); decoding again", path, e)
+        return None
+
+
+def _write_cache(path: Path, meta: dict, tree: ImageTree) -> None:
+    stored = dict(meta, classes=tree.classes, splits=list(tree.splits))
+    arrays = {"meta": np.array(json.dumps(stored))}
+    for s, (x, y) in tree.splits.items():
+        arrays[f"{s}_x"], arrays[f"{s}_y"] = x, y
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_image_tree(
+    source: Path, *, size: int | None = None, channels: int | None = None
+) -> ImageTree:
+    """Decoded images of a class-folder tree or archive, from the cache when it is current."""
+    if channels not in (None, 1, 3):
+        raise DatasetError(f"channels must be 1, 3 or None (auto), got {channels}")
+    if size is not None and size < 1:
+        raise DatasetError(f"size must be a positive number of pixels, got {size}")
+    meta = {
+        "version": CACHE_VERSION,
+        "fingerprint": _fingerprint(source),
+        "size": size,
+        "channels": channels,
+    }
+    beside, fallback = _cache_paths(source, size, channels)
+    for path in (beside, fallback):
+        tree = _read_cache(path, meta)
+        if tree is not None:
+            log.debug("decoded images of %s read from %s", source, path)
+            return tree
+    log.info("decoding the images of %s (once; cached afterwards)", source)
+    tree = _decode_tree(source, size, channels)
+    for path in (beside, fallback) if is_writable_dir(beside.parent) else (fallback,):
+        try:
+            _write_cache(path, meta, tree)
+            log.info("cached decoded images of %s in %s", source, path)
+            break
+        except OSError as e:
+            log.warning("cannot write cache %s (%s)", path, e)
+    return tree
+
+
+def resolve_source(path: str | os.PathLike[str], root: Path) -> Path:
+    """``path`` as given (``~`` expanded), else relative to the data root."""
+    p = Path(path).expanduser()
+    if p.exists():
+        return p
+    if not p.is_absolute() and (root / p).exists():
+        return root / p
+    where = str(p) if p.is_absolute() else f"{p} (nor {root / p})"
+    raise DatasetError(f"image folder or archive not found: {where}")
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 (N, C, H, W) images in [0, 1] units, exactly."""
+    values = np.arange(256, dtype=np.float64) / 255.0
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        counts = np.bincount(x[:, c].reshape(-1), minlength=256).astype(np.float64)
+        total = counts.sum()
+        mean = float(counts @ values / total)
+        var = float(counts @ (values - mean) ** 2 / total)
+        means.append(mean)
+        stds.append(max(var, 1e-12) ** 0.5)
+    return means, stds
+
+
+def to_split(arrays: tuple[np.ndarray, np.ndarray]) -> Split:
+    x, y = arrays
+    return Split(torch.from_numpy(x), torch.from_numpy(y))
+
+
+def load_imagefolder(
+    root: Path,
+    *,
+    path: str | os.PathLike[str] | None = None,
+    size: int | None = None,
+    channels: int | None = None,
+    normalize: bool = True,
+    flip: bool = False,
+) -> Loaded:
+    """Any class-per-folder image tree.
+
+    ``size`` resizes every image to ``size`` x ``size`` (PIL bilinear); without it all images
+    must share one size. ``channels`` forces 1 (L) or 3 (RGB); by default RGB if any image is
+    in colour. ``normalize`` uses per-channel mean and std computed on all of ``train/``
+    (validation samples held out of it included). ``flip`` adds a random horizontal flip to
+    ``train_transform``.
+    """
+    if path is None:
+        raise DatasetError(
+            "imagefolder needs path=<folder or archive> with train/<class>/<image> and "
+            "test/<class>/<image> (optionally val/<class>/<image>)"
+        )
+    source = resolve_source(path, root)
+    tree = load_image_tree(source, size=size, channels=channels)
+    train_x = tree.splits["train"][0]
+    mean, std = channel_stats(train_x) if normalize else (None, None)
+    eval_t = ImageTransform(mean=mean, std=std)
+    train_t = ImageTransform(flip=True, mean=mean, std=std) if flip else eval_t
+    return Loaded(
+        title=f"imagefolder {_stem(source)}",
+        train=to_split(tree.splits["train"]),
+        test=to_split(tree.splits["test"]),
+        val=to_split(tree.splits["val"]) if "val" in tree.splits else None,
+        classes=tree.classes,
+        input_shape=tuple(train_x.shape[1:]),
+        train_transform=train_t,
+        eval_transform=eval_t,
+        default_val_size=0,
+    )
