@@ -50,7 +50,8 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     tracking = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
-    print(f"run written to {out}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"run written to {out}")
     return 0 if tracking["status"] == "completed" else 1
 
 

@@ -29,8 +29,9 @@ from torch import Tensor, nn
 from .. import __version__
 from ..data import Dataset, Split, batches, load_dataset
 from ..models import create_model, model_from_spec
+from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ExperimentConfig, parse_config
+from .config import ConfigError, ExperimentConfig, parse_config
 
 _RESUMED = ("epochs", "best_epoch", "best_val_acc", "alignment")
 
@@ -181,18 +182,37 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
     (used by tests to simulate a kill between epochs).
     """
     out = Path(out)
+    device = resolve_device(cfg.device)
+    ddp = distributed.setup(device)
+    try:
+        return _train(cfg, out, ddp, distributed.device_for(ddp, device), resume=resume,
+                      overwrite=overwrite, progress=progress, log=log, stop_after=stop_after)
+    finally:
+        distributed.teardown(ddp)
+
+
+def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: torch.device, *,
+           resume: bool, overwrite: bool, progress: bool | None,
+           log: Callable[[str], None] | None, stop_after: int | None) -> dict[str, Any]:
+    if ddp.enabled and cfg.train.batch_size % ddp.world:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is the global batch and must "
+                          f"be divisible by the {ddp.world} processes")
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
     last_path = out / "last.pt"
     saved = None
     if resume and last_path.exists():
         saved = load_checkpoint(last_path)
         _check_same_config(saved["config"], cfg, last_path)
-    out.mkdir(parents=True, exist_ok=True)
+    main = ddp.main
 
-    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = build_dataset(cfg, device)
     model = build_model(cfg, data).to(device)
+    net = model
+    if ddp.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -220,16 +240,19 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
         set_rng_state(saved["rng"], gen)
         tracking.update({k: saved["tracking"][k] for k in _RESUMED})
         start_epoch = saved["epoch"] + 1
-    else:
-        if cfg.train.checkpoint_every_epoch:
-            _save_model(out / "epoch_000.pt", model, cfg, 0)
-        # a fresh start: forget files of a replaced run
-        (out / "best.pt").unlink(missing_ok=True)
-    write_json(out / "tracking.json", tracking)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    distributed.barrier(ddp)  # every rank has read the run directory before rank 0 writes
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        if saved is None:
+            if cfg.train.checkpoint_every_epoch:
+                _save_model(out / "epoch_000.pt", model, cfg, 0)
+            # a fresh start: forget files of a replaced run
+            (out / "best.pt").unlink(missing_ok=True)
+        write_json(out / "tracking.json", tracking)
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    say = log or (lambda s: None)
-    show_bar = sys.stderr.isatty() if progress is None else progress
+    say = (log or (lambda s: None)) if main else (lambda s: None)
+    show_bar = (sys.stderr.isatty() if progress is None else progress) and main
     prev_errors = None
     if tracking["epochs"]:
         prev_errors = tracking["epochs"][-1].get("train_errors")
@@ -248,6 +271,10 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
             steps = math.ceil(len(data.train) / cfg.train.batch_size)
             it = tqdm(it, total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False)
         for x, y in it:
+            if ddp.enabled:
+                if y.shape[0] < ddp.world:
+                    continue  # a final global batch too small to share: skipped on every rank
+                x, y = distributed.shard(ddp, x, y)
             optimizer.zero_grad(set_to_none=True)
             if cfg.train.dfa_loop != "sample":
                 from .dfa_loops import averaged_dfa_grads
@@ -259,7 +286,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
             else:
                 measure = probe is not None and step % cfg.train.alignment_every == 0
                 with probe.capture() if measure else contextlib.nullcontext():
-                    out_b = model(x)
+                    out_b = net(x)
                     loss = loss_fn(out_b, y)
                     if not torch.isfinite(loss):
                         diverged = True
@@ -276,6 +303,8 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
             correct += int((out_b.detach().argmax(1) == y).sum())
             n += bs
         seconds = time.perf_counter() - t0
+        loss_sum, correct, n, bad = distributed.all_sum(ddp, loss_sum, correct, n, float(diverged))
+        correct, n, diverged = int(correct), int(n), bad > 0
         if diverged or not math.isfinite(loss_sum):
             tracking["status"] = "diverged"
             say(f"epoch {epoch}: loss is not finite: run diverged")
@@ -293,17 +322,20 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
             model, data.test, data.eval_transform, batch_size=cfg.train.eval_batch_size)["acc"]
         if tracking["best_val_acc"] is None or sel > tracking["best_val_acc"]:
             tracking["best_val_acc"], tracking["best_epoch"] = sel, epoch
-            _save_model(out / "best.pt", model, cfg, epoch)
+            if main:
+                _save_model(out / "best.pt", model, cfg, epoch)
         tracking["epochs"].append(record)
-        if cfg.train.checkpoint_every_epoch:
+        if main and cfg.train.checkpoint_every_epoch:
             _save_model(out / f"epoch_{epoch:03d}.pt", model, cfg, epoch)
-        save_checkpoint(last_path, {
-            "config": cfg.to_dict(), "model_spec": model.falign_spec, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(gen), "epoch": epoch,
-            "tracking": {k: tracking[k] for k in _RESUMED},
-        })
-        write_json(out / "tracking.json", tracking)
+        if main:
+            save_checkpoint(last_path, {
+                "config": cfg.to_dict(), "model_spec": model.falign_spec, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": rng_state(gen), "epoch": epoch,
+                "tracking": {k: tracking[k] for k in _RESUMED},
+            })
+            write_json(out / "tracking.json", tracking)
+        distributed.barrier(ddp)
         val_txt = "" if record["val_acc"] is None else (
             f" val_loss {record['val_loss']:.4f} val_acc {100 * record['val_acc']:.2f}%")
         say(f"epoch {epoch}/{cfg.train.epochs} train_loss {record['train_loss']:.4f} "
@@ -320,12 +352,14 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
 
     if tracking["status"] == "running":
         tracking["status"] = "completed"
+    distributed.barrier(ddp)
     if (out / "best.pt").exists():
         best = load_checkpoint(out / "best.pt", map_location=device)
         model.load_state_dict(best["model"])
         tracking["test_acc"] = evaluate(model, data.test, data.eval_transform,
                                         batch_size=cfg.train.eval_batch_size)["acc"]
-    write_json(out / "tracking.json", tracking)
+    if main:
+        write_json(out / "tracking.json", tracking)
     if tracking["test_acc"] is not None:
         say(f"best epoch {tracking['best_epoch']} ({select_name} acc "
             f"{100 * tracking['best_val_acc']:.2f}%), test acc {100 * tracking['test_acc']:.2f}%")
