@@ -1,0 +1,344 @@
+"""Per-step state of the rules (redraws, refreshes, decay), seeds, and state_dict round trips.
+
+After every training forward the B the rule's definition says is written out here from W and the
+stored buffer, compared with ``effective_feedback()`` and with the input gradient backward produced.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import falign
+
+DT = torch.float64
+TOL = {"rtol": 1e-12, "atol": 1e-12}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the tensors here are tiny: intra-op threads only add spin-wait overhead on a busy machine
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def close(actual, expected) -> None:
+    torch.testing.assert_close(actual, expected, **TOL)
+
+
+def randn(*shape, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+def sign(t: torch.Tensor) -> torch.Tensor:
+    return torch.sign(t.detach())
+
+
+def fro(t: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt((t * t).sum())
+
+
+def linear_layer(rule, *, seed=0, in_f=6, out_f=4, init=0, **opts):
+    torch.manual_seed(init)
+    return falign.convert(nn.Sequential(nn.Linear(in_f, out_f, dtype=DT)), rule, seed=seed, **opts)[0]
+
+
+def train_forward(layer, step_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training forward + backward with a fixed upstream gradient; (input grad, g)."""
+    x = randn(3, layer.in_features, seed=100 + step_seed).requires_grad_(True)
+    y = layer(x)
+    g = randn(*y.shape, seed=200 + step_seed)
+    y.backward(g)
+    return x.grad, g
+
+
+def set_weight(layer, seed: int) -> torch.Tensor:
+    with torch.no_grad():
+        layer.weight.copy_(randn(*layer.weight.shape, seed=seed))
+    return layer.weight.detach().clone()
+
+
+def xavier(layer) -> float:
+    return math.sqrt(2.0 / (layer.in_features + layer.out_features))
+
+
+# --------------------------------------------------------------------------- 5. B per step
+
+
+@pytest.mark.parametrize("rule,opts", [
+    ("usf", {}), ("usf", {"scale": 0.7}), ("frsf", {}), ("usf_norm", {}), ("usf_norm", {"norm": "spectral"}),
+    ("usf_norm", {"norm": "spectral", "scale": 3.0}),
+], ids=lambda v: str(v))
+def test_sign_family_b_follows_the_current_weight_every_step(rule, opts) -> None:
+    layer = linear_layer(rule, **opts)
+    stored0 = layer.feedback.clone() if layer.feedback is not None else None
+    for t in range(1, 5):
+        w = set_weight(layer, seed=t)  # as if an optimiser had moved W
+        gx, g = train_forward(layer, t)
+        s = sign(w)
+        if rule == "usf":
+            b = opts.get("scale", xavier(layer)) * s
+            assert layer.feedback.dim() == 0
+        elif rule == "frsf":
+            assert torch.equal(layer.feedback, stored0)  # |B0| is fixed
+            b = stored0 * s
+        elif opts.get("norm") == "spectral":
+            sv = torch.linalg.svdvals
+            b = opts.get("scale", 1.0) * sv(w)[0] / sv(s)[0] * s
+        else:
+            b = fro(w) / fro(s) * s
+        close(layer.effective_feedback(), b)
+        close(gx, g @ b)
+
+
+def test_frsf_magnitude_is_fixed_nonnegative_and_random() -> None:
+    layer = linear_layer("frsf")
+    b0 = layer.feedback
+    assert bool((b0 >= 0).all()) and b0.shape == layer.weight.shape
+    assert len(torch.unique(b0)) == b0.numel()
+
+
+def test_brsf_redraws_each_training_step_and_backward_uses_that_draw() -> None:
+    layer = linear_layer("brsf")
+    seen = [layer.feedback.clone()]
+    for t in range(1, 5):
+        gx, g = train_forward(layer, t)
+        r = layer.feedback
+        assert bool((r >= 0).all()) and r.shape == layer.weight.shape
+        assert all(not torch.equal(r, old) for old in seen)
+        seen.append(r.clone())
+        b = r * sign(layer.weight)
+        close(layer.effective_feedback(), b)
+        close(gx, g @ b)
+        assert int(layer.feedback_step) == t
+
+
+def test_brsf_does_not_redraw_in_eval_under_no_grad_or_inside_exact_backward() -> None:
+    layer = linear_layer("brsf")
+    train_forward(layer, 1)
+    r1, step1 = layer.feedback.clone(), int(layer.feedback_step)
+    x = randn(3, 6, seed=5).requires_grad_(True)
+    with torch.no_grad():
+        layer(x)
+    layer.eval()
+    layer(x).sum().backward()
+    close(x.grad, torch.ones(3, 4, dtype=DT) @ (r1 * sign(layer.weight)))  # eval uses the last draw
+    layer.train()
+    with falign.exact_backward(layer):
+        layer(x)
+    assert torch.equal(layer.feedback, r1) and int(layer.feedback_step) == step1
+    train_forward(layer, 2)
+    assert not torch.equal(layer.feedback, r1) and int(layer.feedback_step) == step1 + 1
+
+
+def test_a_pending_backward_keeps_the_b_of_its_forward() -> None:
+    layer = linear_layer("brsf")
+    x1 = randn(3, 6, seed=1).requires_grad_(True)
+    y1 = layer(x1)
+    b1 = layer.effective_feedback().clone()
+    layer(randn(3, 6, seed=2).requires_grad_(True))  # a second draw before y1's backward
+    assert not torch.equal(layer.effective_feedback(), b1)
+    y1.backward(torch.ones_like(y1))
+    close(x1.grad, torch.ones(3, 4, dtype=DT) @ b1)
+
+
+@pytest.mark.parametrize("match_norm", [False, True])
+def test_sign_tracking_copies_at_steps_1_4_7_with_period_3(match_norm) -> None:
+    layer = linear_layer("sign_tracking", period=3, match_norm=match_norm, scale=0.5)
+    weights, copies = {}, []
+    for t in range(1, 8):
+        weights[t] = set_weight(layer, seed=10 + t)
+        gx, g = train_forward(layer, t)
+        assert int(layer.feedback_step) == t
+        last = max(c for c in (1, 4, 7) if c <= t)
+        s = sign(weights[last])
+        b = fro(weights[last]) / fro(s) * s if match_norm else 0.5 * s
+        close(layer.effective_feedback(), b)
+        close(gx, g @ b)
+        if torch.equal(torch.sign(layer.feedback), sign(weights[t])):
+            copies.append(t)
+    assert copies == [1, 4, 7]
+
+
+def test_kp_difference_decays_as_0_9_to_the_t_while_an_optimiser_moves_w() -> None:
+    layer = linear_layer("kp", decay=0.1)
+    d0 = layer.effective_feedback() - layer.weight.detach()
+    assert torch.equal(d0, layer.feedback)
+    assert d0.abs().min() > 0  # B0 is random, not W
+    opt = torch.optim.SGD(layer.parameters(), lr=0.3, weight_decay=1 / 3)  # lr * wd = decay
+    for t in range(1, 6):
+        w = layer.weight.detach().clone()
+        gx, g = train_forward(layer, t)
+        b = w + d0 * 0.9 ** t
+        close(layer.effective_feedback(), b)
+        close(gx, g @ b)
+        close(layer.effective_feedback() - layer.weight.detach(), d0 * 0.9 ** t)
+        opt.step()
+        opt.zero_grad()
+        assert not torch.equal(layer.weight.detach(), w)
+        close(layer.effective_feedback() - layer.weight.detach(), d0 * 0.9 ** t)
+
+
+@pytest.mark.parametrize("decay", [None, 0.0])
+def test_kp_without_decay_keeps_b_minus_w(decay) -> None:
+    layer = linear_layer("kp", decay=decay)
+    d0 = layer.feedback.clone()
+    for t in range(1, 4):
+        w = set_weight(layer, seed=t)
+        gx, g = train_forward(layer, t)
+        close(gx, g @ (w + d0))
+    assert torch.equal(layer.feedback, d0)
+
+
+# --------------------------------------------------------------------------- seeds
+
+
+SEEDED = [("fa", {}), ("frsf", {}), ("brsf", {}), ("kp", {}), ("fa", {"conv_feedback": "dense"}), ("dfa", {})]
+
+
+def _net(init: int = 123) -> nn.Sequential:
+    torch.manual_seed(init)  # the same W every time unless asked: only the seed may change B
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, dtype=DT), nn.ReLU(),
+                         nn.Conv2d(3, 3, 3, padding=1, dtype=DT), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(3 * 5 * 5, 4, dtype=DT), nn.Tanh(), nn.Linear(4, 4, dtype=DT))
+
+
+def _bs(rule, opts, seed, global_seed) -> list[torch.Tensor]:
+    plain = _net()
+    torch.manual_seed(global_seed)
+    model = falign.convert(plain, rule, seed=seed, **opts)
+    torch.manual_seed(global_seed + 1)
+    model(randn(2, 2, 5, 5, seed=1)).sum().backward()
+    return [m.effective_feedback() for _, m in falign.feedback_layers(model)[1:]]
+
+
+@pytest.mark.parametrize("rule,opts", SEEDED, ids=lambda v: str(v))
+def test_seed_alone_fixes_b_whatever_the_global_rng(rule, opts) -> None:
+    a = _bs(rule, opts, seed=4, global_seed=1)
+    b = _bs(rule, opts, seed=4, global_seed=999)
+    c = _bs(rule, opts, seed=5, global_seed=1)
+    assert len(a) == 3
+    for x, y, z in zip(a, b, c, strict=True):
+        assert torch.equal(x, y)
+        assert not torch.allclose(x, z)
+    # two layers of one shape, one seed: their names make their B differ
+    twins = falign.convert(nn.Sequential(nn.Linear(5, 5, dtype=DT), nn.Tanh(), nn.Linear(5, 5, dtype=DT),
+                                         nn.Tanh(), nn.Linear(5, 5, dtype=DT)), rule, seed=4, **opts)
+    twins(randn(2, 5, seed=1).requires_grad_()).sum().backward()
+    assert not torch.allclose(twins[0].effective_feedback(), twins[2].effective_feedback())
+
+
+def test_directly_built_layers_take_their_name_into_the_seed() -> None:
+    def layer(name):
+        torch.manual_seed(0)
+        return falign.FeedbackLinear(5, 3, rule="fa", name=name, seed=2, dtype=DT)
+
+    assert torch.equal(layer("a").feedback, layer("a").feedback)
+    assert not torch.allclose(layer("a").feedback, layer("b").feedback)
+
+
+# --------------------------------------------------------------------------- 6. state_dict
+
+
+ROUND_TRIP = [("bp", {}), ("fa", {}), ("fa", {"conv_feedback": "dense"}), ("usf", {}), ("frsf", {}),
+              pytest.param("brsf", {}, marks=pytest.mark.xfail(
+                  strict=True, reason="BUG: the layer seed is not saved in state_dict, so after loading into "
+                                      "a model converted with another seed brsf redraws a different R_t")),
+              ("usf_norm", {}), ("sign_tracking", {"period": 2}), ("kp", {"decay": 0.1}), ("dfa", {})]
+
+
+def _train(model, steps: int, first: int = 0) -> list[torch.Tensor]:
+    grads = []
+    for t in range(first, first + steps):
+        model.zero_grad()
+        out = model(randn(2, 2, 5, 5, seed=t))
+        F.mse_loss(out, randn(*out.shape, seed=50 + t)).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    return grads
+
+
+def _roundtrip(sd: dict) -> dict:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf)
+
+
+@pytest.mark.parametrize("rule,opts", ROUND_TRIP, ids=lambda v: str(v))
+def test_state_dict_round_trip_into_a_model_with_another_seed(rule, opts) -> None:
+    a = falign.convert(_net(), rule, seed=1, **opts)
+    _train(a, 3)
+    sd = _roundtrip(a.state_dict())
+    b = falign.convert(_net(init=77), rule, seed=2, **opts)  # other W, other seed
+    layers_a = [m for _, m in falign.feedback_layers(a)]
+    layers_b = [m for _, m in falign.feedback_layers(b)]
+    if rule in ("fa", "frsf", "brsf", "kp") and not opts.get("conv_feedback"):
+        assert not torch.equal(layers_a[1].effective_feedback(), layers_b[1].effective_feedback())
+    b.load_state_dict(sd)
+    for la, lb in zip(layers_a, layers_b, strict=True):
+        ea, eb = la.effective_feedback(), lb.effective_feedback()
+        assert (ea is None) == (eb is None)
+        if ea is not None:
+            assert torch.equal(ea, eb)
+        assert int(la.feedback_step) == int(lb.feedback_step)
+    for ga, gb in zip(_train(a, 3, first=3), _train(b, 3, first=3), strict=True):
+        assert torch.equal(ga, gb)
+
+
+_LAZY_BUG = pytest.mark.xfail(
+    strict=True, reason="BUG: a checkpoint saved before the lazy B existed has no 'feedback' key, and "
+                        "load_state_dict into a layer that has made its B fails with Missing key(s)")
+
+
+@pytest.mark.parametrize("rule,opts", [
+    ("fa", {}), ("brsf", {}), ("kp", {"decay": 0.1}), ("sign_tracking", {"period": 2}),
+    pytest.param("fa", {"conv_feedback": "dense"}, marks=_LAZY_BUG), pytest.param("dfa", {}, marks=_LAZY_BUG),
+], ids=lambda v: str(v))
+def test_reloading_the_initial_checkpoint_replays_training_exactly(rule, opts) -> None:
+    model = falign.convert(_net(), rule, seed=3, **opts)
+    sd0 = _roundtrip(model.state_dict())
+    first = _train(model, 3)
+    model.load_state_dict(sd0)
+    for a, b in zip(first, _train(model, 3), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_brsf_sequence_continues_after_reload_with_the_same_seed() -> None:
+    a = falign.convert(_net(), "brsf", seed=1)
+    _train(a, 2)
+    b = falign.convert(_net(), "brsf", seed=1)
+    b.load_state_dict(_roundtrip(a.state_dict()))
+    assert int(b[2].feedback_step) == 2
+    for ga, gb in zip(_train(a, 3, first=2), _train(b, 3, first=2), strict=True):
+        assert torch.equal(ga, gb)
+    fresh = falign.convert(_net(), "brsf", seed=1)  # without the reload the draws are those of steps 1..
+    _train(fresh, 1)
+    assert not torch.equal(fresh[2].feedback, a[2].feedback)
+
+
+@pytest.mark.parametrize("rule,opts", [("fa", {}), ("usf", {}), ("brsf", {}), ("kp", {}),
+                                       ("fa", {"conv_feedback": "dense"}), ("dfa", {})],
+                         ids=lambda v: str(v))
+def test_feedback_is_a_buffer_that_to_moves_but_no_parameter(rule, opts) -> None:
+    model = falign.convert(_net(), rule, **opts)
+    _train(model, 1)
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    assert not any("feedback" in n for n in params)
+    assert "2.feedback" in buffers and "2.feedback_step" in buffers
+    assert all(p.dtype == DT for p in params.values())
+    model.to(torch.float32)
+    for _, layer in falign.feedback_layers(model)[1:]:
+        assert layer.feedback.dtype == torch.float32
+        assert layer.effective_feedback().dtype == torch.float32
+        assert layer.feedback_step.dtype == torch.long
+    out = model(torch.randn(2, 2, 5, 5))
+    out.sum().backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
