@@ -671,9 +671,7 @@ def test_float32_training_and_feedback_dtype_follows_the_layer(spec) -> None:
 
 
 @pytest.mark.parametrize("net", [
-    pytest.param("mlp", marks=pytest.mark.xfail(
-        strict=True, reason="BUG: FeedbackLinearFn.backward multiplies the autocast (bf16) grad_out by "
-                            "the fp32 B: 'expected m1 and m2 to have the same dtype'")),
+    "mlp",
     "cnn",
 ])
 def test_autocast_bfloat16_training_step(net) -> None:

@@ -248,9 +248,7 @@ def test_directly_built_layers_take_their_name_into_the_seed() -> None:
 
 
 ROUND_TRIP = [("bp", {}), ("fa", {}), ("fa", {"conv_feedback": "dense"}), ("usf", {}), ("frsf", {}),
-              pytest.param("brsf", {}, marks=pytest.mark.xfail(
-                  strict=True, reason="BUG: the layer seed is not saved in state_dict, so after loading into "
-                                      "a model converted with another seed brsf redraws a different R_t")),
+              ("brsf", {}),
               ("usf_norm", {}), ("sign_tracking", {"period": 2}), ("kp", {"decay": 0.1}), ("dfa", {})]
 
 
@@ -292,14 +290,9 @@ def test_state_dict_round_trip_into_a_model_with_another_seed(rule, opts) -> Non
         assert torch.equal(ga, gb)
 
 
-_LAZY_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG: a checkpoint saved before the lazy B existed has no 'feedback' key, and "
-                        "load_state_dict into a layer that has made its B fails with Missing key(s)")
-
-
 @pytest.mark.parametrize("rule,opts", [
     ("fa", {}), ("brsf", {}), ("kp", {"decay": 0.1}), ("sign_tracking", {"period": 2}),
-    pytest.param("fa", {"conv_feedback": "dense"}, marks=_LAZY_BUG), pytest.param("dfa", {}, marks=_LAZY_BUG),
+    ("fa", {"conv_feedback": "dense"}), ("dfa", {}),
 ], ids=lambda v: str(v))
 def test_reloading_the_initial_checkpoint_replays_training_exactly(rule, opts) -> None:
     model = falign.convert(_net(), rule, seed=3, **opts)

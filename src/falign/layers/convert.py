@@ -112,6 +112,9 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
                          "falign.layers.FeedbackLinear / FeedbackConv2d directly")
     visit(model, "")
     excluded = set(report.excluded)
+    # Embeddings send no signal to their (integer) input: nothing to convert there.
+    owned.update(id(p) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
+                 for p in m.parameters(recurse=False))
     for pname, p in model.named_parameters():
         mod_name = pname.rpartition(".")[0]
         if p.dim() >= 2 and id(p) not in owned and mod_name not in excluded and not any(

@@ -43,18 +43,20 @@ class FeedbackLayer:
         self.layer_name = name
         self.exact = False
         self.hold_state = False
-        self.feedback_seed = derive_seed(rule.seed, name)
+        self._seed = derive_seed(rule.seed, name)
         self._step = 0
         self._dfa_context: DFAContext | None = None
         self._pending_input_shape: tuple[int, ...] | None = None
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(self.weight)
         self.feedback_std = rule.resolved_scale(fan_in, fan_out)
         self.register_buffer("feedback_step", torch.zeros((), dtype=torch.long))
+        # saved with B, so lazy B and brsf redraws continue after loading into any model
+        self.register_buffer("feedback_seed", torch.tensor(self._seed, dtype=torch.long))
         feedback = None
         if not self._lazy_feedback:
             with torch.no_grad():
                 feedback = rule.init_feedback(
-                    self.weight, self.weight.shape, self.feedback_std, self.feedback_seed
+                    self.weight, self.weight.shape, self.feedback_std, self._seed
                 )
         self.register_buffer("feedback", feedback)
         if rule.kind == "direct":
@@ -93,7 +95,7 @@ class FeedbackLayer:
         with torch.no_grad():
             # Out of place: a graph still waiting for backward keeps the B it saw.
             self.feedback = self.rule.update(
-                self.weight, self.feedback, self._step, self.feedback_std, self.feedback_seed
+                self.weight, self.feedback, self._step, self.feedback_std, self._seed
             )
 
     def _feedback_forward(self, x: Tensor, plain) -> Tensor:
@@ -127,7 +129,7 @@ class FeedbackLayer:
         std = self.rule.resolved_scale(fan_in, fan_out)
         self.feedback_std = std
         with torch.no_grad():
-            self.feedback = self.rule.init_feedback(self.weight, shape, std, self.feedback_seed)
+            self.feedback = self.rule.init_feedback(self.weight, shape, std, self._seed)
 
     def create_direct_feedback(self, error_shape: tuple[int, ...]) -> None:
         """Called by the DFA output hook once the output shape is known."""
@@ -140,6 +142,8 @@ class FeedbackLayer:
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
         key = prefix + "feedback"
+        if key not in state_dict and self._lazy_feedback:
+            self.feedback = None  # saved before its lazy B existed: B is made again on first use
         if key in state_dict:
             saved = state_dict[key]
             if self.feedback is None or self.feedback.shape != saved.shape:
@@ -152,6 +156,8 @@ class FeedbackLayer:
         step_key = prefix + "feedback_step"
         if step_key in state_dict:
             self._step = int(state_dict[step_key])
+        if prefix + "feedback_seed" in state_dict:
+            self._seed = int(state_dict[prefix + "feedback_seed"])
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.rule.options().items() if k != "seed")

@@ -74,7 +74,7 @@ class DirectSignal(Signal):
     layer: Any  # the layer module (holds ``feedback``)
 
 
-def direct_input_grad(error: Tensor | None, feedback: Tensor | None, x_shape) -> Tensor:
+def direct_input_grad(error: Tensor | None, feedback: Tensor | None, x_shape, dtype) -> Tensor:
     if error is None:
         raise RuntimeError(
             "DFA layer got no output error: the backward pass did not start at the output the "
@@ -88,7 +88,7 @@ def direct_input_grad(error: Tensor | None, feedback: Tensor | None, x_shape) ->
             f"{x_shape[0]}; DFA needs one output row per input sample"
         )
     b2d = feedback.reshape(-1, error[0].numel())  # (in_numel, e_numel)
-    return (error.reshape(error.shape[0], -1).to(b2d.dtype) @ b2d.T).view(x_shape)
+    return (error.reshape(error.shape[0], -1).to(b2d.dtype) @ b2d.T).view(x_shape).to(dtype)
 
 
 class FeedbackLinearFn(torch.autograd.Function):
@@ -105,17 +105,22 @@ class FeedbackLinearFn(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, weight, feedback = ctx.saved_tensors
         grad_x = grad_w = grad_b = None
+        # Under autocast grad_out may be bf16/fp16 while x, W and B are fp32: compute in the
+        # gradient's dtype, as autocast's own linear backward does, and return each grad in the
+        # dtype of the tensor it belongs to.
+        dt = grad_out.dtype
         if ctx.needs_input_grad[0]:
             signal = ctx.signal
             if isinstance(signal, KernelSignal):
-                grad_x = grad_out @ signal.matrix(weight, feedback)  # (..., out) @ (out, in)
+                b = signal.matrix(weight, feedback).to(dt)  # (out, in)
+                grad_x = (grad_out @ b).to(x.dtype)  # (..., in)
             else:
-                grad_x = direct_input_grad(signal.context.error, signal.layer.feedback, x.shape)
+                grad_x = direct_input_grad(signal.context.error, signal.layer.feedback, x.shape, x.dtype)
         if ctx.needs_input_grad[1]:
             g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (M, out)
-            grad_w = g2.T @ x.reshape(-1, x.shape[-1])  # (out, in)
+            grad_w = (g2.T @ x.reshape(-1, x.shape[-1]).to(dt)).to(weight.dtype)  # (out, in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0)
+            grad_b = grad_out.reshape(-1, grad_out.shape[-1]).sum(0).to(weight.dtype)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -173,7 +178,7 @@ class FeedbackConvFn(torch.autograd.Function):
                     b = signal.matrix(weight, feedback)  # (out_numel, in_numel)
                     grad_x = (grad_out.reshape(grad_out.shape[0], -1) @ b).view(x.shape)
                 else:
-                    grad_x = direct_input_grad(signal.context.error, signal.layer.feedback, x.shape)
+                    grad_x = direct_input_grad(signal.context.error, signal.layer.feedback, x.shape, x.dtype)
         return grad_x, grad_w, grad_b, None, None, None
 
 
