@@ -79,6 +79,10 @@ def compare_base(args):
     return parse_config(apply_overrides(data, args.set), where="falign compare")
 
 
+def _rule_list(text: str) -> list[str]:
+    return [r.strip() for r in text.split(",") if r.strip()]
+
+
 def cmd_compare(args) -> int:
     from ..training.compare import run_compare
     from ..training.config import load_config
@@ -88,16 +92,17 @@ def cmd_compare(args) -> int:
         base = load_config(args.config, args.set)
         if args.epochs is not None:
             base.train.epochs = args.epochs
-        rules_text = args.rules or ",".join(base.compare) or COMPARE_RULES
+        rules = _rule_list(args.rules) if args.rules else (base.compare or _rule_list(COMPARE_RULES))
     else:
         base = compare_base(args)
-        rules_text = args.rules or COMPARE_RULES
+        rules = _rule_list(args.rules or COMPARE_RULES)
     out = Path(args.out) if args.out else Path("runs") / base.name
-    rules = [r.strip() for r in rules_text.split(",") if r.strip()]
     from ..rules import get_rule
+    from ..training.compare import method
 
     for r in rules:
-        get_rule(r.partition(":")[0])  # fail fast on an unknown rule, before any training
+        _, name, opts = method(r)
+        get_rule(name, **opts)  # fail fast on an unknown rule or option, before any training
     rows = run_compare(base, rules, out, resume=args.resume, overwrite=args.overwrite)
     print(f"summary: {out / 'summary.md'}; figure: {out / 'val_acc.png'}")
     return 0 if all(r["status"] == "completed" for r in rows) else 1

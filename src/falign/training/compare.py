@@ -6,27 +6,42 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import ExperimentConfig
+from .config import CompareEntry, ExperimentConfig
 from .loop import RunDirError, train, write_json
 
 
-def compare_configs(base: ExperimentConfig, rules: list[str],
-                    rule_options: dict[str, dict[str, Any]] | None = None) -> dict[str, ExperimentConfig]:
+def method(entry: str | CompareEntry) -> tuple[str, str, dict[str, Any]]:
+    """(label, rule name, rule options) of a comparison entry: "fa", "fa:dense" (conv_feedback)
+    or a :class:`CompareEntry` / mapping with label, rule and options."""
+    if isinstance(entry, dict):
+        entry = CompareEntry.model_validate(entry)
+    if isinstance(entry, CompareEntry):
+        return entry.label, entry.rule, dict(entry.options)
+    name, _, variant = entry.partition(":")
+    return entry, name, ({"conv_feedback": variant} if variant else {})
+
+
+def compare_configs(base: ExperimentConfig,
+                    rules: list[str | CompareEntry]) -> dict[str, ExperimentConfig]:
     out = {}
-    for rule in rules:
-        name, _, variant = rule.partition(":")
-        opts = dict((rule_options or {}).get(rule, {}))
-        if variant:
-            opts["conv_feedback"] = variant
+    for entry in rules:
+        label, name, opts = method(entry)
         cfg = base.model_copy(deep=True)
         cfg.rule = cfg.rule.model_validate({"name": name, "options": opts})
-        cfg.name = f"{base.name}-{rule.replace(':', '-')}"
-        out[rule] = cfg
+        cfg.name = f"{base.name}-{run_label(label)}"
+        cfg.compare = []
+        out[label] = cfg
     return out
 
 
-def run_compare(base: ExperimentConfig, rules: list[str], out: str | Path, *, resume: bool = False,
-                overwrite: bool = False, log=print, figure: bool = True) -> list[dict[str, Any]]:
+def run_label(label: str) -> str:
+    """A label as a directory name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label)
+
+
+def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: str | Path, *,
+                resume: bool = False, overwrite: bool = False, log=print,
+                figure: bool = True) -> list[dict[str, Any]]:
     out = Path(out)
     marker = out / "compare.json"
     if marker.exists() and not (resume or overwrite):
@@ -34,10 +49,11 @@ def run_compare(base: ExperimentConfig, rules: list[str], out: str | Path, *, re
                           "--overwrite to replace it)")
     out.mkdir(parents=True, exist_ok=True)
     configs = compare_configs(base, rules)
-    write_json(marker, {"rules": rules, "base": base.to_dict(), "status": "running"})
+    labels = list(configs)
+    write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "running"})
     rows = []
     for rule, cfg in configs.items():
-        run_dir = out / rule.replace(":", "-")
+        run_dir = out / run_label(rule)
         done = run_dir / "tracking.json"
         if resume and done.exists() and json.loads(done.read_text()).get("status") in (
                 "completed", "diverged"):
@@ -57,7 +73,7 @@ def run_compare(base: ExperimentConfig, rules: list[str], out: str | Path, *, re
         if series:
             plot_curves(series, out / "val_acc", xlabel="epoch", ylabel="validation accuracy (%)",
                         title=f"{base.data.name} / {base.model.name}: validation accuracy")
-    write_json(marker, {"rules": rules, "base": base.to_dict(), "status": "completed",
+    write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "completed",
                         "rows": [{k: v for k, v in r.items() if k != "val_curve"} for r in rows]})
     return rows
 

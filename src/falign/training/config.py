@@ -90,7 +90,17 @@ class SearchSpace(_Section):
     a range ``{low, high, log}`` (TPE only)."""
 
     params: dict[str, list[Any] | dict[str, Any]] = Field(default_factory=dict)
+    #: the rule (default: the label, with "name:variant" meaning conv_feedback=variant)
+    rule: str | None = None
     rule_options: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompareEntry(_Section):
+    """One method of a comparison: a label, a rule and its options."""
+
+    label: str
+    rule: str
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class SweepConfig(_Section):
@@ -117,7 +127,7 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: SweepConfig | None = None
     #: rules that ``falign compare --config`` trains on this config ("fa:dense" for a variant)
-    compare: list[str] = Field(default_factory=list)
+    compare: list[str | CompareEntry] = Field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -182,8 +192,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
     return data
 
 
+SHIPPED = Path(__file__).resolve().parents[1] / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with falign (``falign train NAME`` finds them)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load a YAML config from a path, or a shipped config by name (e.g. ``dfa-mnist``)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and (SHIPPED / f"{path.name}.yaml").is_file():
+        path = SHIPPED / f"{path.name}.yaml"
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -57,6 +57,10 @@ def _trial_config(base: ExperimentConfig, overrides: dict[str, Any], epochs: int
     data = apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     data["train"]["epochs"] = epochs
     data["name"] = name
+    data["compare"] = []
+    if seed is None:  # a short search trial: no per-epoch checkpoints, no alignment probes
+        data["train"]["checkpoint_every_epoch"] = False
+        data["train"]["alignment_every"] = 0
     if seed is not None:
         data["seed"] = seed
     return parse_config(data, where=f"sweep trial {name}")
@@ -172,7 +176,7 @@ def search_spaces(base: ExperimentConfig, spec: SweepConfig) -> dict[str, tuple[
     out = {}
     for label, space in spec.rules.items():
         space = space if isinstance(space, SearchSpace) else SearchSpace.model_validate(space)
-        name, _, variant = label.partition(":")
+        name, _, variant = (space.rule or label).partition(":")
         opts = dict(space.rule_options)
         if variant:
             opts["conv_feedback"] = variant
