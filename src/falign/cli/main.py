@@ -21,13 +21,15 @@ COMPARE_DEFAULTS = {
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ..data import DatasetError
     from ..models import ModelError
+    from ..report import ReportError
+    from ..reproduce import ReproduceError
     from ..rules import RuleError
     from ..training.checkpoint import CheckpointError
     from ..training.config import ConfigError
     from ..training.loop import RunDirError
 
     errors: list[type[BaseException]] = [DatasetError, ModelError, RuleError, CheckpointError,
-                                         ConfigError, RunDirError]
+                                         ConfigError, RunDirError, ReportError, ReproduceError]
     try:
         from ..training.sweep import SweepError
 
@@ -123,6 +125,29 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    import yaml
+
+    from ..report import write_report
+
+    published = None
+    if args.published:
+        published = yaml.safe_load(Path(args.published).read_text())
+    path = write_report(args.runs, Path(args.out), title=args.title, published=published,
+                        notes=args.note)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from ..reproduce import reproduce
+
+    _data_dir(args)
+    reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
+              overwrite=args.overwrite)
+    return 0
+
+
 def cmd_rules(args) -> int:
     from ..rules import rules
 
@@ -182,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=None, help="trials for this worker (TPE)")
     common(p)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="HTML report + results table of runs or comparisons")
+    p.add_argument("runs", nargs="+", help="run directories or comparison directories")
+    p.add_argument("--out", default="report", help="output directory (default: ./report)")
+    p.add_argument("--title")
+    p.add_argument("--published", help="YAML: {test_acc: {method: percent}}")
+    p.add_argument("--note", action="append", default=[], help="a note for the page (repeatable)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("reproduce", help="one published result end to end, ending with the report")
+    p.add_argument("name", help="lance-kieu-2026, biotorch-lenet, dfa-mnist, lillicrap-2016, "
+                   "sign-tracking")
+    p.add_argument("--scale", choices=["smoke", "full"], default="smoke")
+    p.add_argument("--out")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("rules", help="list the learning rules")
     p.set_defaults(func=cmd_rules)

@@ -3,5 +3,23 @@
 from falign.plots.cka_heatmaps import plot_cka_heatmaps
 from falign.plots.confusion import plot_confusion_matrix
 from falign.plots.curves import plot_curves
+from falign.plots.exemplars import plot_exemplar_grid
+from falign.plots.training import (
+    NothingToPlot,
+    plot_alignment,
+    plot_loss_curves,
+    plot_sign_concordance,
+    plot_val_accuracy,
+)
 
-__all__ = ["plot_cka_heatmaps", "plot_confusion_matrix", "plot_curves"]
+__all__ = [
+    "NothingToPlot",
+    "plot_alignment",
+    "plot_cka_heatmaps",
+    "plot_confusion_matrix",
+    "plot_curves",
+    "plot_exemplar_grid",
+    "plot_loss_curves",
+    "plot_sign_concordance",
+    "plot_val_accuracy",
+]

@@ -1,0 +1,242 @@
+"""``write_report``: one self-contained HTML page (figures inlined), ``results.txt`` and the figures.
+
+    from falign.report import write_report
+    write_report(["runs/compare-mnist"], Path("report"), published={"test_acc": {"bp": 98.2}})
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import __version__
+from ..plots.training import (
+    NothingToPlot,
+    plot_alignment,
+    plot_loss_curves,
+    plot_sign_concordance,
+    plot_val_accuracy,
+)
+from .runs import Run, load_runs, pct, published_columns, summary
+from .text import (
+    JPEG_NOTE,
+    config_summary,
+    format_results,
+    is_jpeg,
+    model_text,
+    numeric_columns,
+    shared_or_each,
+)
+
+__all__ = ["FIGURES", "write_report"]
+
+Runs = Mapping[str, Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    name: str  # file stem under figures/
+    title: str
+    caption: str
+    draw: Callable[[Runs, Path, dict[str, float]], list[Path]]
+
+
+FIGURES: tuple[FigureSpec, ...] = (
+    FigureSpec("val_accuracy", "Validation accuracy",
+               "Validation accuracy after each epoch. Dashed lines, where shown: published test accuracy.",
+               lambda runs, stem, refs: plot_val_accuracy(runs, stem, references=refs)),
+    FigureSpec("loss_curves", "Loss curves",
+               "Training loss (solid; mean over the epoch's minibatches while the weights moved) and "
+               "validation loss (dashed; measured after the epoch).",
+               lambda runs, stem, refs: plot_loss_curves(runs, stem)),
+    FigureSpec("update_angle", "Update alignment",
+               "Angle between each layer's weight update and the true backprop gradient on the same "
+               "batch; 0 degrees is backprop, 90 degrees is no alignment.",
+               lambda runs, stem, refs: plot_alignment(runs, stem, "update_angle")),
+    FigureSpec("signal_angle", "Signal alignment",
+               "Angle between the signal a layer sends to its input and backprop's signal at the same "
+               "point (for DFA: the injected B e against backprop's signal there).",
+               lambda runs, stem, refs: plot_alignment(runs, stem, "signal_angle")),
+    FigureSpec("feedback_angle", "Feedback alignment",
+               "Angle between the effective feedback matrix B and the weights W (undefined, so absent, "
+               "where B does not have W's shape: DFA, dense convolutional FA).",
+               lambda runs, stem, refs: plot_alignment(runs, stem, "feedback_angle")),
+    FigureSpec("sign_concordance", "Sign concordance",
+               "Fraction of weights with sign(B) = sign(W) (left) and with sign(update) = sign(backprop "
+               "gradient) (right), averaged over the layers that report it. 0.5 is chance.",
+               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=False)),
+    FigureSpec("sign_concordance_per_layer", "Sign concordance per layer (supplementary)",
+               "As above, one panel per layer: B vs W solid, update vs gradient dashed.",
+               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=True)),
+)
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 68rem; margin: 2rem auto; padding: 0 1rem;
+       color: #1a1a1a; line-height: 1.45; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; margin: 0.5rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9rem; color: #333; }
+.warning { border-left: 4px solid #D55E00; background: #fdf0e6; padding: 0.5rem 0.8rem; }
+.skipped { color: #555; font-style: italic; }
+pre { background: #f7f7f7; padding: 0.6rem; overflow-x: auto; font-size: 0.85rem; }
+details { margin: 0.4rem 0; } summary { cursor: pointer; }
+"""
+
+
+def e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """An HTML table of already-formatted text (escaped here); numeric columns right-aligned."""
+    numeric = numeric_columns(rows)
+    out = ["<table>", "<tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>"]
+    for row in rows:
+        cells = "".join(f'<td class="num">{e(c)}</td>' if num else f"<td>{e(c)}</td>"
+                        for c, num in zip(row, numeric, strict=True))
+        out.append(f"<tr>{cells}</tr>")
+    out.append("</table>")
+    return out
+
+
+def _results_table(runs: Sequence[Run], published: Mapping[str, Mapping[str, float]]) -> list[str]:
+    headers = ["method", "best val %", "test %", "best epoch", "epochs", "s/epoch", "status", *published]
+    rows = []
+    for run in runs:
+        s = summary(run)
+        spe = s["sec_per_epoch"]
+        spe = "-" if spe is None else f"{spe:.1f}" if spe >= 10 else f"{spe:.2f}"
+        rows.append([run.label, pct(s["best_val_acc"]), pct(s["test_acc"]),
+                     "-" if s["best_epoch"] is None else str(s["best_epoch"]), str(s["epochs"]), spe,
+                     s["status"], *(f"{col[run.label]:.2f}" if run.label in col else "-"
+                                    for col in published.values())])
+    out = _table(headers, rows)
+    on_test = [run.label for run in runs if summary(run)["selected_on"] != "val"]
+    if on_test:
+        out.append(f"<p>The best epoch was chosen on the test set (no validation split), so "
+                   f"&ldquo;best val %&rdquo; is a test accuracy for: {e(', '.join(on_test))}.</p>")
+    return out
+
+
+def _setup_table(runs: Sequence[Run]) -> list[str]:
+    configs = [config_summary(run) for run in runs]
+    keys = ["rule", "optimiser", "lr", "weight decay"] + (
+        ["scale"] if any(c["scale"] != "-" for c in configs) else [])
+    rows = [[run.label, *(c[k] for k in keys), model_text(run), str(run.path)]
+            for run, c in zip(runs, configs, strict=True)]
+    return _table(["method", *keys, "model", "run directory"], rows)
+
+
+def _environment_table(runs: Sequence[Run]) -> list[str]:
+    envs = [run.tracking.get("environment") or {} for run in runs]
+    keys = list(dict.fromkeys(k for env in envs for k in env))
+    if not keys:
+        return ["<p>No environment recorded.</p>"]
+    if all(env == envs[0] for env in envs):
+        return _table(["", "value"], [[k, str(envs[0].get(k, "-"))] for k in keys])
+    return _table(["", *(run.label for run in runs)],
+                  [[k, *(str(env.get(k, "-")) for env in envs)] for k in keys])
+
+
+def _shared_line(name: str, items: list[tuple[str | None, str]]) -> list[str]:
+    if len(items) == 1 and items[0][0] is None:
+        return [f"<p><strong>{e(name)}:</strong> {e(items[0][1])}</p>"]
+    return [f"<p><strong>{e(name)}:</strong></p>", "<ul>",
+            *(f"<li>{e(label)}: {e(text)}</li>" for label, text in items), "</ul>"]
+
+
+def _figures(runs: Sequence[Run], folder: Path, references: dict[str, float]) -> list[str]:
+    data = {run.label: run.tracking for run in runs}
+    out = []
+    for spec in FIGURES:
+        stem = folder / spec.name
+        try:
+            png, pdf = spec.draw(data, stem, references)
+        except NothingToPlot as err:
+            for stale in (stem.with_suffix(".png"), stem.with_suffix(".pdf")):
+                stale.unlink(missing_ok=True)  # from an earlier report into the same folder
+            out.append(f'<p class="skipped">{e(spec.title)}: not drawn, {e(err)}.</p>')
+            continue
+        out += _figure_html(spec.title, png, f"{spec.caption} Files: figures/{png.name}, "
+                            f"figures/{pdf.name}.")
+    return out
+
+
+def _figure_html(title: str, png: Path, caption: str) -> list[str]:
+    encoded = base64.b64encode(png.read_bytes()).decode("ascii")
+    return ["<figure>", f"<h3>{e(title)}</h3>",
+            f'<img alt="{e(title)}" src="data:image/png;base64,{encoded}">',
+            f"<figcaption>{e(caption)}</figcaption>", "</figure>"]
+
+
+def _default_title(runs: Sequence[Run]) -> str:
+    datasets = {str(run.tracking.get("dataset") or "") for run in runs}
+    models = {str((run.config.get("model") or {}).get("name") or "") for run in runs}
+    shared = [values.pop() if len(values) == 1 else "" for values in (datasets, models)]
+    parts = [s for s in shared if s]
+    return "falign report" + (f": {' / '.join(parts)}" if parts else "")
+
+
+def write_report(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    published: Mapping[str, Mapping[str, float]] | None = None,
+    notes: Sequence[str] = (),
+    extra_figures: Sequence[tuple[str, str | os.PathLike[str], str]] = (),
+) -> Path:
+    """Report on the runs in ``run_dirs`` (run directories, or comparison directories whose runs
+    are all included) into ``out``: ``report.html``, ``results.txt`` and ``figures/*.png|pdf``.
+
+    ``published`` maps a metric (``test_acc``, ``best_val_acc``) to {method label or rule: accuracy
+    in %}; it adds a "published" column and dashed reference lines. ``notes`` are shown verbatim
+    (escaped). ``extra_figures`` are (title, PNG path, caption) drawn elsewhere (CKA heatmaps,
+    exemplar grids, confusion matrices), embedded after the training figures. Returns the path of ``report.html``. Raises `ReportError` for a path that is not a
+    run or comparison directory.
+    """
+    runs = load_runs([Path(p) for p in run_dirs])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    title = title or _default_title(runs)
+    columns = published_columns(runs, published)
+    references = published_columns(runs, {"test_acc": (published or {}).get("test_acc") or {}})
+    references_pct = next(iter(references.values()), {})
+
+    (out / "results.txt").write_text(format_results(runs, title, columns, notes), encoding="utf-8")
+
+    datasets = shared_or_each(runs, lambda r: r.tracking.get("dataset") or "unknown")
+    page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+            f"<h1>{e(title)}</h1>",
+            f"<p>{len(runs)} run{'s' if len(runs) != 1 else ''}; generated by falign {e(__version__)}.</p>"]
+    page += _shared_line("Dataset", datasets)
+    if any(is_jpeg(text) for _, text in datasets):
+        page.append(f'<p class="warning"><strong>JPEG copy:</strong> {e(JPEG_NOTE)}</p>')
+    page += _shared_line("Model", shared_or_each(runs, model_text))
+    if notes:
+        page += ["<h2>Notes</h2>", "<ul>", *(f"<li>{e(note)}</li>" for note in notes), "</ul>"]
+    page += ["<h2>Results</h2>", *_results_table(runs, columns)]
+    page += ["<h2>Setup</h2>", *_setup_table(runs)]
+    page += ["<h2>Figures</h2>", *_figures(runs, out / "figures", references_pct)]
+    for fig_title, png, caption in extra_figures:
+        page += _figure_html(fig_title, Path(png), caption)
+    page += ["<h2>Configurations</h2>"]
+    for run in runs:
+        text = yaml.safe_dump(run.config, sort_keys=False)
+        page += [f"<details><summary>{e(run.label)} &mdash; {e(run.path)}</summary>",
+                 f"<pre>{e(text)}</pre></details>"]
+    page += ["<h2>Environment</h2>", *_environment_table(runs), "</body>", "</html>"]
+    path = out / "report.html"
+    path.write_text("\n".join(page) + "\n", encoding="utf-8")
+    return path

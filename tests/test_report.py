@@ -1,0 +1,317 @@
+"""``falign.report.write_report`` on hand-written tracking.json files (numbers known in advance) and
+on one real, tiny comparison: a self-contained page, the right numbers, escaped text, the figures."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from falign.plots import NothingToPlot, plot_alignment, plot_sign_concordance
+from falign.plots.training import _layer_mean_series
+from falign.report import ReportError, load_runs, write_report
+
+FIGURE_NAMES = ["val_accuracy", "loss_curves", "update_angle", "signal_angle", "feedback_angle",
+                "sign_concordance", "sign_concordance_per_layer"]
+EVIL = "u<sf>&"  # a rule name that must come out escaped
+
+
+def _config(rule: str, options: dict | None = None, lr: float = 0.01, wd: float = 0.0) -> dict:
+    return {"name": f"synthetic-{rule}", "seed": 0,
+            "data": {"name": "mnist", "subset": 600},
+            "model": {"name": "mlp", "options": {"sizes": [784, 16, 10]}},
+            "rule": {"name": rule, "options": options or {}},
+            "optim": {"name": "sgd", "lr": lr, "weight_decay": wd},
+            "train": {"epochs": 3, "loss": "cross_entropy"}}
+
+
+def _layer(u, s, f, sc, usc) -> dict:
+    return {"update_angle": u, "signal_angle": s, "feedback_angle": f,
+            "norm_ratio": None if f is None else 1.0, "sign_concordance": sc, "update_sign_concordance": usc}
+
+
+def _tracking(rule: str, val: list[float], test: float, *, options: dict | None = None,
+              alignment: list | None = None, dataset: str = "MNIST, 600/200/600",
+              seconds: float = 2.0, status: str = "completed") -> dict:
+    best = max(range(len(val)), key=lambda i: val[i])
+    epochs = [{"epoch": i + 1, "train_loss": 2.0 / (i + 1), "train_acc": v - 0.01, "train_errors": 10,
+               "val_loss": 2.2 / (i + 1), "val_acc": v, "lr": 0.01, "seconds": seconds}
+              for i, v in enumerate(val)]
+    return {"config": _config(rule, options), "dataset": dataset, "epochs": epochs,
+            "best_epoch": best + 1, "best_val_acc": val[best], "test_acc": test, "selected_on": "val",
+            "status": status, "environment": {"falign": "0.1.0", "torch": "2.13.0+cpu", "device": "cpu"},
+            "alignment": alignment or []}
+
+
+def _write(run_dir: Path, tracking: dict) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "tracking.json").write_text(json.dumps(tracking))
+    return run_dir
+
+
+# FA: every measure, some None (layer fc2 sends no signal; one missing feedback angle).
+FA_ALIGNMENT = [
+    {"step": step, "epoch": 1 + step // 20, "layers": {
+        "fc1": _layer(80.0 - step, None, 89.0, 0.5 + step / 200, 0.55 + step / 200),
+        "fc2": _layer(70.0 - step, 85.0 - step, None if step == 20 else 88.0, 0.5, 0.6),
+    }} for step in (0, 10, 20, 30)
+]
+# The escaped rule: a B-vs-W sign concordance of 1 (as USF), no feedback angle on fc2.
+EVIL_ALIGNMENT = [
+    {"step": step, "epoch": 1, "layers": {
+        "fc1": _layer(40.0, None, 30.0, 1.0, 0.8),
+        "fc2": _layer(30.0, 35.0, None, None, 0.9),
+    }} for step in (0, 10, 20, 30)
+]
+BP_ALIGNMENT = [{"step": step, "epoch": 1, "layers": {}} for step in (0, 10, 20, 30)]
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synthetic")
+    _write(root / "bp", _tracking("bp", [0.80, 0.8125, 0.81], 0.7912, alignment=BP_ALIGNMENT, seconds=1.5))
+    fa = _tracking("fa", [0.60, 0.70, 0.7550], 0.7321, options={"conv_feedback": "dense"},
+                   alignment=FA_ALIGNMENT, seconds=3.0)
+    _write(root / "fa-dense", fa)
+    _write(root / "evil", _tracking(EVIL, [0.70, 0.7777, 0.74], 0.7654, options={"scale": 0.5},
+                                    alignment=EVIL_ALIGNMENT, status="diverged"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(synthetic: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    path = write_report([synthetic / "bp", synthetic / "fa-dense", synthetic / "evil"], out,
+                        title="Synthetic <runs>", notes=["lr tuned by <hand> & eye"],
+                        published={"test_acc": {"bp": 75.80, "fa:dense": 70.5, "dfa": 60.0}})
+    assert path == out / "report.html"
+    return out
+
+
+class _Tables(HTMLParser):
+    """Every <table> of a page as a list of rows of cell text (entities decoded)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs) -> None:
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag) -> None:
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _tables(page: str) -> list[list[list[str]]]:
+    parser = _Tables()
+    parser.feed(page)
+    return parser.tables
+
+
+def _results_rows(page: str) -> dict[str, dict[str, str]]:
+    header, *rows = _tables(page)[0]
+    return {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+
+
+# ----------------------------------------------------------------------------- the page itself
+
+def test_results_table_has_one_row_per_method_with_the_numbers(report: Path) -> None:
+    rows = _results_rows((report / "report.html").read_text())
+    assert list(rows) == ["bp", "fa:dense", EVIL]
+    assert rows["bp"] == {"method": "bp", "best val %": "81.25", "test %": "79.12", "best epoch": "2",
+                          "epochs": "3", "s/epoch": "1.50", "status": "completed",
+                          "published test %": "75.80"}
+    assert rows["fa:dense"]["best val %"] == "75.50" and rows["fa:dense"]["test %"] == "73.21"
+    assert rows["fa:dense"]["best epoch"] == "3" and rows["fa:dense"]["published test %"] == "70.50"
+    assert rows[EVIL]["best val %"] == "77.77" and rows[EVIL]["status"] == "diverged"
+    assert rows[EVIL]["published test %"] == "-"  # "dfa" names no run: no number, and no extra row
+
+
+def test_page_is_self_contained_with_one_inline_png_per_figure(report: Path) -> None:
+    page = (report / "report.html").read_text()
+    sources = re.findall(r'\bsrc\s*=\s*"([^"]*)"', page)
+    assert len(sources) == len(FIGURE_NAMES)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"\b(href|url)\s*[=(]", page) and "<script" not in page and "<link" not in page
+    # each inlined image is byte for byte the PNG written to figures/
+    inlined = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
+    assert inlined == {(report / "figures" / f"{name}.png").read_bytes() for name in FIGURE_NAMES}
+
+
+def test_text_is_escaped(report: Path) -> None:
+    page = (report / "report.html").read_text()
+    assert EVIL not in page and "u&lt;sf&gt;&amp;" in page
+    assert "<runs>" not in page and "Synthetic &lt;runs&gt;" in page
+    assert "lr tuned by &lt;hand&gt; &amp; eye" in page
+
+
+def test_page_holds_dataset_configs_environment_and_no_jpeg_note(report: Path) -> None:
+    page = (report / "report.html").read_text()
+    assert "MNIST, 600/200/600" in page and "JPEG" not in page
+    assert page.count("<details>") == 3 and "conv_feedback: dense" in page
+    env = [t for t in _tables(page) if t[0] == ["", "value"]]
+    assert env and ["torch", "2.13.0+cpu"] in env[0]
+
+
+def test_figures_are_written_as_png_and_pdf(report: Path) -> None:
+    for name in FIGURE_NAMES:
+        png, pdf = report / "figures" / f"{name}.png", report / "figures" / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+
+
+def test_results_txt_has_config_numbers_and_published_column(report: Path) -> None:
+    text = (report / "results.txt").read_text()
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("method"))
+    assert header.split("  ")[0] == "method"
+    for column in ("rule", "lr", "weight decay", "scale", "best val %", "test %", "best epoch",
+                   "published test %", "status"):
+        assert column in header
+    row = {cells[0]: cells for cells in map(str.split, lines) if cells[:1] in (["bp"], ["fa:dense"], [EVIL])}
+    assert row["bp"] == ["bp", "bp", "sgd", "0.01", "0", "-", "81.25", "79.12", "2", "75.80", "completed"]
+    assert row["fa:dense"] == ["fa:dense", "fa:dense", "sgd", "0.01", "0", "-", "75.50", "73.21", "3",
+                               "70.50", "completed"]
+    assert row[EVIL] == [EVIL, EVIL, "sgd", "0.01", "0", "0.5", "77.77", "76.54", "2", "-", "diverged"]
+    assert "lr tuned by <hand> & eye" in text  # plain text: not escaped
+    assert "JPEG" not in text
+
+
+# ----------------------------------------------------------------------- inputs and edge cases
+
+def test_missing_tracking_json_raises_report_error_naming_the_path(tmp_path: Path) -> None:
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    with pytest.raises(ReportError) as info:
+        write_report([empty], tmp_path / "out")
+    assert str(empty) in str(info.value) and "\n" not in str(info.value)
+    assert isinstance(info.value, ValueError)
+    # a comparison whose run never started
+    comp = tmp_path / "comp"
+    _write(comp / "bp", _tracking("bp", [0.5], 0.5))
+    (comp / "compare.json").write_text(json.dumps({"rules": ["bp", "fa:dense"]}))
+    with pytest.raises(ReportError, match=re.escape(str(comp / "fa-dense"))):
+        load_runs([comp])
+    with pytest.raises(ReportError, match=re.escape(str(tmp_path / "nowhere"))):
+        load_runs([tmp_path / "nowhere"])
+    (empty / "tracking.json").write_text("{not json")
+    with pytest.raises(ReportError, match=re.escape(str(empty / "tracking.json"))):
+        load_runs([empty])
+
+
+def test_comparison_dirs_are_expanded_and_equal_rules_get_their_dir_names(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        _write(tmp_path / name / "bp", _tracking("bp", [0.5], 0.5))
+        _write(tmp_path / name / "fa", _tracking("fa", [0.5], 0.5))
+        (tmp_path / name / "compare.json").write_text(json.dumps({"rules": ["bp", "fa"]}))
+    _write(tmp_path / "run1", _tracking("fa", [0.5], 0.5))
+    runs = load_runs([tmp_path / "a", tmp_path / "b", tmp_path / "run1", tmp_path / "a" / "bp"])
+    assert [r.label for r in runs] == ["bp (a/bp)", "fa (a/fa)", "bp (b/bp)", "fa (b/fa)", "fa (run1)"]
+    assert [r.path for r in runs][:2] == [tmp_path / "a" / "bp", tmp_path / "a" / "fa"]
+    assert {r.rule for r in runs} == {"bp", "fa"}
+
+
+def test_jpeg_dataset_gets_a_note_and_absent_alignment_is_reported(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _write(runs / "bp", _tracking("bp", [0.5, 0.6], 0.55, dataset="CIFAR-10 (JPEG copy), 45000/5000/10000"))
+    out = tmp_path / "out"
+    stale = out / "figures" / "update_angle.png"  # left by an earlier report into the same folder
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    write_report([runs / "bp"], out)
+    page = (out / "report.html").read_text()
+    assert "CIFAR-10 (JPEG copy)" in page and 'class="warning"' in page and "lossy JPEG copy" in page
+    assert "lossy JPEG copy" in (out / "results.txt").read_text()
+    assert page.count("data:image/png;base64,") == 2  # accuracy and loss only
+    assert "Update alignment: not drawn, no alignment record holds a value of update_angle" in page
+    assert "Sign concordance: not drawn" in page
+    assert not stale.exists()
+    assert "<title>falign report: CIFAR-10 (JPEG copy), 45000/5000/10000 / mlp</title>" in page
+
+
+# ----------------------------------------------------------------------- the figure functions
+
+def test_layer_mean_ignores_missing_values() -> None:
+    tracking = {"alignment": [
+        {"step": 10, "layers": {"a": {"sign_concordance": 0.6}, "b": {"sign_concordance": None},
+                                "c": {"sign_concordance": 0.8}}},
+        {"step": 0, "layers": {"a": {"sign_concordance": None}}},  # nothing to average: no point
+        {"step": 20, "layers": {"a": {"sign_concordance": 0.25}, "c": {"sign_concordance": 0.75}}},
+    ]}
+    steps, means = _layer_mean_series(tracking, "sign_concordance")
+    assert steps == [10, 20]
+    assert all(math.isclose(m, e) for m, e in zip(means, [0.7, 0.5], strict=True))
+
+
+def test_figure_functions_refuse_absent_data_and_bad_measures(tmp_path: Path) -> None:
+    runs = {"bp": _tracking("bp", [0.5], 0.5, alignment=BP_ALIGNMENT)}
+    with pytest.raises(NothingToPlot):
+        plot_alignment(runs, tmp_path / "a")
+    with pytest.raises(NothingToPlot):
+        plot_sign_concordance(runs, tmp_path / "s", per_layer=True)
+    with pytest.raises(ValueError, match="measure"):
+        plot_alignment(runs, tmp_path / "a", measure="norm_ratio")
+    assert not list(tmp_path.iterdir())
+
+
+def test_importing_the_report_does_not_import_matplotlib() -> None:
+    code = "import sys, falign.report; assert 'matplotlib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------- a real comparison, end to end
+
+def _data_root() -> Path:
+    env = os.environ.get("FALIGN_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def test_report_on_a_real_tiny_comparison(tmp_path: Path, monkeypatch) -> None:
+    data = _data_root()
+    if not any((data / "mnist").glob("train-images-idx3-ubyte*")):
+        pytest.skip(f"real MNIST IDX files not found under {data} (set FALIGN_DATA)")
+    monkeypatch.setenv("FALIGN_DATA", str(data))
+    from falign.training import parse_config
+    from falign.training.compare import run_compare
+
+    base = parse_config({
+        "name": "tiny", "seed": 0, "device": "cpu",
+        "data": {"name": "mnist", "subset": 600, "val_size": 200},
+        "model": {"name": "mlp", "options": {"sizes": [784, 16, 10]}},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "train": {"epochs": 1, "batch_size": 50, "alignment_every": 4, "alignment_batch": 64},
+    })
+    rows = run_compare(base, ["bp", "fa"], tmp_path / "cmp", log=lambda s: None, figure=False)
+    write_report([tmp_path / "cmp"], tmp_path / "out", published={"test_acc": {"fa": 12.34}})
+    page = (tmp_path / "out" / "report.html").read_text()
+    table = _results_rows(page)
+    assert list(table) == ["bp", "fa"]
+    for row in rows:
+        assert table[row["rule"]]["best val %"] == f"{100 * row['best_val_acc']:.2f}"
+        assert table[row["rule"]]["test %"] == f"{100 * row['test_acc']:.2f}"
+        assert table[row["rule"]]["epochs"] == "1"
+    assert table["fa"]["published test %"] == "12.34" and table["bp"]["published test %"] == "-"
+    assert page.count("data:image/png;base64,") == len(FIGURE_NAMES)
+    assert "not drawn" not in page
+    text = (tmp_path / "out" / "results.txt").read_text()
+    assert f"{100 * rows[1]['test_acc']:.2f}" in text and "12.34" in text
