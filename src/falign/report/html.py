@@ -202,8 +202,8 @@ def write_report(
     ``published`` maps a metric (``test_acc``, ``best_val_acc``) to {method label or rule: accuracy
     in %}; it adds a "published" column and dashed reference lines. ``notes`` are shown verbatim
     (escaped). ``extra_figures`` are (title, PNG path, caption) drawn elsewhere (CKA heatmaps,
-    exemplar grids, confusion matrices), embedded after the training figures. Returns the path of ``report.html``. Raises `ReportError` for a path that is not a
-    run or comparison directory.
+    exemplar grids, confusion matrices), embedded after the training figures. Returns the path
+    of ``report.html``. Raises `ReportError` for a path that is not a run or comparison directory.
     """
     runs = load_runs([Path(p) for p in run_dirs])
     out = Path(out)
