@@ -104,10 +104,6 @@ def _foreign_ckpt(run: Path) -> None:
     torch.save({"model": {"w": torch.zeros(3)}, "epoch": 3}, run / "last.pt")
 
 
-def _bug(reason: str):
-    return pytest.mark.xfail(strict=True, reason=f"BUG: {reason}")
-
-
 # name -> (config: dict | str | bytes, extra args, env, prepare(run_dir), fragment of the message)
 CASES = {
     "invalid_yaml": ("optim:\n  lr: 0.1\n  momentum: [0.9\ntrain: {epochs: 1}\n", ["--overwrite"],
@@ -142,20 +138,6 @@ MORE_CASES = {
     "list_yaml_with_set": ("- a\n- b\n", ["--overwrite", "--set", "optim.lr=0.1"], None, "mapping"),
     "dfa_loop_without_dfa": (tiny_config(train={"dfa_loop": "batch"}), ["--overwrite"], None, "dfa"),
     "unknown_device": (tiny_config(device="gpu"), ["--overwrite"], None, "device"),
-}
-KNOWN_BUGS = {
-    "text_last_pt": "checkpoint.py load_checkpoint: torch.load(weights_only=True) of a text file "
-                    "raises KeyError, which is not caught (traceback instead of exit 2)",
-    "text_last_pt_2": "checkpoint.py load_checkpoint: torch.load(weights_only=True) of a text file "
-                      "raises IndexError, which is not caught (traceback instead of exit 2)",
-    "binary_config": "config.py load_config: UnicodeDecodeError from read_text() is not caught",
-    "list_yaml_with_set": "config.py load_config: apply_overrides runs before the 'is a mapping' "
-                          "check, so a list config with --set raises AttributeError or TypeError",
-    "dfa_loop_without_dfa": "train.dfa_loop 'batch' with rule 'fa' is not checked with the config: "
-                            "dfa_loops.py raises ValueError mid-run (traceback), after loop.py has "
-                            "rewritten tracking.json and config.yaml and deleted best.pt",
-    "unknown_device": "config.py does not validate 'device': torch.device('gpu') raises "
-                      "RuntimeError in loop.py resolve_device (traceback)",
 }
 
 
@@ -223,8 +205,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(cli_results, case):
     _check_error(proc.returncode, proc.stderr, CASES[case][4], before, after)
 
 
-@pytest.mark.parametrize("case", [pytest.param(n, marks=_bug(KNOWN_BUGS[n])) if n in KNOWN_BUGS else n
-                                  for n in MORE_CASES])
+@pytest.mark.parametrize("case", list(MORE_CASES))
 def test_more_bad_inputs_in_process(prior_run, tmp_path, capsys, case):
     from falign.cli.main import main
 

@@ -171,9 +171,6 @@ def test_grid_parameter_needs_a_list(data_root, tmp_path):
         run_sweep(cfg, cfg.sweep, tmp_path / "bad", log=quiet)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: sweep.py _trial_config passes values through "
-                   "json.dumps then YAML 1.1, so 1e-05 becomes the string '1e-05' and the rule "
-                   "refuses it (RuleError ends the sweep)")
 def test_grid_values_in_exponent_notation_stay_numbers(data_root, tmp_path):
     cfg = sweep_config({"rule.options.scale": [1e-5]})
     summary = run_sweep(cfg, cfg.sweep, tmp_path / "exp", final=False, log=quiet)
@@ -183,9 +180,6 @@ def test_grid_values_in_exponent_notation_stay_numbers(data_root, tmp_path):
     assert tracking["config"]["rule"]["options"]["scale"] == 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: sweep.py final_runs always trains with resume=True, "
-                   "so run_sweep(overwrite=True) meets the old final runs and raises CheckpointError "
-                   "when the best parameters changed")
 def test_overwrite_replaces_the_final_runs(data_root, tmp_path):
     first = sweep_config({"optim.lr": [0.01]}, seeds=(0,))
     run_sweep(first, first.sweep, tmp_path / "sw", log=quiet)

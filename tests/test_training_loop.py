@@ -27,6 +27,7 @@ from falign.training import (
     parse_config,
     train,
 )
+from falign.training.config import ConfigError
 from falign.training.loop import config_from_run
 
 
@@ -175,8 +176,6 @@ def test_resume_with_another_config_is_refused(reference):
         train(other, out, resume=True, log=None)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: loop.py train(overwrite=True) removes only best.pt of "
-                   "the replaced run; its epoch_NNN.pt files beyond the new run's epochs stay")
 def test_overwrite_leaves_no_file_of_the_replaced_run(reference, tmp_path):
     cfg, out, _ = reference
     run = tmp_path / "run"
@@ -279,8 +278,6 @@ def test_early_stop_on_a_large_tolerance(data_root, tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: loop.py does not record an early stop in last.pt, so "
-                   "train(resume=True) on an early-stopped, completed run trains another epoch")
 def test_resume_after_early_stop_trains_no_further(data_root, tmp_path):
     cfg = parse_config(tiny(train={"epochs": 4, "early_stop_tol": 1e9}))
     tracking = train(cfg, tmp_path / "run", log=None)
@@ -304,9 +301,10 @@ def test_averaged_dfa_loops_train(data_root, tmp_path, loop):
 
 
 def test_averaged_dfa_loop_refuses_other_rules(data_root, tmp_path):
-    cfg = parse_config(tiny(train={"epochs": 1, "dfa_loop": "batch"}))
-    with pytest.raises(ValueError, match="dfa"):
-        train(cfg, tmp_path / "run", log=None)
+    # refused when the config is read, before anything is trained or written
+    with pytest.raises(ConfigError, match="needs rule 'dfa' and model 'mlp'"):
+        parse_config(tiny(train={"epochs": 1, "dfa_loop": "batch"}))
+    assert not (tmp_path / "run").exists()
 
 
 def test_metrics_helper_ignores_only_times():

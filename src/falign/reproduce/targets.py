@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..training.compare import method, run_compare, run_label
-from ..training.config import ExperimentConfig, apply_overrides, load_config, parse_config
+from ..training.config import ExperimentConfig, load_config, parse_config, set_values
 from ..training.loop import RunDirError, train, write_json
 
 
@@ -44,7 +44,7 @@ class Context:
         cfg = load_config(name)
         if not self.smoke:
             return cfg
-        data = apply_overrides(cfg.to_dict(), [f"{k}={json.dumps(v)}" for k, v in smoke.items()])
+        data = set_values(cfg.to_dict(), smoke, where=f"{name} (smoke scale)")
         return parse_config(data, where=f"{name} (smoke scale)")
 
     def compare(self, cfg: ExperimentConfig, rules, sub: str) -> tuple[Path, list[dict[str, Any]]]:

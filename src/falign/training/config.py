@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -115,6 +117,21 @@ class SweepConfig(_Section):
     final_seeds: list[int] = Field(default_factory=lambda: [0])
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = 0
@@ -129,6 +146,26 @@ class ExperimentConfig(_Section):
     #: rules that ``falign compare --config`` trains on this config ("fa:dense" for a variant)
     compare: list[str | CompareEntry] = Field(default_factory=list)
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v == "auto":
+            return v
+        import torch
+
+        try:
+            torch.device(v)
+        except RuntimeError:
+            raise ValueError(f"unknown device '{v}' (auto, cpu, cuda, cuda:N, mps)") from None
+        return v
+
+    @model_validator(mode="after")
+    def _dfa_loop_needs_dfa_mlp(self) -> ExperimentConfig:
+        if self.train.dfa_loop != "sample" and (self.rule.name != "dfa" or self.model.name != "mlp"):
+            raise ValueError(f"train.dfa_loop '{self.train.dfa_loop}' (the DFA report's averaged loops) "
+                             "needs rule 'dfa' and model 'mlp'")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -138,11 +175,11 @@ def _field_names(model: type[BaseModel], path: list[str | int]) -> list[str]:
         field = model.model_fields.get(str(key))
         if field is None:
             return []
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
+        candidates = [field.annotation, *typing.get_args(field.annotation)]  # unwrap X | None
+        sections = [a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
             return []
+        model = sections[0]
     return list(model.model_fields)
 
 
@@ -158,7 +195,10 @@ def _explain(err: ValidationError, where: str) -> ConfigError:
     msg = first["msg"]
     if first["type"] == "value_error" and "ctx" in first and "error" in first["ctx"]:
         msg = str(first["ctx"]["error"])
-    return ConfigError(f"{where}: {dotted}: {msg} (got {first.get('input')!r})")
+    if not loc:  # a check across sections: the message says it all
+        return ConfigError(f"{where}: {msg}")
+    got = repr(first.get("input"))
+    return ConfigError(f"{where}: {dotted}: {msg} (got {got if len(got) <= 80 else got[:77] + '...'})")
 
 
 def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
@@ -170,26 +210,38 @@ def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfi
         raise _explain(err, where) from None
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """``["optim.lr=0.1", "rule.name=fa"]`` applied to a nested dict (values parsed as YAML)."""
+def set_values(data: dict[str, Any], values: dict[str, Any], where: str = "--set") -> dict[str, Any]:
+    """A copy of nested ``data`` with dotted keys set to ``values`` (``{"optim.lr": 0.1}``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
     data = copy.deepcopy(data)
+    for key, value in values.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"{where} {key!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | None,
+                    where: str = "--set") -> dict[str, Any]:
+    """``["optim.lr=0.1", "rule.name=fa"]`` applied to a nested dict (values parsed as YAML)."""
+    values = {}
     for item in overrides or ():
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            values[key] = yaml_load(raw) if raw != "" else None
         except yaml.YAMLError:
-            value = raw
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
-            node = child
-        node[parts[-1]] = value
-    return data
+            values[key] = raw
+    return set_values(data, values, where)
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "configs"
@@ -206,16 +258,18 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     if not path.exists() and path.suffix == "" and (SHIPPED / f"{path.name}.yaml").is_file():
         path = SHIPPED / f"{path.name}.yaml"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) file") from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config ({err.strerror})") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml_load(text) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}{at}: invalid YAML ({problem})") from None
-    return parse_config(apply_overrides(data, overrides), where=str(path))
+    return parse_config(apply_overrides(data, overrides, where=str(path)), where=str(path))

@@ -33,7 +33,7 @@ from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, ExperimentConfig, parse_config
 
-_RESUMED = ("epochs", "best_epoch", "best_val_acc", "alignment")
+_RESUMED = ("epochs", "best_epoch", "best_val_acc", "alignment", "stopped_early")
 
 
 class RunDirError(ValueError):
@@ -225,7 +225,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         "config": cfg.to_dict(), "model_spec": model.falign_spec, "dataset": data.description,
         "epochs": [], "best_epoch": None, "best_val_acc": None, "test_acc": None,
         "selected_on": select_name, "status": "running", "environment": environment(device),
-        "alignment": [],
+        "alignment": [], "stopped_early": False,
     }
     probe = None
     if cfg.train.alignment_every and cfg.train.dfa_loop == "sample":
@@ -244,10 +244,11 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
     if main:
         out.mkdir(parents=True, exist_ok=True)
         if saved is None:
+            # a fresh start: forget the files of a replaced run
+            for old in [out / "best.pt", out / "last.pt", *out.glob("epoch_*.pt")]:
+                old.unlink(missing_ok=True)
             if cfg.train.checkpoint_every_epoch:
                 _save_model(out / "epoch_000.pt", model, cfg, 0)
-            # a fresh start: forget files of a replaced run
-            (out / "best.pt").unlink(missing_ok=True)
         write_json(out / "tracking.json", tracking)
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
@@ -258,7 +259,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         prev_errors = tracking["epochs"][-1].get("train_errors")
     epochs_this_call = 0
     step = sum(math.ceil(len(data.train) / cfg.train.batch_size) for _ in tracking["epochs"])
-    for epoch in range(start_epoch, cfg.train.epochs + 1):
+    last_epoch = start_epoch - 1 if tracking["stopped_early"] else cfg.train.epochs
+    for epoch in range(start_epoch, last_epoch + 1):
         model.train()
         t0 = time.perf_counter()
         n, correct, loss_sum, diverged = 0, 0, 0.0, False
@@ -325,6 +327,10 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
             if main:
                 _save_model(out / "best.pt", model, cfg, epoch)
         tracking["epochs"].append(record)
+        change = None if prev_errors is None else abs(record["train_errors"] - prev_errors)
+        stop = cfg.train.early_stop_tol is not None and change is not None and \
+            change <= cfg.train.early_stop_tol
+        tracking["stopped_early"] = stop  # saved, so a resume does not train past the stop
         if main and cfg.train.checkpoint_every_epoch:
             _save_model(out / f"epoch_{epoch:03d}.pt", model, cfg, epoch)
         if main:
@@ -341,10 +347,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         say(f"epoch {epoch}/{cfg.train.epochs} train_loss {record['train_loss']:.4f} "
             f"train_acc {100 * record['train_acc']:.2f}%{val_txt} lr {lr:.3g} {seconds:.1f}s")
         epochs_this_call += 1
-        if cfg.train.early_stop_tol is not None and prev_errors is not None and \
-                abs(record["train_errors"] - prev_errors) <= cfg.train.early_stop_tol:
-            say(f"early stop: training errors changed by {abs(record['train_errors'] - prev_errors)}"
-                f" <= tol {cfg.train.early_stop_tol}")
+        if stop:
+            say(f"early stop: training errors changed by {change} <= tol {cfg.train.early_stop_tol}")
             break
         prev_errors = record["train_errors"]
         if stop_after is not None and epochs_this_call >= stop_after:

@@ -11,7 +11,6 @@ goes on.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import statistics
 from pathlib import Path
@@ -22,8 +21,8 @@ from .config import (
     ExperimentConfig,
     SearchSpace,
     SweepConfig,
-    apply_overrides,
     parse_config,
+    set_values,
 )
 from .loop import RunDirError, train, write_json
 
@@ -54,7 +53,7 @@ def _trial_config(base: ExperimentConfig, overrides: dict[str, Any], epochs: int
                   seed: int | None = None) -> ExperimentConfig:
     data = base.to_dict()
     data.pop("sweep", None)
-    data = apply_overrides(data, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    data = set_values(data, overrides, where=f"sweep trial {name}")
     data["train"]["epochs"] = epochs
     data["name"] = name
     data["compare"] = []
@@ -150,14 +149,14 @@ def best_params(study) -> dict[str, Any] | None:
 
 
 def final_runs(base: ExperimentConfig, params: dict[str, Any], spec: SweepConfig, out: Path,
-               label: str, log=print) -> dict[str, Any]:
+               label: str, log=print, overwrite: bool = False) -> dict[str, Any]:
     epochs = spec.final_epochs or base.train.epochs
     results = []
     for seed in spec.final_seeds:
         cfg = _trial_config(base, params, epochs, f"{label}-final-s{seed}", seed=seed)
         run_dir = out / "final" / f"{label}-seed{seed}"
         log(f"[{label}] final training, seed {seed}, {epochs} epochs: {params}")
-        tracking = train(cfg, run_dir, resume=True, log=log)
+        tracking = train(cfg, run_dir, resume=not overwrite, overwrite=overwrite, log=log)
         results.append({"seed": seed, "best_val_acc": tracking["best_val_acc"],
                         "test_acc": tracking["test_acc"], "best_epoch": tracking["best_epoch"],
                         "status": tracking["status"], "run_dir": str(run_dir)})
@@ -196,9 +195,11 @@ def run_sweep(base: ExperimentConfig, spec: SweepConfig, out: str | Path, *,
         raise RunDirError(f"{out}: holds another sweep (use --resume to continue it, --worker "
                           "to join it, or --overwrite to replace it)")
     if overwrite and not resume and not worker:
-        journal = out / "optuna-journal.log"
-        if journal.exists():
-            journal.unlink()
+        import shutil
+
+        (out / "optuna-journal.log").unlink(missing_ok=True)
+        for sub in ("trials", "final"):
+            shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"name": base.name, "sampler": spec.sampler, "rules": {}}
     for label, (cfg, params) in search_spaces(base, spec).items():
@@ -210,7 +211,8 @@ def run_sweep(base: ExperimentConfig, spec: SweepConfig, out: str | Path, *,
         entry: dict[str, Any] = {"trials": trials, "best_params": best_params(study)}
         if final and not worker and entry["best_params"] is not None:
             entry["final"] = final_runs(cfg, entry["best_params"], spec, out,
-                                        label.replace(":", "-"), log=log)
+                                        label.replace(":", "-"), log=log,
+                                        overwrite=overwrite and not resume)
         summary["rules"][label] = entry
     if not worker:
         write_json(marker, summary)
