@@ -12,7 +12,6 @@ COMPARE_RULES = "bp,fa,dfa,usf,frsf"
 # Defaults of `falign compare` per dataset: a quick, fair comparison (< 5 min on 2 CPU cores
 # for MNIST).  Every rule gets the same optimiser, data order and seed.
 COMPARE_DEFAULTS = {
-    "model": {"mlp": {"sizes": None, "activation": "tanh"}},
     "optim": {"name": "adam", "lr": 1e-3},
     "epochs": 5,
 }
@@ -73,7 +72,7 @@ def compare_base(args):
     if args.model == "mlp":
         data["model"]["options"] = {"activation": "tanh", "sizes": None}
         if args.dataset in ("mnist", "fashion-mnist"):
-            data["model"]["options"]["sizes"] = [784, 500, 500, 10]
+            data["model"]["options"]["sizes"] = [784, 256, 256, 10]
         else:
             del data["model"]["options"]["sizes"]
     if args.dataset.startswith("cifar10"):
@@ -121,7 +120,7 @@ def cmd_sweep(args) -> int:
         raise SweepError(f"{args.config}: no 'sweep' section (see configs/*sweep*.yaml)")
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{cfg.name}"
     run_sweep(cfg, spec, out, storage=args.storage, worker=args.worker, resume=args.resume,
-              overwrite=args.overwrite, n_trials=args.trials)
+              overwrite=args.overwrite, n_trials=args.trials, heartbeat=args.heartbeat)
     return 0
 
 
@@ -203,8 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML experiment config with a 'sweep' section")
     p.add_argument("--storage", help="Optuna storage URL (default: a file in --out)")
     p.add_argument("--worker", action="store_true",
-                   help="join the shared study as one more worker (trials only)")
-    p.add_argument("--trials", type=int, default=None, help="trials for this worker (TPE)")
+                   help="join the shared study as one more worker (trials only; finish the sweep "
+                   "with one run without --worker, e.g. --resume)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="a worker runs at most N trials (TPE: N new ones); else the TPE budget")
+    p.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS",
+                   help="a running trial beats every SECONDS; one silent for 6 beats is taken "
+                   "for a dead worker's, failed and queued again (default 10)")
     common(p)
     p.set_defaults(func=cmd_sweep)
 

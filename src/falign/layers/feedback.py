@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -29,6 +30,27 @@ from ..rules.functional import (
     KernelSignal,
 )
 from ..rules.registry import derive_seed
+
+
+def _outside_compile(method):
+    """Run ``method`` eagerly, outside any ``torch.compile`` graph.
+
+    The per-step rule state (a Python step counter, seeded ``torch.Generator`` draws, buffers
+    created or replaced on the module) cannot be traced: dynamo refuses to build a Generator
+    in a graph, and it would specialise on the int ``_step`` and recompile every step until
+    its recompile limit sends the whole layer, custom backward included, back to eager.
+    Calling the skipped ``torch.compiler.disable`` while tracing makes dynamo graph-break
+    around this one call; the autograd Function after it is still compiled with its backward.
+    Outside compilation this is a plain call (and ``import falign`` does not import dynamo).
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(method)(*args, **kwargs)
+        return method(*args, **kwargs)
+
+    return wrapper
 
 
 class FeedbackLayer:
@@ -85,6 +107,7 @@ class FeedbackLayer:
         with torch.no_grad():
             return self.rule.matrix(self.weight, self.feedback)
 
+    @_outside_compile
     def _advance(self, update: bool) -> None:
         """Per-training-step state of the rule (brsf redraw, sign-tracking copy, KP decay).
         The step always counts; B is only remade where the layer sends a signal this step."""
@@ -119,12 +142,23 @@ class FeedbackLayer:
                 self._pending_input_shape = self._fn_input_shape(x)
             else:
                 self._create_dense_feedback(x)
+        if self.rule.kind == "direct":
+            return self._call_direct(x)
+        return self._call_fn(x)
+
+    @_outside_compile
+    def _call_direct(self, x: Tensor) -> Tensor:
+        # DFA's backward reads e from the DFAContext, written by the output tap's backward
+        # earlier in the same pass: a dependency no traced graph holds.  Dynamo traces a
+        # Function's backward at forward time and would bake in the e the context held then
+        # (the previous step's), so this Function stays eager under torch.compile.
         return self._call_fn(x)
 
     def _fn_input_shape(self, x: Tensor) -> tuple[int, ...]:
         """Per-sample shape of what the autograd Function sees (after any pre-padding)."""
         return tuple(x.shape[1:])
 
+    @_outside_compile
     def _materialize(self, shape, fan_in: int, fan_out: int) -> None:
         std = self.rule.resolved_scale(fan_in, fan_out)
         self.feedback_std = std

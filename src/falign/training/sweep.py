@@ -2,17 +2,52 @@
 then full training of the best configuration on several seeds (mean and standard deviation).
 
 Each rule is tuned on its own study.  Storage is a journal file in the sweep directory by
-default (safe for several worker processes on one machine); a database URL
-(``sqlite:///...``, ``postgresql://...``) lets workers on several machines share one study.
-A trial whose loss becomes NaN or infinite is recorded as diverged (pruned) and the sweep
-goes on.
+default (for several worker processes on one machine); a database URL (``sqlite:///...``,
+``postgresql://...``) lets workers on several machines share one study.  A trial whose loss
+becomes NaN or infinite is recorded as diverged (pruned) and the sweep goes on.
+
+Several processes, one study::
+
+    falign sweep CFG --worker --out DIR [--storage URL]     # as many as wanted, anywhere
+    falign sweep CFG --resume --out DIR [--storage URL]     # one: also trains the best, writes sweep.json
+
+Every process runs the same loop: fail the trials of dead workers, take a trial from Optuna's
+queue (or, TPE only, ask a new one while the budget lasts), train it, repeat; when nothing is
+left to take it waits until no trial is running anywhere (so it can take over the trials of a
+worker that dies), then a worker exits and the other process does the final runs.  Alone, that
+process is the whole sweep.
+
+Grid: the process that creates the study queues every grid point (``Study.enqueue_trial``)
+and then marks the study (user attr ``grid_points``); the others wait for the mark, and nobody
+ever asks the sampler for a point.  Taking a queued trial is atomic in every Optuna storage
+(one process wins the WAITING -> RUNNING change), so each point runs exactly once.  A sampler
+cannot promise this: ``GridSampler`` gives a point that is still running to a second worker
+once the unvisited points run out.  Should a point be queued twice all the same (a creator
+killed while filling the queue, so a later process fills in the missing points and may race
+another), the copy with the higher trial number is pruned untrained (user attr
+``duplicate_of``): every copy exists with its parameters from its creation on, so all
+processes agree which one is first.
+
+Dead workers: a running trial records a heartbeat (user attr ``heartbeat``, from a thread,
+every ``heartbeat`` seconds).  A process that watches a RUNNING trial's heartbeat stay
+unchanged for ``STALE_BEATS`` beats of its own clock fails that trial and queues its
+parameters again (user attrs ``retry_of``, ``retries``; at most ``MAX_RETRIES`` times); the
+retry trains in the dead trial's run directory, overwriting it.  Only a change is watched, so
+the clocks of several machines need not agree.  Optuna's own heartbeat
+(``RDBStorage(heartbeat_interval=...)``) is not used: journal storages do not have it and it
+works only inside ``Study.optimize``, which would ask the sampler for a new trial when the
+queue runs dry.  A worker stopped by Ctrl-C fails its trial and queues it again itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
-import math
+import json
 import statistics
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +60,13 @@ from .config import (
     set_values,
 )
 from .loop import RunDirError, train, write_json
+
+#: seconds between two heartbeats of a running trial
+HEARTBEAT_S = 10.0
+#: a RUNNING trial whose heartbeat has not changed for this many beats belongs to a dead worker
+STALE_BEATS = 6
+#: a trial whose workers keep dying is queued again at most this many times
+MAX_RETRIES = 3
 
 
 class SweepError(ValueError):
@@ -42,11 +84,36 @@ def _storage(out: Path, url: str | None):
     import optuna
 
     if url:
-        return url
+        return _database(url)
     from optuna.storages.journal import JournalFileBackend
 
     out.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna-journal.log")))
+
+
+def _database(url: str, attempts: int = 5):
+    """An RDB storage; workers started together on a new database race to create its tables."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
+            if attempt == attempts - 1:
+                raise SweepError(f"storage {url}: {str(err).splitlines()[0]}") from None
+            time.sleep(0.2 * (attempt + 1))
+        except sqlalchemy.exc.ArgumentError as err:
+            raise SweepError(f"storage {url}: {err}") from None
+
+
+def _delete_study(name: str, url: str) -> None:
+    import optuna
+
+    try:
+        optuna.delete_study(study_name=name, storage=url)
+    except KeyError:  # not in the database
+        pass
 
 
 def _trial_config(base: ExperimentConfig, overrides: dict[str, Any], epochs: int, name: str,
@@ -76,21 +143,34 @@ def _check_keys(base: ExperimentConfig, params: dict[str, Any], where: str) -> N
 
 def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any], out: Path, *,
               storage: str | None, study_name: str, worker: bool = False,
-              n_trials: int | None = None, log=print) -> Any:
-    """Run (or join, or resume) one study; returns it."""
+              n_trials: int | None = None, heartbeat: float = HEARTBEAT_S, log=print) -> Any:
+    """Run (or join, or resume) one study until no trial is waiting or running; returns it.
+
+    ``n_trials``: a worker runs at most that many trials (TPE: new ones beyond the budget);
+    otherwise it replaces ``spec.n_trials`` as the budget of a TPE study.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _check_keys(base, params, study_name)
+    points = None
     if spec.sampler == "grid":
         grid = _grid(params, study_name)
-        sampler = optuna.samplers.GridSampler(grid, seed=base.seed)
-        total = math.prod(len(v) for v in grid.values())
+        points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+        sampler = optuna.samplers.RandomSampler(seed=base.seed)  # never asked: every point is queued
     else:
-        sampler = optuna.samplers.TPESampler(seed=base.seed)
-        total = spec.n_trials
-    study = optuna.create_study(study_name=study_name, storage=_storage(out, storage),
-                                sampler=sampler, direction="maximize", load_if_exists=True)
+        # Workers draw their own seeds: with one seed, two workers asking at once propose the same.
+        sampler = optuna.samplers.TPESampler(seed=None if worker else base.seed)
+    study = _open_study(study_name, _storage(out, storage), sampler, points,
+                        wait=STALE_BEATS * heartbeat, log=log)
+    budget = n_trials if n_trials is not None and not worker else spec.n_trials
+
+    def may_ask(trials) -> bool:
+        if points is not None:
+            return False
+        if worker and n_trials is not None:
+            return True
+        return sum(t.state != optuna.trial.TrialState.FAIL for t in trials) < budget
 
     def objective(trial) -> float:
         chosen = {}
@@ -103,8 +183,10 @@ def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any],
             else:
                 chosen[key] = trial.suggest_float(key, float(space["low"]), float(space["high"]),
                                                   log=bool(space.get("log")))
-        run_dir = out / "trials" / f"{study_name}-{trial.number:03d}"
-        cfg = _trial_config(base, chosen, spec.trial_epochs, f"{study_name}-{trial.number:03d}")
+        # A retry trains in the directory of the trial it replaces.
+        label = f"{study_name}-{trial.user_attrs.get('retry_of', trial.number):03d}"
+        run_dir = out / "trials" / label
+        cfg = _trial_config(base, chosen, spec.trial_epochs, label)
         log(f"[{study_name}] trial {trial.number}: {chosen}")
         tracking = train(cfg, run_dir, overwrite=True, log=None)
         trial.set_user_attr("run_dir", str(run_dir))
@@ -116,27 +198,203 @@ def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any],
             f"{100 * tracking['best_val_acc']:.2f}%")
         return tracking["best_val_acc"]
 
-    def finished() -> int:
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-                  optuna.trial.TrialState.FAIL)
-        return len(study.get_trials(deepcopy=False, states=states))
-
-    budget = n_trials if n_trials is not None else total
-    # Resume / workers: only the trials still missing from the shared study are run.
-    remaining = budget if (worker and n_trials is not None) else max(budget - finished(), 0)
-    if remaining:
-        study.optimize(objective, n_trials=remaining,
-                       callbacks=[_stop_when_complete(total)] if spec.sampler == "grid" else None)
+    _work(study, objective, grid=points is not None, may_ask=may_ask,
+          limit=n_trials if worker else None, heartbeat=heartbeat, log=log)
     return study
 
 
-def _stop_when_complete(total: int):
-    def cb(study, trial) -> None:
-        done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
-        if len(done) >= total:
-            study.stop()
+# -- the shared study: queue, heartbeats, dead workers -----------------------------------------
 
-    return cb
+def _open_study(name: str, storage, sampler, points: list[dict[str, Any]] | None, *,
+                wait: float, log) -> Any:
+    """Create the study (and queue the grid) or load it (and wait for the grid to be queued)."""
+    import optuna
+
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                    direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
+    else:
+        if points is not None:
+            for p in points:
+                study.enqueue_trial(p)
+            study.set_user_attr("grid_points", _grid_id(points))
+        return study
+    if points is None:
+        return study
+    deadline = time.monotonic() + wait
+    while (mark := study.user_attrs.get("grid_points")) != _grid_id(points):
+        # No mark: the creator is still queueing, or died doing it, or the study predates the
+        # queue.  Another mark: the grid changed since the study was made.
+        if mark is not None or time.monotonic() > deadline:
+            missing = [p for p in points
+                       if _key(p) not in {_key(_params(t)) for t in study.get_trials(deepcopy=False)}]
+            for p in missing:
+                study.enqueue_trial(p)
+            study.set_user_attr("grid_points", _grid_id(points))
+            log(f"[{name}] queued {len(missing)} grid points missing from the study")
+            break
+        time.sleep(0.2)
+    return study
+
+
+def _work(study, objective: Callable[[Any], float], *, grid: bool, may_ask: Callable[[list], bool],
+          limit: int | None, heartbeat: float, log) -> None:
+    """Take queued (or new) trials and run them until none is waiting or running anywhere."""
+    import optuna
+
+    running = (optuna.trial.TrialState.RUNNING,)
+    watch = _Watch(STALE_BEATS * heartbeat)
+    done = 0
+    while limit is None or done < limit:
+        trials = study.get_trials(deepcopy=False)
+        for t in watch.stale(trials):
+            _fail_and_queue_again(study, t, f"no heartbeat for {watch.grace:g} s, worker dead", log)
+        trial = _take(study)
+        if trial is None and may_ask(trials):
+            trial = study.ask()
+        if trial is None:
+            if not study.get_trials(deepcopy=False, states=running):
+                return
+            time.sleep(min(heartbeat, 1.0))  # other workers' trials are running: watch them
+            continue
+        if grid and (first := _first_copy(study, trial.number)) is not None:
+            trial.set_user_attr("duplicate_of", first)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            log(f"[{study.study_name}] trial {trial.number}: duplicate of trial {first}, skipped")
+            continue
+        _run_trial(study, trial, objective, heartbeat, log)
+        done += 1
+
+
+def _take(study) -> Any:
+    """A queued trial, now RUNNING in this process; None when the queue is empty.
+
+    ``Study.ask()`` does this first but then makes a new trial from the sampler, which for a
+    grid would be a point that is done or taken.  The WAITING -> RUNNING change is atomic in
+    every storage: of two processes taking one trial, one gets it.
+    """
+    import optuna
+
+    trial_id = study._pop_waiting_trial_id()
+    return None if trial_id is None else optuna.Trial(study, trial_id)
+
+
+def _run_trial(study, trial, objective: Callable[[Any], float], heartbeat: float, log) -> None:
+    import optuna
+
+    stop = threading.Event()
+    beat = threading.Thread(target=_beat, args=(trial, heartbeat, stop), daemon=True)
+    beat.start()
+    try:
+        try:
+            value = objective(trial)
+        finally:
+            stop.set()
+            beat.join()
+    except optuna.TrialPruned:
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+    except (KeyboardInterrupt, SystemExit):
+        _fail_and_queue_again(study, _frozen(study, trial.number), "stopped", log)
+        raise
+    except Exception:
+        study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        raise
+    else:
+        # skip_if_finished: a process that took this worker for dead failed the trial and
+        # queued it again; the retry's result is the one recorded.
+        if study.tell(trial, value, skip_if_finished=True).state == optuna.trial.TrialState.FAIL:
+            log(f"[{study.study_name}] trial {trial.number}: was taken for a dead worker's and "
+                "queued again; this result is not recorded")
+
+
+def _beat(trial, every: float, stop: threading.Event) -> None:
+    import optuna
+
+    while True:
+        try:
+            trial.set_user_attr("heartbeat", time.time())
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # failed by a process that took this worker for dead
+        except Exception:  # a busy database: the next beat will do
+            pass
+        if stop.wait(every):
+            return
+
+
+class _Watch:
+    """RUNNING trials whose heartbeat has not changed for ``grace`` seconds of this clock."""
+
+    def __init__(self, grace: float) -> None:
+        self.grace = grace
+        self.seen: dict[int, tuple[Any, float]] = {}  # trial number -> (heartbeat, first seen)
+
+    def stale(self, trials: list) -> list:
+        import optuna
+
+        now, seen, out = time.monotonic(), {}, []
+        for t in trials:
+            if t.state != optuna.trial.TrialState.RUNNING:
+                continue
+            beat = t.user_attrs.get("heartbeat")
+            last = self.seen.get(t.number)
+            seen[t.number] = last if last is not None and last[0] == beat else (beat, now)
+            if now - seen[t.number][1] > self.grace:
+                out.append(t)
+        self.seen = seen
+        return out
+
+
+def _fail_and_queue_again(study, t, why: str, log) -> None:
+    """Fail a RUNNING trial and queue its parameters again; of several processes doing this
+    at once, one succeeds and queues."""
+    import optuna
+
+    try:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+        return  # finished meanwhile, or failed by another process
+    retries = t.user_attrs.get("retries", 0) + 1
+    if retries > MAX_RETRIES:
+        log(f"[{study.study_name}] trial {t.number}: {why}; failed, not queued again "
+            f"after {MAX_RETRIES} retries")
+        return
+    study.enqueue_trial(_params(t), user_attrs={"retry_of": t.user_attrs.get("retry_of", t.number),
+                                                "retries": retries})
+    log(f"[{study.study_name}] trial {t.number}: {why}; failed and queued again")
+
+
+def _first_copy(study, number: int) -> int | None:
+    """The lowest-numbered other live trial of the same grid point as trial ``number``, if any."""
+    import optuna
+
+    state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    mine = _key(_params(next(t for t in trials if t.number == number)))
+    for t in trials:
+        live = t.state in (state.WAITING, state.RUNNING, state.COMPLETE) or (
+            t.state == state.PRUNED and "duplicate_of" not in t.user_attrs)
+        if t.number < number and live and _key(_params(t)) == mine:
+            return t.number
+    return None
+
+
+def _frozen(study, number: int) -> Any:
+    return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+
+
+def _params(t) -> dict[str, Any]:
+    """A trial's parameters; a queued one has them only as the queue's fixed parameters."""
+    return t.params or t.system_attrs.get("fixed_params", {})
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _grid_id(points: list[dict[str, Any]]) -> str:
+    return hashlib.sha1(_key({"points": points}).encode()).hexdigest()[:16]
 
 
 def best_params(study) -> dict[str, Any] | None:
@@ -188,13 +446,15 @@ def search_spaces(base: ExperimentConfig, spec: SweepConfig) -> dict[str, tuple[
 def run_sweep(base: ExperimentConfig, spec: SweepConfig, out: str | Path, *,
               storage: str | None = None, worker: bool = False, resume: bool = False,
               overwrite: bool = False, n_trials: int | None = None, final: bool = True,
-              log=print) -> dict[str, Any]:
+              heartbeat: float = HEARTBEAT_S, log=print) -> dict[str, Any]:
+    """Run the sweep in ``out``, or (``worker``) only its trials; see the module docstring."""
     out = Path(out)
+    fresh = overwrite and not resume and not worker
     marker = out / "sweep.json"
     if marker.exists() and not (resume or overwrite or worker):
         raise RunDirError(f"{out}: holds another sweep (use --resume to continue it, --worker "
                           "to join it, or --overwrite to replace it)")
-    if overwrite and not resume and not worker:
+    if fresh:
         import shutil
 
         (out / "optuna-journal.log").unlink(missing_ok=True)
@@ -204,8 +464,10 @@ def run_sweep(base: ExperimentConfig, spec: SweepConfig, out: str | Path, *,
     summary: dict[str, Any] = {"name": base.name, "sampler": spec.sampler, "rules": {}}
     for label, (cfg, params) in search_spaces(base, spec).items():
         study_name = f"{base.name}-{label.replace(':', '-')}"
+        if fresh and storage:
+            _delete_study(study_name, storage)
         study = run_study(cfg, spec, params, out, storage=storage, study_name=study_name,
-                          worker=worker, n_trials=n_trials, log=log)
+                          worker=worker, n_trials=n_trials, heartbeat=heartbeat, log=log)
         trials = [{"number": t.number, "params": t.params, "value": t.value, "state": t.state.name,
                    "status": t.user_attrs.get("status")} for t in study.get_trials(deepcopy=False)]
         entry: dict[str, Any] = {"trials": trials, "best_params": best_params(study)}
