@@ -149,33 +149,30 @@ def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:
 
 
 @contextlib.contextmanager
-def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
+def _layers_flag(model: nn.Module, attr: str) -> Iterator[nn.Module]:
+    """Set ``attr`` on every converted layer for the block; restore, also after an exception."""
+    layers = [m for _, m in feedback_layers(model)]
+    previous = [getattr(m, attr) for m in layers]
+    try:
+        for m in layers:
+            setattr(m, attr, True)
+        yield model
+    finally:
+        for m, was in zip(layers, previous, strict=True):
+            setattr(m, attr, was)
+
+
+def exact_backward(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """Temporarily restore true backpropagation in every converted layer (DFA included).
 
     The rules' per-step state (brsf redraws, sign-tracking copies, KP decay) does not advance
-    inside the block.  State is restored on exit, also after an exception.
+    inside the block.  State is restored on exit, also after an exception.  The mode is read at
+    forward time: run the forward inside the block.
     """
-    layers = [m for _, m in feedback_layers(model)]
-    previous = [m.exact for m in layers]
-    try:
-        for m in layers:
-            m.exact = True
-        yield model
-    finally:
-        for m, was in zip(layers, previous, strict=True):
-            m.exact = was
+    return _layers_flag(model, "exact")
 
 
-@contextlib.contextmanager
-def frozen_feedback(model: nn.Module) -> Iterator[nn.Module]:
+def frozen_feedback(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
     """Forward passes inside the block do not advance the rules' per-step state (brsf redraws,
     sign-tracking copies, KP decay): a measurement pass sees the B the last training step used."""
-    layers = [m for _, m in feedback_layers(model)]
-    previous = [m.hold_state for m in layers]
-    try:
-        for m in layers:
-            m.hold_state = True
-        yield model
-    finally:
-        for m, was in zip(layers, previous, strict=True):
-            m.hold_state = was
+    return _layers_flag(model, "hold_state")
