@@ -39,7 +39,7 @@ def test_smoke(tmp_path: Path, name: str) -> None:
         assert published[name] in results
     if name == "lance-kieu-2026":
         assert "unchanged from the first to the last checkpoint" in results
-        assert html.count("CKA vs BP") == 3 and "Exemplars" in html
+        assert html.count("<h3>CKA vs BP") == 3 and "<h3>Exemplars" in html
         assert "JPEG" in html
     if name == "dfa-mnist":
         assert "Confusion matrix" in html and "precision" in results

@@ -1,0 +1,256 @@
+"""Several ``falign sweep --worker`` processes on one Optuna storage: every grid point is trained
+exactly once, a worker killed mid-trial leaves a study the next worker repairs, and one run
+without ``--worker`` finishes the sweep without training a trial again."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna")
+
+from falign.training.sweep import MAX_RETRIES, _work  # noqa: E402
+
+
+def _data_root() -> Path:
+    env = os.environ.get("FALIGN_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+DATA = _data_root()
+GRID = {"optim.lr": [0.02, 0.1], "rule.options.scale": [0.5, 2.0]}
+STATE = optuna.trial.TrialState
+
+
+@pytest.fixture(scope="module")
+def data_root():
+    if not any((DATA / "mnist").glob("train-images-idx3-ubyte*")):
+        pytest.skip(f"real MNIST IDX files not found under {DATA} (set FALIGN_DATA)")
+    return DATA
+
+
+def write_config(path: Path, grid: dict, trial_epochs: int = 1) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": "sw", "seed": 0, "device": "cpu",
+        "data": {"name": "mnist", "subset": 300, "val_size": 100},
+        "model": {"name": "mlp", "options": {"sizes": [784, 8, 10]}},
+        "rule": {"name": "fa"},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "train": {"epochs": 1, "batch_size": 100},
+        "sweep": {"sampler": "grid", "params": grid, "trial_epochs": trial_epochs,
+                  "final_epochs": 1, "final_seeds": [0]},
+    }))
+    return path
+
+
+def sweep(cfg: Path, out: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "FALIGN_DATA": str(DATA), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "falign", "sweep", str(cfg), "--out", str(out),
+                             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        text, _ = proc.communicate()
+        pytest.fail(f"sweep process still running after {timeout} s:\n{text}")
+    assert proc.returncode == 0, text
+    return text
+
+
+def storage_of(out: Path, url: str | None):
+    if url:
+        return url
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna-journal.log")))
+
+
+def load_trials(out: Path, url: str | None) -> list:
+    return optuna.load_study(study_name="sw-fa", storage=storage_of(out, url)).get_trials()
+
+
+def point(params: dict, grid: dict) -> tuple:
+    return tuple(params[k] for k in grid)
+
+
+def trained(log: str) -> list[int]:
+    """Numbers of the trials a process started training, from its log lines."""
+    return [int(n) for n in re.findall(r"\[sw-fa\] trial (\d+): \{", log)]
+
+
+@pytest.mark.parametrize("db", [False, True], ids=["journal-file", "sqlite-url"])
+def test_two_workers_train_every_grid_point_once(data_root, tmp_path, db):
+    cfg = write_config(tmp_path / "sw.yaml", GRID)
+    out = tmp_path / "sw"
+    url = f"sqlite:///{tmp_path / 'study.db'}" if db else None
+    where = ["--storage", url] if db else []
+    logs = [finish(p) for p in [sweep(cfg, out, "--worker", *where) for _ in range(2)]]
+
+    trials = load_trials(out, url)
+    assert [t.state for t in trials] == [STATE.COMPLETE] * 4
+    assert sorted(point(t.params, GRID) for t in trials) == sorted(itertools.product(*GRID.values()))
+    ran = trained(logs[0]) + trained(logs[1])  # no process trained a trial another one trained
+    assert sorted(ran) == [t.number for t in trials]
+    dirs = sorted(p.name for p in (out / "trials").iterdir())
+    assert dirs == [f"sw-fa-{t.number:03d}" for t in trials]
+    for t in trials:  # each directory holds the run of its own trial
+        tracking = json.loads((out / "trials" / f"sw-fa-{t.number:03d}" / "tracking.json").read_text())
+        assert tracking["config"]["optim"]["lr"] == t.params["optim.lr"]
+        assert tracking["best_val_acc"] == t.value
+    assert not (out / "sweep.json").exists() and not (out / "final").exists()  # workers: trials only
+
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/tracking.json")}
+    log = finish(sweep(cfg, out, "--resume", *where))
+    assert trained(log) == []
+    assert {p: p.stat().st_mtime_ns for p in out.glob("trials/*/tracking.json")} == stamps
+    assert [(t.number, t.state, t.value) for t in load_trials(out, url)] == \
+        [(t.number, t.state, t.value) for t in trials]
+    summary = json.loads((out / "sweep.json").read_text())
+    entry = summary["rules"]["fa"]
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert entry["best_params"] == best.params
+    assert [t["number"] for t in entry["trials"]] == [0, 1, 2, 3]
+    (run,) = entry["final"]["runs"]
+    final = json.loads((Path(run["run_dir"]) / "tracking.json").read_text())
+    assert final["status"] == "completed" and final["config"]["optim"]["lr"] == best.params["optim.lr"]
+    assert run["test_acc"] == final["test_acc"] is not None
+
+
+def test_a_worker_killed_mid_trial_leaves_a_study_the_next_worker_repairs(data_root, tmp_path):
+    grid = {"optim.lr": [0.02, 0.1]}
+    cfg = write_config(tmp_path / "sw.yaml", grid, trial_epochs=3)
+    out = tmp_path / "sw"
+    victim = sweep(cfg, out, "--worker")
+    deadline = time.monotonic() + 120
+    running = None
+    while running is None:  # a trial whose heartbeat has begun: the worker is inside it
+        assert victim.poll() is None and time.monotonic() < deadline, "no trial was seen running"
+        time.sleep(0.05)
+        if (out / "optuna-journal.log").exists():
+            try:
+                trials = load_trials(out, None)
+            except KeyError:  # the study is not created yet
+                continue
+            running = next((t for t in trials if t.state == STATE.RUNNING
+                            and "heartbeat" in t.user_attrs), None)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    (left,) = [t for t in load_trials(out, None) if t.state == STATE.RUNNING]
+    assert left.number == running.number
+
+    log = finish(sweep(cfg, out, "--worker", "--heartbeat", "0.5"))
+    assert "worker dead" in log
+    trials = load_trials(out, None)
+    assert trials[left.number].state == STATE.FAIL
+    done = [t for t in trials if t.state == STATE.COMPLETE]
+    assert sorted(point(t.params, grid) for t in done) == sorted(itertools.product(*grid.values()))
+    assert all(t.state in (STATE.COMPLETE, STATE.FAIL) for t in trials)
+    (retry,) = [t for t in done if t.user_attrs.get("retry_of") == left.number]
+    assert retry.params == left.params
+    # The retry trained in the killed trial's directory: one directory per grid point.
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["sw-fa-000", "sw-fa-001"]
+    assert retry.user_attrs["run_dir"] == str(out / "trials" / f"sw-fa-{left.number:03d}")
+    tracking = json.loads((Path(retry.user_attrs["run_dir"]) / "tracking.json").read_text())
+    assert tracking["status"] == "completed" and tracking["best_val_acc"] == retry.value
+
+
+# -- the queue rules in one process, without training ------------------------------------------
+
+def journal_study(tmp_path: Path):
+    return optuna.create_study(study_name="q", storage=storage_of(tmp_path, None),
+                               direction="maximize")
+
+
+def fake_objective(calls: list):
+    def objective(trial) -> float:
+        x = trial.suggest_categorical("x", [1, 2, 3])
+        calls.append((trial.number, x))
+        return float(x)
+
+    return objective
+
+
+def test_a_grid_point_queued_twice_is_trained_once(tmp_path):
+    study = journal_study(tmp_path)
+    for x in (1, 2, 1, 3, 2):
+        study.enqueue_trial({"x": x})
+    calls: list = []
+    _work(study, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
+          heartbeat=0.05, log=lambda _: None)
+    assert calls == [(0, 1), (1, 2), (3, 3)]
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [STATE.COMPLETE] * 2 + [STATE.PRUNED, STATE.COMPLETE,
+                                                                STATE.PRUNED]
+    assert [t.user_attrs.get("duplicate_of") for t in trials] == [None, None, 0, None, 1]
+
+
+def test_a_silent_running_trial_is_failed_and_queued_again_a_beating_one_is_waited_for(tmp_path):
+    study = journal_study(tmp_path)
+    study.enqueue_trial({"x": 1})
+    study.enqueue_trial({"x": 2})
+    dead = study.ask()  # taken by a worker that died: it never beats
+    dead.suggest_categorical("x", [1, 2, 3])
+    alive = study.ask()  # taken by a worker that beats for 1.5 s, then finishes
+    alive.suggest_categorical("x", [1, 2, 3])
+
+    def other_worker() -> None:
+        stop = time.monotonic() + 1.5
+        while time.monotonic() < stop:
+            alive.set_user_attr("heartbeat", time.time())
+            time.sleep(0.02)
+        study.tell(alive, 0.5)
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    calls: list = []
+    start = time.monotonic()
+    _work(study, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
+          heartbeat=0.2, log=lambda _: None)  # dead after 6 silent beats: 1.2 s
+    assert time.monotonic() - start >= 1.4  # it waited for the beating trial to finish
+    thread.join()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [STATE.FAIL, STATE.COMPLETE, STATE.COMPLETE]
+    assert trials[1].value == 0.5
+    assert trials[2].params == {"x": 1} and calls == [(2, 1)]
+    assert trials[2].user_attrs["retry_of"] == 0 and trials[2].user_attrs["retries"] == 1
+
+
+def test_a_trial_whose_workers_keep_dying_is_not_queued_forever(tmp_path):
+    study = journal_study(tmp_path)
+    study.enqueue_trial({"x": 1}, user_attrs={"retry_of": 0, "retries": MAX_RETRIES})
+    study.ask()  # taken, never beats
+    calls: list = []
+    _work(study, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
+          heartbeat=0.05, log=lambda _: None)
+    assert calls == [] and [t.state for t in study.get_trials()] == [STATE.FAIL]
+
+
+def test_a_stopped_worker_hands_its_trial_back(tmp_path):
+    study = journal_study(tmp_path)
+    study.enqueue_trial({"x": 3})
+
+    def interrupted(trial) -> float:
+        trial.suggest_categorical("x", [1, 2, 3])
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _work(study, interrupted, grid=True, may_ask=lambda trials: False, limit=None,
+              heartbeat=0.05, log=lambda _: None)
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [STATE.FAIL, STATE.WAITING]
+    assert trials[1].system_attrs["fixed_params"] == {"x": 3} and trials[1].user_attrs["retry_of"] == 0
