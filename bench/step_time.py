@@ -1,10 +1,12 @@
 """Training-step time of each rule relative to plain PyTorch backprop, measured in the same run.
 
-    python -m bench.step_time [--models mlp,arch1] [--rules ...] [--repeats 7] [--device cpu]
+    python -m bench.step_time [--quick] [--models mlp,arch1,resnet20] [--rules ...]
+                              [--repeats 7] [--steps 10] [--device cpu]
 
 A step is forward + backward + SGD step on a fixed batch.  Every configuration is timed in
 interleaved rounds (plain, rule, plain, rule, ...) and the ratio is the median over rounds of
-rule-time / plain-time, so slow drifts of a shared machine cancel.
+rule-time / plain-time, so slow drifts of a shared machine cancel.  Each model has its own plan
+(rules, rounds, steps a round); ``--repeats`` / ``--steps`` / ``--rules`` override it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,19 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 import falign
 
+from ._common import Row, format_rows
+
 RULES = ["bp", "fa", "fa:dense", "usf", "frsf", "brsf", "usf_norm", "sign_tracking", "kp", "dfa"]
+#: rules whose input gradient is the plain op with B in W's place (functional.py): about BP's cost
+SAME_COST_AS_BP = {"bp", "fa", "usf", "frsf", "usf_norm", "sign_tracking", "kp"}
+STEP_TARGET = 1.10
 
 
 def mlp() -> tuple[nn.Module, tuple[int, ...]]:
@@ -31,7 +39,33 @@ def arch1() -> tuple[nn.Module, tuple[int, ...]]:
     return create_model("arch1", num_classes=10), (3, 24, 24)
 
 
-MODELS = {"mlp": mlp, "arch1": arch1}
+def resnet20() -> tuple[nn.Module, tuple[int, ...]]:
+    from falign.models import create_model
+
+    return create_model("resnet20", in_shape=(3, 32, 32), num_classes=10), (3, 32, 32)
+
+
+MODELS = {"mlp": mlp, "arch1": arch1, "resnet20": resnet20}
+DESCRIPTION = {"mlp": "MLP 784-1000-10", "arch1": "Arch 1", "resnet20": "ResNet-20"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    rules: tuple[str, ...]
+    repeats: int  # interleaved rounds
+    steps: int  # steps timed per round
+    warmup: int  # untimed steps of each model first (lazy B, allocator, caches)
+
+
+# dense conv FA on ResNet-20 would hold a (16*32*32)^2 matrix per 16-channel layer (1 GiB each)
+_NO_DENSE = tuple(r for r in RULES if r != "fa:dense")
+PLANS = {
+    "full": {"mlp": Plan(tuple(RULES), 7, 10, 3), "arch1": Plan(tuple(RULES), 7, 10, 3),
+             "resnet20": Plan(_NO_DENSE, 5, 2, 1)},
+    "quick": {"mlp": Plan(tuple(RULES), 3, 5, 2),
+              "arch1": Plan(("bp", "fa", "fa:dense", "usf", "dfa"), 2, 2, 1),
+              "resnet20": Plan(("bp", "fa", "usf"), 2, 1, 1)},
+}
 
 
 def _sync(device: str) -> None:
@@ -67,20 +101,21 @@ def convert_rule(model: nn.Module, spec: str) -> nn.Module:
 
 
 def measure(model_name: str, rules: list[str], *, batch: int, repeats: int, steps: int,
-            device: str) -> list[dict]:
+            device: str, warmup: int = 3) -> list[dict]:
     torch.manual_seed(0)
     base, in_shape = MODELS[model_name]()
     base = base.to(device)
     x = torch.randn(batch, *in_shape, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in base.modules())
     rows = []
     for spec in rules:
-        if spec == "fa:dense" and model_name == "mlp":
+        if spec == "fa:dense" and not has_conv:
             continue
         plain_step = make_step(base, x, y)
         rule_step = make_step(convert_rule(base, spec).to(device), x, y)
-        for s in (plain_step, rule_step):  # warm-up (lazy B, allocator, caches)
-            for _ in range(3):
+        for s in (plain_step, rule_step):
+            for _ in range(warmup):
                 s()
         plain_t, rule_t, ratios = [], [], []
         for _ in range(repeats):
@@ -92,6 +127,7 @@ def measure(model_name: str, rules: list[str], *, batch: int, repeats: int, step
         rows.append({
             "model": model_name, "rule": spec, "plain_ms": 1e3 * statistics.median(plain_t),
             "rule_ms": 1e3 * statistics.median(rule_t), "ratio": statistics.median(ratios),
+            "batch": batch, "repeats": repeats, "steps": steps,
         })
     return rows
 
@@ -104,26 +140,60 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary_rows(rows: list[dict]) -> list[Row]:
+    out = []
+    for r in rows:
+        same_cost = r["rule"] in SAME_COST_AS_BP
+        out.append(Row(
+            benchmark="step time", unit="ms",
+            config=f"{DESCRIPTION.get(r['model'], r['model'])} b{r['batch']}, {r['rule']} "
+                   f"({r['repeats']}x{r['steps']} steps)",
+            plain=r["plain_ms"], falign=r["rule_ms"], ratio=r["ratio"],
+            target=f"<= {STEP_TARGET:.2f}" if same_cost else "-",
+            met=(r["ratio"] <= STEP_TARGET) if same_cost else None,
+        ))
+    return out
+
+
+def collect(*, quick: bool, models: list[str] | None = None, rules: list[str] | None = None,
+            repeats: int | None = None, steps: int | None = None, batch: int = 128,
+            device: str = "cpu", log=print) -> list[dict]:
+    plans = PLANS["quick" if quick else "full"]
+    rows = []
+    for m in models or list(plans):
+        plan = plans.get(m, plans["arch1"])
+        log(f"step time: {m} ({len(rules or plan.rules)} rules)")
+        rows += measure(m, list(rules or plan.rules), batch=batch, repeats=repeats or plan.repeats,
+                        steps=steps or plan.steps, device=device, warmup=plan.warmup)
+    return rows
+
+
+def run(quick: bool, log=print) -> list[Row]:
+    """The rows for ``python -m bench``."""
+    return summary_rows(collect(quick=quick, log=log))
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="mlp,arch1")
-    ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--quick", action="store_true", help="fewer rules, rounds and steps")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--rules", default=None, help="comma-separated (default: each model's plan)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: leave)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = []
-    for m in args.models.split(","):
-        rows += measure(m, args.rules.split(","), batch=args.batch, repeats=args.repeats,
-                        steps=args.steps, device=args.device)
+    rows = collect(quick=args.quick, models=args.models.split(","),
+                   rules=args.rules.split(",") if args.rules else None, repeats=args.repeats,
+                   steps=args.steps, batch=args.batch, device=args.device)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"batch {args.batch}; ratio = median over {args.repeats} interleaved rounds of "
-          f"{args.steps} steps")
+          f"batch {args.batch}; ratio = median over interleaved rounds of rule-time / plain-time")
     print(format_table(rows))
+    print()
+    print(format_rows(summary_rows(rows)))
     return rows
 
 

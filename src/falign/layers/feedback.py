@@ -31,6 +31,9 @@ from ..rules.functional import (
 )
 from ..rules.registry import derive_seed
 
+# torch.compiler.is_compiling arrived in torch 2.3; before it, layers trace as they always did
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
 
 def _outside_compile(method):
     """Run ``method`` eagerly, outside any ``torch.compile`` graph.
@@ -46,7 +49,7 @@ def _outside_compile(method):
 
     @functools.wraps(method)
     def wrapper(*args, **kwargs):
-        if torch.compiler.is_compiling():
+        if _is_compiling():
             return torch.compiler.disable(method)(*args, **kwargs)
         return method(*args, **kwargs)
 
