@@ -84,6 +84,10 @@ class TrainConfig(_Section):
     early_stop_tol: float | None = Field(default=None, ge=0)
     #: alignment measures every N training steps (0: off)
     alignment_every: int = Field(default=0, ge=0)
+    #: GPU fast path: autocast dtype for forward/loss, channels-last convolutions, torch.compile
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    compile: bool = False
     alignment_batch: int = Field(default=256, ge=4)
 
 

@@ -92,6 +92,42 @@ def build_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
     return model
 
 
+class FastPath:
+    """The GPU fast path of a config: autocast (bf16 / fp16), channels-last memory format.
+    fp16 uses a gradient scaler; bf16 needs none.  All are no-ops when off."""
+
+    def __init__(self, cfg: ExperimentConfig, device: torch.device) -> None:
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+        self.channels_last = cfg.train.channels_last
+        self.scaler = None
+        if self.dtype is torch.float16:
+            self.scaler = torch.amp.GradScaler(device.type)
+
+    def backward(self, loss: Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def input(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
 def build_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
@@ -208,11 +244,15 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
     torch.manual_seed(cfg.seed)
     data = build_dataset(cfg, device)
     model = build_model(cfg, data).to(device)
+    fast = FastPath(cfg, device)
+    model = fast.prepare(model)
     net = model
     if ddp.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        net = torch.compile(net)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -288,17 +328,18 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
             else:
                 measure = probe is not None and step % cfg.train.alignment_every == 0
                 with probe.capture() if measure else contextlib.nullcontext():
-                    out_b = net(x)
-                    loss = loss_fn(out_b, y)
+                    with fast.autocast():
+                        out_b = net(fast.input(x))
+                        loss = loss_fn(out_b.float(), y)
                     if not torch.isfinite(loss):
                         diverged = True
                         break
-                    loss.backward()
+                    fast.backward(loss)
                 if measure:
                     stats = probe.finish(x, y, loss_fn)
                     tracking["alignment"].append({"step": step, "epoch": epoch, "layers": {
                         name: a.to_dict() for name, a in stats.items()}})
-            optimizer.step()
+            fast.step(optimizer)
             step += 1
             bs = y.shape[0]
             loss_sum += float(loss.detach()) * (bs if cfg.train.loss_reduction == "mean" else 1)
