@@ -200,14 +200,17 @@ class KP(Rule):
 @dataclass
 class DFA(Rule):
     """Direct feedback alignment: hidden layer i receives B_i e, with e = dL/d(output).
-    B_i ~ N(0, scale^2) has the full shape of the layer input times the output; scale defaults
-    to 1 as in the DFA framework report."""
+    B_i ~ N(0, scale^2) has the full shape of the layer input times the output.  The default
+    scale is the Xavier std of B seen as an (input numel, output numel) matrix, as BioTorch's
+    DFA; the DFA framework report used N(0, 1) on its MLP (``scale=1``, its shipped config).
+    N(0, 1) is far too large for convolutional feature maps: LeNet on MNIST with it stays at
+    chance (measured)."""
 
     name: ClassVar[str] = "dfa"
     description: ClassVar[str] = "direct feedback alignment: input gradient B_i e from the output error"
     citation: ClassVar[str] = "Nokland 2016, NeurIPS"
     kind: ClassVar[str] = "direct"
-    default_scale: ClassVar[float | None] = 1.0
+    default_scale: ClassVar[float | None] = None
 
     output: str = ""  # qualified name of the module whose output is tapped ("" = the model)
 
