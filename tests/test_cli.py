@@ -20,55 +20,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import ONE_THREAD, tiny_config
 
 from falign.training import parse_config, train
 
-
-def _data_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-DATA = _data_root()
 RULES = {"bp", "fa", "usf", "frsf", "brsf", "usf_norm", "sign_tracking", "kp", "dfa"}
 VOLATILE = ("seconds",)
-# One intra-op thread per process: tiny runs gain nothing from more, and on a shared machine
-# idle OpenMP workers spin; the runs compared with each other all use the same setting.
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def tiny_config(**sections) -> dict:
-    cfg = {
-        "name": "tiny", "seed": 0, "device": "cpu",
-        "data": {"name": "mnist", "subset": 600, "val_size": 200},
-        "model": {"name": "mlp", "options": {"sizes": [784, 32, 10]}},
-        "rule": {"name": "fa"},
-        "optim": {"name": "sgd", "lr": 0.05},
-        "train": {"epochs": 1, "batch_size": 50},
-    }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            cfg[section] = {**cfg[section], **values}
-        else:
-            cfg[section] = values
-    return cfg
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data_root() -> Path:
-    if not any((DATA / "mnist").glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"real MNIST IDX files not found under {DATA} (set FALIGN_DATA)")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FALIGN_DATA", str(DATA))
-        yield DATA
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def falign(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,

@@ -16,15 +16,7 @@ from falign.layers import ConversionWarning
 
 DT = torch.float64
 RULES = sorted(falign.rules())
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the tensors here are tiny: intra-op threads only add spin-wait overhead on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randn(*shape, seed: int) -> torch.Tensor:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import gzip
-import os
 import struct
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA as REAL
+from conftest import IDX_NAMES
 
 from falign.data import (
     Dataset,
@@ -21,19 +22,6 @@ from falign.data import (
 )
 from falign.data.idx import read_idx
 
-
-def _real_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-REAL = _real_root()
-IDX_NAMES = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-]
 # published class counts of the 60k MNIST training set and the 10k test set
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -6,7 +6,6 @@ import functools
 import gzip
 import hashlib
 import http.server
-import os
 import pickle
 import tarfile
 import threading
@@ -15,24 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import DATA as REAL
+from conftest import IDX_NAMES
 
 from falign.data import DatasetError, download, load_dataset
 from falign.data import fetch as fetch_mod
 from falign.data.fetch import REMOTES, md5sum
-
-
-def _real_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-REAL = _real_root()
-IDX_NAMES = [
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-]
 
 
 def _need_mnist() -> None:

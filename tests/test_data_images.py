@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import DATA
 from PIL import Image
 
 from falign.data import DatasetError, load_dataset
@@ -19,11 +20,6 @@ from falign.data import folder as folder_mod
 from falign.data.cifar import CIFAR10_CLASSES
 
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-
-
-def _real_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
@@ -94,12 +90,18 @@ def _tar(path: Path, folder: Path, arcname: str) -> None:
         tf.add(folder, arcname=arcname)
 
 
-def test_cifar10_archive_is_extracted_once_atomically(tmp_path):
+def _cifar_archive(tmp_path: Path) -> tuple[Path, tuple[np.ndarray, ...]]:
+    """A folder holding only cifar-10-python.tar.gz, and what _write_cifar wrote into it."""
     src = tmp_path / "src"
     data = _write_cifar(src / "cifar-10-batches-py")
     root = tmp_path / "root"
     root.mkdir()
     _tar(root / "cifar-10-python.tar.gz", src / "cifar-10-batches-py", "cifar-10-batches-py")
+    return root, data
+
+
+def test_cifar10_archive_is_extracted_once_atomically(tmp_path):
+    root, data = _cifar_archive(tmp_path)
     ds = load_dataset("cifar10", root, val_size=4)
     _check_cifar(ds, *data)
     assert sorted(p.name for p in root.iterdir()) == [
@@ -112,11 +114,7 @@ def test_cifar10_archive_is_extracted_once_atomically(tmp_path):
 
 
 def test_cifar10_archive_in_a_read_only_folder_is_read_in_place(tmp_path):
-    src = tmp_path / "src"
-    data = _write_cifar(src / "cifar-10-batches-py")
-    root = tmp_path / "root"
-    root.mkdir()
-    _tar(root / "cifar-10-python.tar.gz", src / "cifar-10-batches-py", "cifar-10-batches-py")
+    root, data = _cifar_archive(tmp_path)
     _read_only(root)
     ds = load_dataset("cifar10", root, val_size=4)
     _check_cifar(ds, *data)
@@ -261,7 +259,7 @@ def test_cifar10_jpeg_missing_says_there_is_no_official_download(tmp_path):
 
 @pytest.mark.slow
 def test_real_cifar10_jpeg_archive_counts_and_protocol_split():
-    root = _real_root()
+    root = DATA
     if not (root / "cifar10-jpeg.tar.gz").is_file():
         pytest.skip(f"cifar10-jpeg.tar.gz not found under {root} (set FALIGN_DATA)")
     ds = load_dataset("cifar10-jpeg", root)

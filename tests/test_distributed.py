@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import DATA, ONE_THREAD
 
-DATA = Path(os.environ.get("FALIGN_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 pytestmark = pytest.mark.skipif(not (DATA / "mnist").is_dir(), reason=f"MNIST not found in {DATA}")
 
 
@@ -31,7 +31,7 @@ def _config(tmp_path: Path, rule: str) -> Path:
 
 
 def _run(args: list[str], env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FALIGN_DATA": str(DATA), "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    env = {**os.environ, **ONE_THREAD, "FALIGN_DATA": str(DATA), **(env_extra or {})}
     return subprocess.run(args, capture_output=True, text=True, env=env, timeout=240)
 
 

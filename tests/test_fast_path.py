@@ -4,16 +4,13 @@ train on CPU and give the same kind of run; CUDA timings are taken on a GPU mach
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA
 
 from falign.training import parse_config, train
 from falign.training.loop import FastPath
-
-DATA = Path(os.environ.get("FALIGN_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 
 
 def _cfg(**train_options):

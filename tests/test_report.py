@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from conftest import mnist_or_skip
 
 from falign.plots import NothingToPlot, plot_alignment, plot_sign_concordance
 from falign.plots.training import _layer_mean_series
@@ -281,16 +281,8 @@ def test_importing_the_report_does_not_import_matplotlib() -> None:
 
 # --------------------------------------------------------------- a real comparison, end to end
 
-def _data_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
 def test_report_on_a_real_tiny_comparison(tmp_path: Path, monkeypatch) -> None:
-    data = _data_root()
-    if not any((data / "mnist").glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"real MNIST IDX files not found under {data} (set FALIGN_DATA)")
-    monkeypatch.setenv("FALIGN_DATA", str(data))
+    monkeypatch.setenv("FALIGN_DATA", str(mnist_or_skip()))
     from falign.training import parse_config
     from falign.training.compare import run_compare
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 
 from falign.reproduce import TARGETS, ReproduceError, reproduce
 from falign.training.loop import RunDirError
 
-DATA = Path(os.environ.get("FALIGN_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 NEEDS = {"lance-kieu-2026": "cifar10-jpeg.tar.gz"}
 
 

@@ -20,21 +20,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import falign
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel:UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 DT = torch.float64
 RULES = sorted(falign.rules())
 KERNEL_RULES = [r for r in RULES if r != "dfa"]
 TOL = {"rtol": 1e-12, "atol": 1e-12}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the tensors here are tiny: intra-op threads only add spin-wait overhead on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def close(actual, expected) -> None:
@@ -481,15 +473,18 @@ def test_dfa_cnn_feedback_shapes_and_conv_input_grad() -> None:
     close(conv2.weight.grad, torch.nn.grad.conv2d_weight(h1p, conv2.weight.shape, ga2))
 
 
-def test_dfa_default_scale_is_one() -> None:
+def test_dfa_default_scale_is_xavier_of_b() -> None:
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Linear(10, 300, dtype=DT), nn.ReLU(), nn.Linear(300, 200, dtype=DT))
     model = falign.convert(plain, "dfa")
     model(randn(2, 10, seed=1)).sum().backward()
     b = model[2].feedback
-    assert b.shape == (300, 200)
-    assert b.std().item() == pytest.approx(1.0, rel=0.02)
+    assert b.shape == (300, 200)  # (input numel, output numel)
+    assert b.std().item() == pytest.approx((2 / (300 + 200)) ** 0.5, rel=0.02)
     assert b.mean().item() == pytest.approx(0.0, abs=0.02)
+    one = falign.convert(plain, "dfa", scale=1.0)  # the DFA report's N(0, 1)
+    one(randn(2, 10, seed=1)).sum().backward()
+    assert one[2].feedback.std().item() == pytest.approx(1.0, rel=0.02)
 
 
 # --------------------------------------------------------------------------- scales of random B

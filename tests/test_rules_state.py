@@ -18,15 +18,7 @@ import falign
 
 DT = torch.float64
 TOL = {"rtol": 1e-12, "atol": 1e-12}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the tensors here are tiny: intra-op threads only add spin-wait overhead on a busy machine
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def close(actual, expected) -> None:

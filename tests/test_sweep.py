@@ -6,39 +6,28 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("optuna")
+
+from conftest import tiny_config  # noqa: E402
 
 from falign.training import RunDirError, parse_config  # noqa: E402
 from falign.training.sweep import SweepError, grid_size, run_sweep  # noqa: E402
 
-
-def _data_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-DATA = _data_root()
 GRID = {"optim.lr": [1e-3, 1e-2], "rule.options.scale": [0.5, 2.0]}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def sweep_config(params: dict, *, name: str = "sw", loss: str = "cross_entropy", seeds=(0, 1),
                  rule: str = "fa"):
-    return parse_config({
-        "name": name, "seed": 0, "device": "cpu",
-        "data": {"name": "mnist", "subset": 600, "val_size": 200},
-        "model": {"name": "mlp", "options": {"sizes": [784, 32, 10]}},
-        "rule": {"name": rule},
-        "optim": {"name": "sgd", "lr": 0.05},
-        "train": {"epochs": 1, "batch_size": 50, "loss": loss},
-        "sweep": {"sampler": "grid", "params": params, "trial_epochs": 1, "final_epochs": 1,
-                  "final_seeds": list(seeds)},
-    })
+    return parse_config(tiny_config(
+        name=name, rule={"name": rule}, train={"loss": loss},
+        sweep={"sampler": "grid", "params": params, "trial_epochs": 1, "final_epochs": 1,
+               "final_seeds": list(seeds)},
+    ))
 
 
 def quiet(_: str) -> None:
@@ -55,23 +44,6 @@ def study_trials(out: Path, study_name: str) -> list:
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / "optuna-journal.log")))
     return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data_root():
-    if not any((DATA / "mnist").glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"real MNIST IDX files not found under {DATA} (set FALIGN_DATA)")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FALIGN_DATA", str(DATA))
-        yield DATA
 
 
 @pytest.fixture(scope="module")

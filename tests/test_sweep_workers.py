@@ -20,42 +20,26 @@ import yaml
 
 optuna = pytest.importorskip("optuna")
 
+from conftest import DATA, ONE_THREAD, tiny_config  # noqa: E402
+
 from falign.training.sweep import MAX_RETRIES, _work  # noqa: E402
 
-
-def _data_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-DATA = _data_root()
 GRID = {"optim.lr": [0.02, 0.1], "rule.options.scale": [0.5, 2.0]}
 STATE = optuna.trial.TrialState
 
 
-@pytest.fixture(scope="module")
-def data_root():
-    if not any((DATA / "mnist").glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"real MNIST IDX files not found under {DATA} (set FALIGN_DATA)")
-    return DATA
-
-
 def write_config(path: Path, grid: dict, trial_epochs: int = 1) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": "sw", "seed": 0, "device": "cpu",
-        "data": {"name": "mnist", "subset": 300, "val_size": 100},
-        "model": {"name": "mlp", "options": {"sizes": [784, 8, 10]}},
-        "rule": {"name": "fa"},
-        "optim": {"name": "sgd", "lr": 0.05},
-        "train": {"epochs": 1, "batch_size": 100},
-        "sweep": {"sampler": "grid", "params": grid, "trial_epochs": trial_epochs,
-                  "final_epochs": 1, "final_seeds": [0]},
-    }))
+    path.write_text(yaml.safe_dump(tiny_config(
+        name="sw", data={"subset": 300, "val_size": 100}, model={"options": {"sizes": [784, 8, 10]}},
+        train={"batch_size": 100},
+        sweep={"sampler": "grid", "params": grid, "trial_epochs": trial_epochs,
+               "final_epochs": 1, "final_seeds": [0]},
+    )))
     return path
 
 
 def sweep(cfg: Path, out: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "FALIGN_DATA": str(DATA), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **ONE_THREAD, "FALIGN_DATA": str(DATA), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "falign", "sweep", str(cfg), "--out", str(out),
                              *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
-import torch
 
 from falign.training import RunDirError, parse_config
 from falign.training.compare import compare_configs, run_compare
 
-
-def _data_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-DATA = _data_root()
 RULES = ["bp", "fa"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base_config():
@@ -32,24 +23,12 @@ def base_config():
     })
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    if not any((DATA / "mnist").glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"real MNIST IDX files not found under {DATA} (set FALIGN_DATA)")
+def compared(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "cmp"
     lines: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FALIGN_DATA", str(DATA))
-        rows = run_compare(base_config(), RULES, out, log=lines.append)
-        yield out, rows, lines
+    rows = run_compare(base_config(), RULES, out, log=lines.append)
+    return out, rows, lines
 
 
 def test_compare_configs_differ_only_in_rule_and_name():

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
 from falign.data import DatasetError
 from falign.models import ModelError
 from falign.training import ConfigError, ExperimentConfig, load_config, parse_config, train
 from falign.training.config import apply_overrides
 
-
-def _data_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-DATA = _data_root()
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VALID = """\
 name: tiny
@@ -49,14 +41,6 @@ train:
   batch_size: 50
   loss: mse
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -261,15 +245,9 @@ def test_apply_overrides_leaves_its_input_alone():
 
 # ------------------------------------------------------- names that only the registries can check
 
-@pytest.fixture
-def data_root(monkeypatch) -> Path:
-    if not any((DATA / "mnist").glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"real MNIST IDX files not found under {DATA} (set FALIGN_DATA)")
-    monkeypatch.setenv("FALIGN_DATA", str(DATA))
-    return DATA
-
-
 def _tiny(**sections) -> dict:
+    """Only the sections these tests need, the rest at the config defaults (unlike tiny_config);
+    a keyword replaces its whole section."""
     cfg = {"device": "cpu", "data": {"name": "mnist", "subset": 600, "val_size": 200},
            "model": {"name": "mlp", "options": {"sizes": [784, 32, 10]}},
            "train": {"epochs": 1, "batch_size": 50}}

@@ -9,13 +9,13 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import tiny_config
 
 from falign.data import load_dataset
 from falign.training import (
@@ -30,29 +30,14 @@ from falign.training import (
 from falign.training.config import ConfigError
 from falign.training.loop import config_from_run
 
-
-def _data_root() -> Path:
-    env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-DATA = _data_root()
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
 CKPT_KEYS = {"format", "version", "config", "model_spec", "model"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**sections) -> dict:
-    cfg = {
-        "name": "tiny", "seed": 0, "device": "cpu",
-        "data": {"name": "mnist", "subset": 600, "val_size": 200},
-        "model": {"name": "mlp", "options": {"sizes": [784, 32, 10]}},
-        "rule": {"name": "fa"},
-        "optim": {"name": "sgd", "lr": 0.05},
-        "train": {"epochs": 2, "batch_size": 50},
-    }
-    for section, values in sections.items():
-        cfg[section] = {**cfg.get(section, {}), **values} if isinstance(values, dict) else values
-    return cfg
+    """tiny_config, but 2 epochs unless a test says otherwise."""
+    return tiny_config(**{**sections, "train": {"epochs": 2, **sections.get("train", {})}})
 
 
 def metrics(tracking: dict) -> dict:
@@ -68,23 +53,6 @@ def same_state(a: dict, b: dict) -> bool:
 
 def model_state(path: Path) -> dict:
     return torch.load(path, weights_only=True)["model"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data_root():
-    if not any((DATA / "mnist").glob("train-images-idx3-ubyte*")):
-        pytest.skip(f"real MNIST IDX files not found under {DATA} (set FALIGN_DATA)")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FALIGN_DATA", str(DATA))
-        yield DATA
 
 
 @pytest.fixture(scope="module")
