@@ -189,8 +189,11 @@ def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any],
         cfg = _trial_config(base, chosen, spec.trial_epochs, label)
         log(f"[{study_name}] trial {trial.number}: {chosen}")
         tracking = train(cfg, run_dir, overwrite=True, log=None)
-        trial.set_user_attr("run_dir", str(run_dir))
-        trial.set_user_attr("status", tracking["status"])
+        try:
+            trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("status", tracking["status"])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # taken for a dead worker's and failed meanwhile: its retry records the result
         if tracking["status"] == "diverged" or tracking["best_val_acc"] is None:
             log(f"[{study_name}] trial {trial.number}: diverged")
             raise optuna.TrialPruned("diverged: loss became NaN or infinite")
@@ -277,8 +280,15 @@ def _take(study) -> Any:
     """
     import optuna
 
-    trial_id = study._pop_waiting_trial_id()
-    return None if trial_id is None else optuna.Trial(study, trial_id)
+    for _ in range(10):
+        try:
+            trial_id = study._pop_waiting_trial_id()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # A database storage's cache still showed as WAITING a trial another process has
+            # finished meanwhile; reading again refreshes it.
+            continue
+        return None if trial_id is None else optuna.Trial(study, trial_id)
+    return None
 
 
 def _run_trial(study, trial, objective: Callable[[Any], float], heartbeat: float, log) -> None:
