@@ -19,7 +19,8 @@ import torch
 def data_dir() -> Path:
     """``$FALIGN_DATA``, else ``shared/data`` next to the repository checkout."""
     env = os.environ.get("FALIGN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    # absolute: tests link files from here into temporary folders and run from other folders
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 DATA = data_dir()

@@ -75,10 +75,15 @@ def test_unknown_option_is_rejected_with_the_accepted_ones(tmp_path):
 
 def test_data_root_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("FALIGN_DATA", raising=False)
-    assert data_root() == Path("data")
+    monkeypatch.chdir(tmp_path)
+    assert data_root() == tmp_path / "data"
     monkeypatch.setenv("FALIGN_DATA", str(tmp_path / "env"))
     assert data_root() == tmp_path / "env"
     assert data_root(tmp_path / "explicit") == tmp_path / "explicit"
+    # a relative path is taken from the working directory now, and stays put afterwards
+    monkeypatch.setenv("FALIGN_DATA", "rel")
+    root = data_root()
+    assert root == tmp_path / "rel" and root.is_absolute()
 
 
 # ---------------------------------------------------------------------------------------- xor

@@ -46,7 +46,11 @@ def test_two_processes_match_one(tmp_path: Path, rule: str) -> None:
     a = torch.load(tmp_path / "one" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=True)
     for key, value in a["model"].items():
-        torch.testing.assert_close(b["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+        # float32 sums in another order over 2 epochs: equal to a relative 1e-4 in norm (a wrong
+        # gradient average, e.g. a sum instead of a mean, is off by O(1))
+        va, vb = value.double(), b["model"][key].double()
+        err = torch.linalg.vector_norm(va - vb) / torch.linalg.vector_norm(va).clamp_min(1e-12)
+        assert err <= 1e-4, (key, float(err))
     # the feedback matrices are identical on every rank without communication
     feedback = [k for k in a["model"] if k.endswith(".feedback")]
     assert feedback

@@ -186,13 +186,14 @@ def _batches(
 
 
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The data directory: ``explicit``, else ``$FALIGN_DATA``, else ``./data``."""
+    """The data directory: ``explicit``, else ``$FALIGN_DATA``, else ``./data``; made absolute,
+    so a later change of working directory (or a relative path in the variable) cannot move it."""
     if explicit is not None:
-        return Path(explicit).expanduser()
+        return Path(explicit).expanduser().absolute()
     env = os.environ.get("FALIGN_DATA")
     if env:
-        return Path(env).expanduser()
-    return Path("data")
+        return Path(env).expanduser().absolute()
+    return Path("data").absolute()
 
 
 def cache_dir() -> Path:
