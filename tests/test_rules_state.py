@@ -327,3 +327,14 @@ def test_feedback_is_a_buffer_that_to_moves_but_no_parameter(rule, opts) -> None
     out = model(torch.randn(2, 2, 5, 5))
     out.sum().backward()
     assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_checkpoint_without_seed_buffer_still_loads() -> None:
+    """Checkpoints written before ``feedback_seed`` was saved load, keeping the derived seed."""
+    make = lambda: nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))  # noqa: E731
+    old = falign.convert(make(), "brsf", seed=1)
+    state = {k: v for k, v in old.state_dict().items() if not k.endswith("feedback_seed")}
+    new = falign.convert(make(), "brsf", seed=1)
+    new.load_state_dict(state)
+    assert torch.equal(new[2].feedback, old[2].feedback)
+    assert int(new[2].feedback_seed) == int(old[2].feedback_seed)

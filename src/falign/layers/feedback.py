@@ -178,6 +178,9 @@ class FeedbackLayer:
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        if prefix + "feedback_seed" not in state_dict:
+            # checkpoints written before the seed was saved: keep the seed derived at conversion
+            state_dict[prefix + "feedback_seed"] = self.feedback_seed.detach().clone()
         key = prefix + "feedback"
         if key not in state_dict and self._lazy_feedback:
             self.feedback = None  # saved before its lazy B existed: B is made again on first use

@@ -433,8 +433,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn
     ckpt = load_checkpoint(path, map_location=map_location)
     if "model_spec" not in ckpt or "model" not in ckpt:
         raise CheckpointError(f"{path}: checkpoint holds no model")
-    model = model_from_spec(ckpt["model_spec"])
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = model_from_spec(ckpt["model_spec"])
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        first = str(err).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{path}: the checkpoint does not fit its own model ({first})") from None
     return model.to(map_location)
 
 
