@@ -98,3 +98,13 @@ def test_resume_reuses_completed_runs(compared):
         assert [(out / r / f).stat().st_mtime_ns for f in ("tracking.json", "last.pt", "best.pt")] \
             == stamps[r], f"{r} was trained again"
     assert sum("already complete" in line for line in lines) == len(RULES)
+
+
+def test_the_configs_own_rule_keeps_its_options():
+    from falign.training.compare import compare_configs
+    from falign.training.config import load_config
+
+    base = load_config("dfa-mnist")  # rule dfa with scale 1 (the DFA report's N(0, 1))
+    configs = compare_configs(base, base.compare)
+    assert configs["dfa"].rule.options["scale"] == 1.0
+    assert configs["bp"].rule.options == {}

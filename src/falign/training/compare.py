@@ -26,6 +26,8 @@ def compare_configs(base: ExperimentConfig,
     out = {}
     for entry in rules:
         label, name, opts = method(entry)
+        if name == base.rule.name:  # the config's own rule keeps the config's rule options
+            opts = {**base.rule.options, **opts}
         cfg = base.model_copy(deep=True)
         cfg.rule = cfg.rule.model_validate({"name": name, "options": opts})
         cfg.name = f"{base.name}-{run_label(label)}"

@@ -445,6 +445,8 @@ def search_spaces(base: ExperimentConfig, spec: SweepConfig) -> dict[str, tuple[
         space = space if isinstance(space, SearchSpace) else SearchSpace.model_validate(space)
         name, _, variant = (space.rule or label).partition(":")
         opts = dict(space.rule_options)
+        if name == base.rule.name:  # the config's own rule keeps the config's rule options
+            opts = {**base.rule.options, **opts}
         if variant:
             opts["conv_feedback"] = variant
         cfg = base.model_copy(deep=True)
