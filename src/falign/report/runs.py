@@ -134,12 +134,13 @@ def summary(run: Run) -> dict[str, Any]:
 def published_columns(runs: Sequence[Run],
                       published: Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
     """column title -> {run label: value in %} for each published metric that names a run's
-    label, or its rule (both runs of a rule compared twice get the rule's number)."""
+    label, its directory name, or its rule (both runs of a rule compared twice get the rule's
+    number).  A name mapped to None has no published number (it stops the lookup there)."""
     columns: dict[str, dict[str, float]] = {}
     for metric, by_label in (published or {}).items():
         values = {}
         for run in runs:
-            value = by_label.get(run.label, by_label.get(run.rule))
+            value = by_label.get(run.label, by_label.get(run.path.name, by_label.get(run.rule)))
             if value is not None:
                 values[run.label] = float(value)
         if values:
