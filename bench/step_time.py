@@ -24,9 +24,11 @@ import falign
 from ._common import Row, format_rows
 
 RULES = ["bp", "fa", "fa:dense", "usf", "frsf", "brsf", "usf_norm", "sign_tracking", "kp", "dfa"]
-#: rules whose input gradient is the plain op with B in W's place (functional.py): about BP's cost
-SAME_COST_AS_BP = {"bp", "fa", "usf", "frsf", "usf_norm", "sign_tracking", "kp"}
-STEP_TARGET = 1.10
+#: the rules issue 2 holds to BP's step time (fa with kernel feedback; brsf pays for its draws
+#: and dfa for its B_i e products, still held to the same target); fa:dense is reported beside the
+#: cost of its extra dense matrix product
+SAME_COST_AS_BP = {"bp", "fa", "usf", "frsf", "brsf", "usf_norm", "sign_tracking", "kp", "dfa"}
+STEP_TARGET = 1.05
 
 
 def mlp() -> tuple[nn.Module, tuple[int, ...]]:
