@@ -70,13 +70,9 @@ def compare_base(args):
                   "batch_size": args.batch_size},
     }
     if args.model == "mlp":
-        data["model"]["options"] = {"activation": "tanh", "sizes": None}
+        data["model"]["options"] = {"activation": "tanh"}
         if args.dataset in ("mnist", "fashion-mnist"):
             data["model"]["options"]["sizes"] = [784, 256, 256, 10]
-        else:
-            del data["model"]["options"]["sizes"]
-    if args.dataset.startswith("cifar10"):
-        data["model"]["options"].pop("sizes", None)
     return parse_config(apply_overrides(data, args.set), where="falign compare")
 
 

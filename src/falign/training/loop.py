@@ -159,6 +159,8 @@ def lr_factor(cfg: ExperimentConfig) -> Callable[[int], float]:
 
 
 def loss_and_target(kind: str, reduction: str, num_classes: int):
+    """The loss of ``(output, labels)``; ``fn.reduction`` says how :func:`batch_total` sums it."""
+
     def fn(out: Tensor, y: Tensor) -> Tensor:
         if kind == "cross_entropy":
             return F.cross_entropy(out, y, reduction=reduction)
@@ -167,7 +169,13 @@ def loss_and_target(kind: str, reduction: str, num_classes: int):
             return F.mse_loss(out, onehot, reduction=reduction)
         return F.binary_cross_entropy_with_logits(out, onehot, reduction=reduction)
 
+    fn.reduction = reduction
     return fn
+
+
+def batch_total(loss: Tensor, batch: int, reduction: str) -> float:
+    """The loss summed over the batch's examples, whatever the reduction."""
+    return float(loss.detach()) * (batch if reduction == "mean" else 1)
 
 
 @torch.no_grad()
@@ -183,17 +191,14 @@ def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 100
             correct += int((out.argmax(1) == y).sum())
             total += y.shape[0]
             if loss_fn is not None:
-                loss_sum += float(loss_fn(out, y)) * (y.shape[0] if _is_mean(loss_fn) else 1)
+                reduction = getattr(loss_fn, "reduction", "mean")  # a plain callable: a mean
+                loss_sum += batch_total(loss_fn(out, y), y.shape[0], reduction)
     finally:
         model.train(was_training)
     result = {"acc": correct / max(total, 1)}
     if loss_fn is not None:
         result["loss"] = loss_sum / max(total, 1)
     return result
-
-
-def _is_mean(loss_fn) -> bool:
-    return getattr(loss_fn, "reduction", "mean") == "mean"
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -257,7 +262,6 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     loss_fn = loss_and_target(cfg.train.loss, cfg.train.loss_reduction, data.num_classes)
-    loss_fn.reduction = cfg.train.loss_reduction
     eval_split = data.val if (cfg.train.select_on == "val" and data.val is not None) else data.test
     select_name = "val" if eval_split is data.val else "test"
 
@@ -342,7 +346,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
             fast.step(optimizer)
             step += 1
             bs = y.shape[0]
-            loss_sum += float(loss.detach()) * (bs if cfg.train.loss_reduction == "mean" else 1)
+            loss_sum += batch_total(loss, bs, cfg.train.loss_reduction)
             correct += int((out_b.detach().argmax(1) == y).sum())
             n += bs
         seconds = time.perf_counter() - t0
