@@ -344,11 +344,229 @@ def test_cka_subsets_partition_and_skip() -> None:
     assert res["both_correct"].n == int(((pred_b == y) & (pred_a == y)).sum())
     assert res["ref_correct_other_wrong"].n == int((pred_b != y)[5:].sum())
     assert 4 <= res["ref_correct_other_wrong"].n < 195  # both subsets are non-trivial here
-    expected = cka_matrix(a, b, x[5:][pred_b[5:] != y[5:]], ["fc1", "out"], ["fc1", "out"])
-    torch.testing.assert_close(res["ref_correct_other_wrong"].matrix, expected.matrix)
+    # Every subset is smaller than the default minibatch (256): one minibatch of all of it, whose
+    # HSIC_1 does not depend on the order of the examples.
+    subset = x[5:][pred_b[5:] != y[5:]]
+    layers = ["fc1", "out"]
+    one_batch = cka_matrix(a, b, subset, layers, layers, minibatch=True, batch_size=len(subset))
+    torch.testing.assert_close(res["ref_correct_other_wrong"].matrix, one_batch.matrix)
+    full = cka_subsets(a, b, x, y, ["fc1", "out"], ["fc1", "out"], estimator="full")
+    expected = cka_matrix(a, b, subset, ["fc1", "out"], ["fc1", "out"])
+    torch.testing.assert_close(full["ref_correct_other_wrong"].matrix, expected.matrix)
     # A reference that is never right leaves two subsets empty: skipped, with a reason.
     res = cka_subsets(a, b, x, (pred_a + 1) % 3, ["fc1"], ["fc1"])
     assert res["both_correct"].n == 0 and "fewer than 4" in str(res["both_correct"].skipped)
     assert res["ref_correct_other_wrong"].skipped
     assert torch.isnan(res["both_correct"].matrix).all()
     assert _no_hooks(a) and _no_hooks(b) and a.training and b.training
+
+
+# --------------------------------------------------------------------------- subsets of unequal size
+
+
+class _Columns(nn.Module):
+    """Passes on columns [lo, hi) of its input: a representation whose distribution we choose."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.lo : self.hi]
+
+
+class _Mix(nn.Module):
+    """tanh(2 h M) + 0.7 noise with a fixed M: a non-linear function of h plus independent noise."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(123)
+        self.register_buffer("m", torch.randn(width, width, generator=g, dtype=torch.float64) / width**0.5)
+
+    def forward(self, h: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(2.0 * h @ self.m.to(h.dtype)) + 0.7 * noise
+
+
+class _Probe(nn.Module):
+    """Layers read chosen input columns: ``narrow`` [start, start + p), ``wide`` the q after it,
+    and ``mixed`` = _Mix(narrow, the first p columns of wide), correlated with ``narrow``.
+
+    The head ignores them: the reference always predicts class 0, the other predicts class 0
+    where x[:, 0] > 0 and class 1 elsewhere, so x[:, 0] and y fix the subsets' sizes.
+    """
+
+    def __init__(self, start: int, widths: tuple[int, int], reference: bool) -> None:
+        super().__init__()
+        p, q = widths
+        assert q >= p
+        self.narrow = _Columns(start, start + p)
+        self.wide = _Columns(start + p, start + p + q)
+        self.mixed = _Mix(p)
+        self.p = p
+        self.reference = reference
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = self.wide(x)
+        self.mixed(self.narrow(x), wide[:, : self.p])
+        logits = torch.zeros(x.shape[0], 3, dtype=x.dtype)
+        logits[:, 0] = 1.0 if self.reference else x[:, 0]
+        return logits
+
+
+SIZES = {"all": 2000, "both_correct": 500, "ref_correct_other_wrong": 100}
+
+
+def _subset_data(width: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (2000, width) standard normal with x[:, 0] and y set so the subsets hold SIZES examples."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(SIZES["all"], width, generator=g)
+    n_both, n_rw = SIZES["both_correct"], SIZES["ref_correct_other_wrong"]
+    x[:, 0] = -1.0
+    x[:n_both, 0] = 1.0  # the other model agrees with the reference (class 0) here only
+    y = torch.full((SIZES["all"],), 2)
+    y[: n_both + n_rw] = 0  # both right on the first 500, only the reference on the next 100
+    return x, y
+
+
+def _null_bound(n: int, batch: int = 256) -> float:
+    """Four standard deviations of minibatch CKA between independent representations, at most 0.05.
+
+    For independent x, y the unbiased HSIC_1(K, L) of one batch of b has standard deviation
+    about sqrt(2 HSIC(K, K) HSIC(L, L)) / b (its U-statistic is degenerate), so CKA's is
+    sqrt(2) / b, divided by sqrt(k) for k batches. Measured over 40 seeds of this test's data:
+    0.012-0.017 at n = 100 (one batch of 100), 0.004-0.006 at n = 500 (one of 256) and
+    0.0020-0.0025 at n = 2000 (7 of 256), as predicted.
+    """
+    b = min(batch, n)
+    k = n // b
+    return min(0.05, 4 * math.sqrt(2) / (b * math.sqrt(k)))
+
+
+def test_cka_subsets_independent_representations_score_zero_at_every_size() -> None:
+    widths = (64, 4096)  # conv1's channels, and a layer with more features than examples
+    x, y = _subset_data(1 + 2 * sum(widths))
+    ref = _Probe(1, widths, reference=True)
+    other = _Probe(1 + sum(widths), widths, reference=False)  # reads other, independent columns
+    layers = ["narrow", "wide"]
+    unbiased = cka_subsets(ref, other, x, y, layers, layers)
+    biased = cka_subsets(ref, other, x, y, layers, layers, estimator="full")
+    for key, size in SIZES.items():
+        res = unbiased[key]
+        assert res.estimator == "minibatch" and res.minibatch_size == min(256, size)
+        assert res.n == size - size % min(256, size) and res.n + res.dropped == size
+        assert res.matrix.abs().max().item() < _null_bound(size), (key, res.matrix)
+        assert biased[key].estimator == "full" and biased[key].n == size and biased[key].dropped == 0
+        # The biased estimator of independent representations with p and q features is about
+        # sqrt(pq / ((n + p)(n + q))): 0.39 for 64 features at n = 100, 0.98 for 4096.
+        p = torch.tensor([[a * b / ((size + a) * (size + b)) for b in widths] for a in widths]).sqrt()
+        torch.testing.assert_close(biased[key].matrix, p.double(), atol=0.03, rtol=0.0)
+    # It rises as n falls, far past the bound the unbiased estimate meets: the test can fail.
+    for i, j in itertools.product(range(2), range(2)):
+        values = [biased[key].matrix[i, j].item() for key in SIZES]  # n = 2000, 500, 100
+        assert values[0] < values[1] < values[2]
+    assert biased["ref_correct_other_wrong"].matrix[0, 0].item() > 0.3
+    assert biased["all"].matrix[1, 1].item() > 0.6
+
+
+def test_cka_subsets_value_of_correlated_representations_does_not_depend_on_n() -> None:
+    x, y = _subset_data(1 + 2 * 64)
+    ref, other = _Probe(1, (64, 64), reference=True), _Probe(1, (64, 64), reference=False)
+    m = other.mixed.m.float()
+    # The population value, another way: full-batch CKA on 50,000 fresh examples, whose upward
+    # bias at 64 features is about 0.0003.
+    big = torch.randn(50_000, 1 + 2 * 64, generator=torch.Generator().manual_seed(99))
+    truth = linear_cka(big[:, 1:65], torch.tanh(2.0 * big[:, 1:65] @ m) + 0.7 * big[:, 65:129]).item()
+    assert 0.3 < truth < 0.6  # neither trivial end
+    unbiased = cka_subsets(ref, other, x, y, ["narrow"], ["mixed"])
+    biased = cka_subsets(ref, other, x, y, ["narrow"], ["mixed"], estimator="full")
+    # 0.05 is four standard deviations of the one-batch estimate at n = 100 (measured 0.012
+    # over 40 seeds; 0.008 at n = 500 and 0.003 at n = 2000). Over those seeds the mean at each n
+    # stayed within 0.001 of the truth, while the biased estimator's mean moved from 0.442
+    # (n = 2000) to 0.485 (500) and 0.634 (100).
+    values = {key: unbiased[key].matrix.item() for key in SIZES}
+    for key, value in values.items():
+        assert abs(value - truth) < 0.05, (key, value, truth)
+    assert max(values.values()) - min(values.values()) < 0.05
+    assert biased["ref_correct_other_wrong"].matrix.item() - truth > 0.15
+    assert biased["all"].matrix.item() < biased["both_correct"].matrix.item()
+
+
+def test_cka_subsets_minibatch_estimate_equals_hsic_u_statistics_of_seeded_batches() -> None:
+    # all: 17 examples -> 3 minibatches of 5, 2 dropped; both_correct: 9 -> 1 of 5, 4 dropped;
+    # ref_correct_other_wrong: 4 (< 5) -> one minibatch of all 4.
+    n_all, n_both, n_rw, m, seed = 17, 9, 4, 5, 3
+    x = torch.randn(n_all, 1 + 2 + 3, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    x[:, 0] = -1.0
+    x[:n_both, 0] = 1.0
+    y = torch.full((n_all,), 2)
+    y[: n_both + n_rw] = 0
+    ref, other = _Probe(1, (2, 3), reference=True), _Probe(1, (2, 3), reference=False)
+    res = cka_subsets(ref, other, x, y, ["narrow", "wide"], ["mixed"], minibatch_size=m, seed=seed)
+    xn = x.numpy()
+    reps_a = [xn[:, 1:3], xn[:, 3:6]]
+    rep_b = np.tanh(2.0 * xn[:, 1:3] @ other.mixed.m.numpy()) + 0.7 * xn[:, 3:5]
+    rows = torch.arange(n_all)
+    masks = {
+        "all": rows >= 0,
+        "both_correct": rows < n_both,
+        "ref_correct_other_wrong": (rows >= n_both) & (rows < n_both + n_rw),
+    }
+    for key, mask in masks.items():
+        idx = mask.nonzero().squeeze(1)
+        count = len(idx)
+        size = min(m, count)
+        order = idx[torch.randperm(count, generator=torch.Generator().manual_seed(seed))]
+        batches = order[: count - count % size].reshape(-1, size).numpy()  # the documented batches
+        got = res[key]
+        assert (got.n, got.dropped, got.minibatch_size) == (batches.size, count - batches.size, size)
+        for i, rep_a in enumerate(reps_a):
+            kl = kk = ll = 0.0
+            for batch in batches:
+                k = rep_a[batch] @ rep_a[batch].T  # linear kernels, not centred
+                l = rep_b[batch] @ rep_b[batch].T
+                kl += _hsic_u_statistic(k, l)
+                kk += _hsic_u_statistic(k, k)
+                ll += _hsic_u_statistic(l, l)
+            expected = kl / math.sqrt(kk * ll)  # the 1/batches of the three means cancels
+            assert got.matrix[i, 0].item() == pytest.approx(expected, rel=1e-9, abs=1e-12), key
+
+
+def test_cka_subsets_reports_estimator_and_is_deterministic() -> None:
+    a, b = _Net(0), _Net(1)
+    x = _inputs(300)
+    y = _eval_out(a, x).argmax(1)  # the reference is always right
+    first = cka_subsets(a, b, x, y, ["fc1"], ["fc2"], minibatch_size=64)
+    again = cka_subsets(a, b, x, y, ["fc1"], ["fc2"], minibatch_size=64)
+    other_seed = cka_subsets(a, b, x, y, ["fc1"], ["fc2"], minibatch_size=64, seed=1)
+    res = first["all"]
+    assert (res.estimator, res.minibatch, res.minibatch_size, res.n, res.dropped) == (
+        "minibatch",
+        True,
+        64,
+        256,
+        44,
+    )
+    torch.testing.assert_close(res.matrix, again["all"].matrix, rtol=0, atol=0)
+    assert not torch.equal(res.matrix, other_seed["all"].matrix)  # another order, other batches
+    assert abs(res.matrix.item() - other_seed["all"].matrix.item()) < 0.1
+    full = cka_subsets(a, b, x, y, ["fc1"], ["fc2"], estimator="full")["all"]
+    assert (full.estimator, full.minibatch_size, full.n, full.dropped) == ("full", None, 300, 0)
+    with pytest.raises(ValueError, match="estimator"):
+        cka_subsets(a, b, x, y, ["fc1"], ["fc2"], estimator="biased")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="linear only"):
+        cka_subsets(a, b, x, y, ["fc1"], ["fc2"], kernel="rbf")
+    with pytest.raises(ValueError, match="minibatch_size"):
+        cka_subsets(a, b, x, y, ["fc1"], ["fc2"], minibatch_size=3)
+    rbf = cka_subsets(a, b, x, y, ["fc1"], ["fc2"], estimator="full", kernel="rbf")["all"]
+    assert rbf.kernel == "rbf" and 0.0 <= rbf.matrix.item() <= 1.0
+
+
+def test_cka_matrix_minibatch_reports_its_batch_size() -> None:
+    a, b = _Net(0), _Net(1)
+    x = _inputs(100)
+    assert cka_matrix(a, b, x, ["fc1"], ["fc1"], minibatch=True, batch_size=25).minibatch_size == 25
+    uneven = cka_matrix(a, b, x, ["fc1"], ["fc1"], minibatch=True, batch_size=30)  # 30, 30, 40
+    assert uneven.minibatch_size is None and uneven.n == 100
+    with pytest.warns(UserWarning, match="skipped 2"):
+        tail = cka_matrix(a, b, [x[:50], x[50:52]], ["fc1"], ["fc1"], minibatch=True)
+    assert (tail.n, tail.dropped, tail.minibatch_size) == (50, 2, 50)

@@ -6,6 +6,16 @@ the Same Things?": it averages the unbiased HSIC_1 of Song et al. 2012 over mini
 memory does not grow with the number of examples. The subset analysis is that of Lance & Kieu
 2026 (all test images, both models correct, reference correct and other wrong).
 
+Why `cka_subsets` uses the unbiased minibatch estimator by default: the full-batch estimator
+HSIC_0 = tr(KHLH) / (n-1)^2 carries a positive bias of order tr(K) tr(L) / n^3 that does not
+cancel in the ratio, so for independent representations with p and q features its CKA is about
+sqrt(pq / ((n + p)(n + q))) and rises towards 1 as n falls (64 features: 0.39 at n = 100, 0.03
+at n = 2000; 4096 features: 0.98 and 0.67). The three subsets have different sizes, so their
+full-batch values are not comparable. HSIC_1 is unbiased at every n >= 4; averaged over
+minibatches of one fixed size its expectation does not depend on how many examples a subset has
+(independent representations score about 0, and the estimate can be negative). The full-batch
+estimator stays selectable (``estimator="full"``) for comparisons at equal n.
+
 Everything here returns tensors or dataclasses; nothing is written to disk.
 """
 
@@ -15,7 +25,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Literal
 
@@ -23,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "DEFAULT_MINIBATCH_SIZE",
     "CKAResult",
     "MinibatchCKA",
     "MinibatchCKAMatrix",
@@ -35,10 +46,14 @@ __all__ = [
 ]
 
 Kernel = Literal["linear", "rbf"]
+# "minibatch": mean unbiased HSIC_1 over minibatches (Nguyen et al. 2021); "full": biased HSIC_0
+# on all examples at once (Kornblith et al. 2019).
+Estimator = Literal["minibatch", "full"]
 # A tensor of inputs (n, ...), or an iterable of batches: x tensors or (x, y, ...) tuples.
 Inputs = Tensor | Iterable[Tensor | Sequence[Tensor]]
 
 _MIN_UNBIASED_N = 4
+DEFAULT_MINIBATCH_SIZE = 256  # examples per minibatch of `cka_subsets`' default estimator
 
 
 # --------------------------------------------------------------------------- kernels and HSIC
@@ -290,6 +305,9 @@ class MinibatchCKA:
 class CKAResult:
     """CKA between layers of two models: ``matrix[i, j]`` compares layers_a[i] with layers_b[j].
 
+    ``minibatch`` says which estimator made it (see `estimator`); for the minibatch estimator
+    ``minibatch_size`` is the number of examples in every minibatch (None if they differed) and
+    ``dropped`` the examples left out (a final partial minibatch, or batches of fewer than 4).
     ``skipped`` says why nothing was computed (then ``matrix`` is all NaN).
     """
 
@@ -300,6 +318,13 @@ class CKAResult:
     kernel: str = "linear"
     minibatch: bool = False
     skipped: str | None = None
+    minibatch_size: int | None = None
+    dropped: int = 0
+
+    @property
+    def estimator(self) -> Estimator:
+        """The estimator: "minibatch" (mean unbiased HSIC_1 over minibatches) or "full" (biased)."""
+        return "minibatch" if self.minibatch else "full"
 
     def diagonal(self) -> Tensor:
         """CKA of layers_a[i] with layers_b[i] (for models of the same architecture)."""
@@ -462,7 +487,9 @@ def cka_matrix(
     shuffling loader still gives both the same examples in the same order. Use un-augmented
     inputs. ``minibatch=False`` keeps all activations (on the CPU) and computes exact CKA;
     ``minibatch=True`` (linear only) accumulates the unbiased estimator per batch in constant
-    memory, skipping batches of fewer than 4 examples with a warning.
+    memory, skipping batches of fewer than 4 examples with a warning (counted in ``dropped``).
+    A minibatch estimate weights every batch equally; the result's ``minibatch_size`` is the
+    common batch size, or None if the batches differed in size.
     """
     if kernel not in ("linear", "rbf"):
         raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
@@ -474,6 +501,7 @@ def cka_matrix(
     if minibatch:
         acc = MinibatchCKAMatrix(len(layers_a), len(layers_b))
         dropped = 0
+        sizes: set[int] = set()
 
         def accumulate(sa: dict[str, Tensor], sb: dict[str, Tensor], _o: Tensor, _ob: object) -> None:
             nonlocal dropped
@@ -482,6 +510,7 @@ def cka_matrix(
                 dropped += n
                 return
             acc.update([sa[name] for name in layers_a], [sb[name] for name in layers_b])
+            sizes.add(n)
 
         _run_models(model_a, layers_a, model_b, layers_b, inputs_or_batches, batch_size, accumulate)
         if dropped:
@@ -491,6 +520,10 @@ def cka_matrix(
             )
         matrix = acc.compute()
         n = acc.num_examples
+        size = next(iter(sizes)) if len(sizes) == 1 else None
+        return CKAResult(
+            matrix, list(layers_a), list(layers_b), n, kernel, True, minibatch_size=size, dropped=dropped
+        )
     else:
         parts_a: dict[str, list[Tensor]] = {name: [] for name in layers_a}
         parts_b: dict[str, list[Tensor]] = {name: [] for name in layers_b}
@@ -510,7 +543,7 @@ def cka_matrix(
         if n < 2:
             raise ValueError(f"CKA needs at least 2 examples, got {n}")
         matrix = _full_cka_matrix(acts_a, acts_b, kernel, sigma_frac)
-    return CKAResult(matrix, list(layers_a), list(layers_b), n, kernel, minibatch)
+    return CKAResult(matrix, list(layers_a), list(layers_b), n, kernel, False)
 
 
 def _predictions(
@@ -536,20 +569,43 @@ def cka_subsets(
     layers_ref: list[str],
     layers_other: list[str],
     *,
+    estimator: Estimator = "minibatch",
+    minibatch_size: int = DEFAULT_MINIBATCH_SIZE,
+    seed: int = 0,
     kernel: Kernel = "linear",
-    minibatch: bool = False,
     batch_size: int = 256,
     sigma_frac: float = 0.8,
     min_examples: int = _MIN_UNBIASED_N,
 ) -> dict[str, CKAResult]:
-    """CKA on the three test subsets of Lance & Kieu 2026.
+    """CKA on the three test subsets of Lance & Kieu 2026, comparable across subset sizes.
 
     Keys: "all" (every example), "both_correct" (both models predict y) and
-    "ref_correct_other_wrong". Predictions are the argmax of each model's output (n, classes).
-    A subset with fewer than ``min_examples`` examples gets a NaN matrix and ``skipped`` set.
+    "ref_correct_other_wrong". Predictions are the argmax of each model's output (n, classes),
+    computed in eval mode in chunks of ``batch_size``. ``x`` must be un-augmented inputs.
+
+    ``estimator="minibatch"`` (the default; linear kernel only): unbiased minibatch CKA. A
+    subset's examples are put in the order ``torch.randperm(n, generator=torch.Generator()
+    .manual_seed(seed))`` and cut into n // minibatch_size minibatches of exactly
+    ``minibatch_size``; the final partial minibatch (n % minibatch_size examples, a random set
+    because of the permutation) is dropped and counted in the result's ``dropped``, so every
+    term of the mean is HSIC_1 at one batch size. A subset with fewer than ``minibatch_size``
+    examples (but at least 4) is one minibatch of all its examples; its result's
+    ``minibatch_size`` then says how many. ``estimator="full"``: the biased full-batch estimator
+    on every example of the subset (linear or RBF); its value rises as n falls, so use it only to
+    compare subsets of equal size.
+
+    A subset with fewer than max(``min_examples``, 4 (minibatch) or 2 (full)) examples gets a NaN
+    matrix and ``skipped`` set.
     """
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y hold different numbers of examples: {x.shape[0]} vs {y.shape[0]}")
+    if estimator not in ("minibatch", "full"):
+        raise ValueError(f"estimator must be 'minibatch' or 'full', got {estimator!r}")
+    minibatch = estimator == "minibatch"
+    if minibatch and kernel != "linear":
+        raise ValueError("the minibatch estimator is linear only; use estimator='full' for kernel='rbf'")
+    if minibatch and minibatch_size < _MIN_UNBIASED_N:
+        raise ValueError(f"minibatch_size must be at least {_MIN_UNBIASED_N}, got {minibatch_size}")
     y = y.cpu()
     pred_ref, pred_other = _predictions(model_ref, model_other, x, batch_size)
     ref_ok = pred_ref == y
@@ -578,16 +634,32 @@ def cka_subsets(
                 skipped=f"only {count} {what} (fewer than {threshold})",
             )
             continue
-        idx = mask.nonzero().squeeze(1).to(x.device)
-        results[key] = cka_matrix(
+        idx = mask.nonzero().squeeze(1)
+        if not minibatch:
+            results[key] = cka_matrix(
+                model_ref,
+                model_other,
+                x.index_select(0, idx.to(x.device)),
+                layers_ref,
+                layers_other,
+                kernel=kernel,
+                batch_size=batch_size,
+                sigma_frac=sigma_frac,
+            )
+            continue
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+        size = min(minibatch_size, count)
+        used = count - count % size
+        idx = idx[order[:used]].to(x.device)  # `used` is a multiple of `size`: equal chunks
+        result = cka_matrix(
             model_ref,
             model_other,
             x.index_select(0, idx),
             layers_ref,
             layers_other,
-            kernel=kernel,
-            minibatch=minibatch,
-            batch_size=batch_size,
-            sigma_frac=sigma_frac,
+            kernel="linear",
+            minibatch=True,
+            batch_size=size,
         )
+        results[key] = replace(result, dropped=result.dropped + count - used)
     return results
