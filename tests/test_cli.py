@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import ONE_THREAD, tiny_config
+from conftest import ONE_THREAD, mnist_or_skip, tiny_config
 
 from falign.training import parse_config, train
 
@@ -94,7 +94,8 @@ MORE_CASES = {
                        "last.pt"),
     "binary_config": (b"\xff\xfe\x00\x80 not utf-8", ["--overwrite"], None, "config"),
     "list_yaml_with_set": ("- a\n- b\n", ["--overwrite", "--set", "optim.lr=0.1"], None, "mapping"),
-    "dfa_loop_without_dfa": (tiny_config(train={"dfa_loop": "batch"}), ["--overwrite"], None, "dfa"),
+    "dfa_loop_without_dfa": (tiny_config(rule={"name": "fa", "options": {"average": "batch"}}),
+                             ["--overwrite"], None, "no option 'average'"),
     "unknown_device": (tiny_config(device="gpu"), ["--overwrite"], None, "device"),
 }
 
@@ -250,3 +251,230 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_root, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# --------------------------------------------------------------- every flag honoured or refused
+# In this process (``main``): each flag a command takes either reaches the run / report, or is
+# refused with one line, exit 2 and no directory made.
+
+def _refused(capsys, rc: int, fragment: str, *absent: Path) -> None:
+    err = capsys.readouterr().err
+    _check_error(rc, err, fragment, {}, {})
+    for path in absent:
+        assert not path.exists(), f"{path} was made: {sorted(p.name for p in path.iterdir())}"
+
+
+def _tiny_file(tmp_path: Path, **sections) -> Path:
+    return _write_yaml(tmp_path / "tiny.yaml", tiny_config(**sections))
+
+
+# flag -> (its arguments, the config value it sets, the value, a check of its effect on the run)
+COMPARE_FLAGS = {
+    "--seed": (["--seed", "3"], lambda c: c["seed"], 3, lambda t: True),
+    "--subset": (["--subset", "300"], lambda c: c["data"]["subset"], 300,
+                 lambda t: t["dataset"].endswith(" 300/200/300")),
+    "--batch-size": (["--batch-size", "100"], lambda c: c["train"]["batch_size"], 100, lambda t: True),
+    "--device": (["--device", "cpu"], lambda c: c["device"], "cpu",
+                 lambda t: t["environment"]["device"] == "cpu"),
+    "--epochs": (["--epochs", "2"], lambda c: c["train"]["epochs"], 2, lambda t: len(t["epochs"]) == 2),
+}
+
+
+@pytest.mark.parametrize("flag", list(COMPARE_FLAGS))
+def test_compare_config_flag_replaces_the_configs_value(data_root, tmp_path, capsys, flag):
+    from falign.cli.main import main
+
+    args, value_of, want, took_effect = COMPARE_FLAGS[flag]
+    base = tiny_config(device="auto")  # seed 0, subset 600, batch 50, 1 epoch
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--config", str(_tiny_file(tmp_path, device="auto")), "--rules", "fa",
+               "--out", str(out), *args])
+    assert rc == 0, capsys.readouterr().err
+    tracking = json.loads((out / "fa" / "tracking.json").read_text())
+    saved = yaml.safe_load((out / "fa" / "config.yaml").read_text())
+    compared = json.loads((out / "compare.json").read_text())["base"]
+    assert value_of(tracking["config"]) == value_of(saved) == value_of(compared) == want
+    assert took_effect(tracking), tracking["dataset"]
+    for other, (_, other_value, _, _) in COMPARE_FLAGS.items():  # the flags not given: the config's
+        if other != flag:
+            assert other_value(tracking["config"]) == other_value(base), other
+
+
+def test_compare_without_config_keeps_its_defaults_and_takes_every_flag():
+    from falign.cli.main import build_parser, compare_base
+
+    cfg = compare_base(build_parser().parse_args(["compare"]))
+    assert (cfg.seed, cfg.train.batch_size, cfg.device, cfg.train.epochs, cfg.data.subset,
+            cfg.data.name, cfg.model.name) == (0, 128, "auto", 5, None, "mnist", "mlp")
+    cfg = compare_base(build_parser().parse_args(
+        ["compare", "--seed", "3", "--batch-size", "64", "--subset", "100", "--device", "cpu",
+         "--epochs", "2", "--dataset", "fashion-mnist", "--model", "lenet", "--set", "optim.lr=0.5"]))
+    assert (cfg.seed, cfg.train.batch_size, cfg.device, cfg.train.epochs, cfg.data.subset,
+            cfg.data.name, cfg.model.name, cfg.optim.lr) == (3, 64, "cpu", 2, 100, "fashion-mnist",
+                                                             "lenet", 0.5)
+
+
+@pytest.mark.parametrize("flag", [["--dataset", "cifar10"], ["--model", "lenet"]])
+def test_compare_config_refuses_dataset_and_model(tmp_path, capsys, flag):
+    from falign.cli.main import main
+
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--config", str(_tiny_file(tmp_path)), "--out", str(out), *flag])
+    _refused(capsys, rc, f"{flag[0]} cannot be combined with --config", out)
+
+
+def _unavailable(device: str) -> None:
+    """Skip the calling test where ``device`` exists on this machine."""
+    if device == "mps" and torch.backends.mps.is_available():
+        pytest.skip("MPS is available here, so 'mps' is a valid device")
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here, so 'cuda' is a valid device")
+    if device.startswith("cuda:") and int(device[5:]) < torch.cuda.device_count():
+        pytest.skip(f"this machine has {device}")
+
+
+DEVICE_COMMANDS = {
+    "config_file": lambda cfg, dev: ["train", str(_write_yaml(cfg, tiny_config(device=dev)))],
+    "train_set": lambda cfg, dev: ["train", str(_write_yaml(cfg, tiny_config())), "--set", f"device={dev}"],
+    "compare_config_flag": lambda cfg, dev: ["compare", "--config", str(_write_yaml(cfg, tiny_config())),
+                                             "--rules", "fa", "--device", dev],
+    "compare_flag": lambda cfg, dev: ["compare", "--rules", "fa", "--device", dev],
+}
+
+
+@pytest.mark.parametrize("command", list(DEVICE_COMMANDS))
+@pytest.mark.parametrize("device", ["cuda", "cuda:99", "mps"])
+def test_unavailable_device_is_one_line_and_makes_nothing(tmp_path, capsys, device, command):
+    from falign.cli.main import main
+
+    _unavailable(device)
+    out = tmp_path / "out"
+    rc = main([*DEVICE_COMMANDS[command](tmp_path / "cfg.yaml", device), "--out", str(out)])
+    _refused(capsys, rc, f"'{device}' is not available on this machine", out)
+
+
+def test_misspelled_shipped_config_suggests_it_and_lists_them(tmp_path, capsys, monkeypatch):
+    from falign.cli.main import main
+    from falign.training.config import shipped_configs
+
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "lenet-mnst", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    _check_error(rc, err, "did you mean 'lenet-mnist'?", {}, {})
+    assert all(name in err for name in shipped_configs()), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "compare_config"])
+def test_set_unknown_key_suggests_the_key_of_another_section(tmp_path, capsys, command):
+    from falign.cli.main import main
+
+    out = tmp_path / "out"
+    cfg = str(_tiny_file(tmp_path))
+    argv = {"train": ["train", cfg], "compare": ["compare", "--rules", "fa"],
+            "compare_config": ["compare", "--config", cfg, "--rules", "fa"]}[command]
+    rc = main([*argv, "--set", "train.lr=0.1", "--out", str(out)])
+    _refused(capsys, rc, "unknown key 'train.lr'; did you mean 'optim.lr'?", out)
+
+
+@pytest.mark.parametrize("bad", [(["--dataset", "mnst"], "did you mean 'mnist'"),
+                                 (["--model", "mlpp"], "did you mean 'mlp'"),
+                                 (["--rules", "fa,fq"], "did you mean 'fa'"),
+                                 (["--config", "<mnst>"], "did you mean 'mnist'")],
+                         ids=["dataset", "model", "rule", "config_dataset"])
+def test_compare_unknown_name_makes_no_directory(tmp_path, capsys, bad):
+    from falign.cli.main import main
+
+    args, fragment = bad
+    args = [str(_tiny_file(tmp_path, data={"name": "mnst"})) if a == "<mnst>" else a for a in args]
+    out = tmp_path / "cmp"
+    for _ in range(2):  # the same error again, not "holds another comparison"
+        _refused(capsys, main(["compare", *args, "--out", str(out)]), fragment, out)
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["compare", "--seed", "abc"], "--seed"),
+    (["compare", "--batch-size", "0"], "--batch-size"),
+    (["compare", "--subset", "-5"], "--subset"),
+    (["compare", "--epochs", "-1"], "--epochs"),
+    (["train", "x.yaml", "--resume", "--overwrite"], "--overwrite"),
+    (["compare", "--resume", "--overwrite"], "--overwrite"),
+    (["reproduce", "dfa-mnist", "--resume", "--overwrite"], "--overwrite"),
+    (["sweep", "x.yaml", "--heartbeat", "0"], "--heartbeat"),
+    (["sweep", "x.yaml", "--trials", "0"], "--trials"),
+    (["train", "x.yaml", "--bogus"], "--bogus"),
+    ([], "command"),
+])
+def test_bad_command_line_is_one_line(tmp_path, capsys, monkeypatch, argv, fragment):
+    from falign.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, main(argv), fragment, tmp_path / "runs")
+
+
+@pytest.mark.parametrize("flags,fragment", [(["--trials", "3"], "--trials: a grid sweep"),
+                                            (["--worker", "--overwrite"], "--worker")])
+def test_sweep_refuses_flags_it_would_ignore(tmp_path, capsys, flags, fragment):
+    from falign.cli.main import main
+
+    cfg = _tiny_file(tmp_path, sweep={"sampler": "grid", "params": {"optim.lr": [0.05, 0.1]}})
+    out = tmp_path / "sweep"
+    _refused(capsys, main(["sweep", str(cfg), "--out", str(out), *flags]), fragment, out)
+
+
+def test_data_dir_replaces_the_configs_data_root(data_root, tmp_path, capsys):
+    from falign.cli.main import main
+
+    cfg = _tiny_file(tmp_path, data={"root": str(tmp_path / "nowhere")})
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--data-dir", str(data_root), "--out", str(run)]) == 0, \
+        capsys.readouterr().err
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(data_root.resolve())
+
+
+def test_report_title_notes_and_published_reach_the_report(prior_run, tmp_path, capsys):
+    from falign.cli.main import main
+
+    published = _write_yaml(tmp_path / "published.yaml", {"test_acc": {"fa": 91.25}})
+    out = tmp_path / "report"
+    rc = main(["report", str(prior_run), "--out", str(out), "--title", "Flags reach the page",
+               "--note", "first note", "--note", "second note", "--published", str(published)])
+    assert rc == 0, capsys.readouterr().err
+    for page in (out / "report.html").read_text(), (out / "results.txt").read_text():
+        for text in ("Flags reach the page", "first note", "second note", "91.25"):
+            assert text in page, text
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "file not found"),
+    ("- 91.0\n", "expected {metric: {method: percent}}"),
+    ("fa: 91.0\n", "expected {metric: {method: percent}}"),
+    ("test_acc: {fa: high}\n", "expected {metric: {method: percent}}"),
+    ("test_acc: {kp: 91.0}\n", "names none of the runs (their labels: fa"),
+    ("test_acc: {fa: [91\n", "invalid YAML"),
+], ids=["missing", "list", "flat", "not_a_number", "no_run_named", "bad_yaml"])
+def test_report_bad_published_is_one_line(prior_run, tmp_path, capsys, content, fragment):
+    from falign.cli.main import main
+
+    published = tmp_path / "published.yaml"
+    if content is not None:
+        published.write_text(content)
+    out = tmp_path / "report"
+    rc = main(["report", str(prior_run), "--out", str(out), "--published", str(published)])
+    _refused(capsys, rc, fragment, out)
+
+
+def test_download_honours_data_dir_and_mirror(tmp_path, capsys):
+    from falign.cli.main import main
+
+    mirror = mnist_or_skip()
+    root = tmp_path / "data"
+    assert main(["download", "mnist", "--data-dir", str(root), "--mirror", mirror.as_uri()]) == 0
+    assert f"mnist: ready in {root}" in capsys.readouterr().out
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(
+        p.name for p in (mirror / "mnist").glob("*-ubyte.gz"))
+    empty = tmp_path / "empty-mirror"
+    empty.mkdir()
+    rc = main(["download", "fashion-mnist", "--data-dir", str(root), "--mirror", empty.as_uri()])
+    _refused(capsys, rc, f"cannot download {empty.as_uri()}/fashion-mnist/")
+    assert not [p for p in root.rglob("*") if p.is_file() and "fashion" in str(p)]

@@ -4,7 +4,7 @@ Each test trains an eager model and a compiled copy side by side for a few SGD s
 inputs (float64, so any difference is a bug, not rounding) and compares every output, every
 parameter gradient and, at the end, every buffer (B, step counters).  It also checks that the
 custom backward itself was compiled: a Function that dynamo gives up on runs eagerly and
-leaves its own node (``FeedbackConvFnBackward``) in the autograd graph; a compiled one is
+leaves its own node (``KernelConvFnBackward``) in the autograd graph; a compiled one is
 inside a ``CompiledFunctionBackward``.
 
 The fast tests use dynamo + AOTAutograd with the ``aot_eager`` backend: that is where the
@@ -23,7 +23,7 @@ import falign
 
 DT = torch.float64
 TOL = {"rtol": 1e-12, "atol": 1e-12}
-FUNCTION_NODES = ("FeedbackLinearFnBackward", "FeedbackConvFnBackward")
+FUNCTION_NODES = ("KernelLinearFnBackward", "KernelConvFnBackward", "DenseConvFnBackward")
 
 #: B from W and a buffer, no per-step state: the whole model compiles as one graph
 KERNEL_RULES = ["bp", "fa", "usf", "frsf", "usf_norm", "usf_norm:spectral"]
@@ -62,8 +62,6 @@ def _net() -> nn.Module:
 def _pair(spec: str) -> tuple[nn.Module, nn.Module]:
     """Two identical converted models (same W, same B, same seeds)."""
     name, opts = _options(spec)
-    if name == "kp":
-        opts["decay"] = 0.01  # so the KP state changes every step
     if name == "sign_tracking":
         opts["period"] = 2
     base = _net()
@@ -143,14 +141,15 @@ def test_stateful_rules_compile_the_custom_backward_and_do_not_recompile_each_st
         assert not names & set(FUNCTION_NODES), f"a Function ran eagerly: {sorted(names)}"
         assert "CompiledFunctionBackward" in names
     _same_buffers(eager, model)
-    if model[2].rule.stateful:
+    if model[2].rule.stateful:  # five optimizer steps, counted once read
+        model[2].effective_feedback()
         assert int(model[2].feedback_step) == 5
 
 
 @pytest.mark.parametrize("eager_first", [False, True])
 def test_dfa_under_compile_matches_eager_even_with_an_earlier_error_in_the_context(
         eager_first: bool) -> None:
-    # DFA's backward reads e from the DFAContext that the output tap's backward fills earlier in
+    # DFA's backward reads e from the wiring that the tap's pre-hook fills earlier in
     # the same pass.  Traced at forward time it would bake in the e of the previous step: with
     # ``eager_first`` the context holds one when compilation starts (this gave wrong gradients
     # before the DFA Function was kept out of the graph).
@@ -161,8 +160,8 @@ def test_dfa_under_compile_matches_eager_even_with_an_earlier_error_in_the_conte
         first = 1
     compiled = torch.compile(model, backend="aot_eager")
     nodes = _train_side_by_side(eager, compiled, model, steps=3, first=first)
-    # the DFA Functions and the tap stay eager by design (see FeedbackLayer._call_direct)
-    assert {"FeedbackConvFnBackward", "OutputTapFnBackward"} <= nodes[-1]
+    # the DFA Functions stay eager by design (see falign.layers.pathways.direct._eager)
+    assert {"DirectConvFnBackward", "DirectLinearFnBackward"} <= nodes[-1]
     _same_buffers(eager, model)
 
 

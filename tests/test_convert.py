@@ -49,7 +49,8 @@ def _grads(model, x, *, exact: bool = False) -> list[torch.Tensor]:
             step()
     else:
         step()
-    return [x.grad] + [p.grad.clone() for p in model.parameters()]
+    # a trained B (KP) gets no gradient from true backprop: only the model's own weights count
+    return [x.grad] + [p.grad.clone() for n, p in model.named_parameters() if not n.endswith("feedback")]
 
 
 # --------------------------------------------------------------------------- 8. convert
@@ -290,11 +291,14 @@ def test_tiny_resnet_trains_with_every_rule(rule, opts) -> None:
     x, y = randn(4, 3, 6, 6, seed=1), torch.tensor([0, 1, 2, 1])
     F.cross_entropy(plain(x), y).backward()
     F.cross_entropy(model(x), y).backward()
-    names = [n for n, _ in model.named_parameters()]
+    names = [n for n, _ in plain.named_parameters()]
     for n, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
     ref = dict(plain.named_parameters())
     got = dict(model.named_parameters())
+    for n in set(got) - set(ref):  # a trained B (KP) receives its W's gradient
+        assert falign.get_rule(rule).learned and n.endswith(".feedback"), n
+        torch.testing.assert_close(got[n].grad, got[n[: -len("feedback")] + "weight"].grad)
     early = ["stem.0.weight", "blocks.0.conv1.weight", "blocks.0.conv2.weight"]
     for n in names:
         same = torch.allclose(got[n].grad, ref[n].grad, rtol=1e-10, atol=1e-12)

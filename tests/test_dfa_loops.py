@@ -5,6 +5,7 @@ A 6-5-4-3 tanh MLP converted with 'dfa', in float64. With a_i the pre-activation
 (sizes[i+1], K) matrix:
 
     batch mode   e = mean(sigmoid(a_L)) - mean(y)                         (1, K)
+                 (e_n is the loss's own gradient at the logits: sigmoid(a_L) - y for bce summed)
                  dW_L = e^T mean(h_{L-1}),  db_L = e
                  da_i = (e @ B_{i+1}^T) * (1 - tanh(mean a_i)^2)           (1, sizes[i+1])
                  dW_i = da_i^T mean(h_{i-1}),  db_i = da_i
@@ -19,8 +20,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from falign.layers import FeedbackError, StepContext
+from falign.layers.pathways.direct import averaged_step
 from falign.models import create_model
-from falign.training.dfa_loops import averaged_dfa_grads
+
+LOSSES = {
+    "bce": lambda o, t: F.binary_cross_entropy_with_logits(o, F.one_hot(t, K).double(), reduction="sum"),
+    "cross_entropy": lambda o, t: F.cross_entropy(o, t, reduction="sum"),
+    "mse": lambda o, t: F.mse_loss(o, F.one_hot(t, K).double(), reduction="sum"),
+}
+
+
+def averaged_dfa_grads(model, x, y, labels, *, mode, loss, step="mean", loss_fn=None):
+    """The pathway's averaged step with a summed loss of the given kind (y: the one-hot target)."""
+    ctx = StepContext(loss_fn=loss_fn or LOSSES[loss])
+    out, _ = averaged_step(model, x, labels, ctx, mode=mode, step=step)
+    return out
 
 SIZES = [6, 5, 4, 3]
 K = SIZES[-1]
@@ -165,7 +180,7 @@ def test_per_sample_and_batch_modes_differ():
 
 
 @pytest.mark.parametrize("loss, predict", [("cross_entropy", lambda a: torch.softmax(a, 1)),
-                                           ("mse", lambda a: a)])
+                                           ("mse", lambda a: a)])  # summed mse: e = 2 (a - y)
 def test_other_losses_compare_their_own_prediction(loss, predict):
     model = make_model()
     x, y, labels = batch()
@@ -173,6 +188,7 @@ def test_other_losses_compare_their_own_prediction(loss, predict):
     ws, bs = weights(model)
     a, h_in = forward_by_hand(ws, bs, x)
     e = predict(a[-1]).mean(0, keepdim=True) - y.mean(0, keepdim=True)
+    e = 2 * e if loss == "mse" else e
     torch.testing.assert_close(model.layers[-1].weight.grad, e.T @ h_in[-1].mean(0, keepdim=True),
                                rtol=1e-12, atol=1e-14)
 
@@ -187,14 +203,61 @@ def test_grads_replace_rather_than_accumulate():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_refuses_a_model_not_converted_with_dfa():
+def test_refuses_a_model_that_is_not_an_mlp():
     x, y, labels = batch()
-    fa = create_model("mlp", rule="fa", sizes=SIZES, activation="tanh").double()
-    with pytest.raises(ValueError, match="dfa"):
-        averaged_dfa_grads(fa, x, y, labels, mode="batch", loss="bce")
+    cnn = create_model("lenet", rule="dfa", in_shape=(1, 32, 32)).double()
+    with pytest.raises(FeedbackError, match="need an 'mlp'"):
+        averaged_dfa_grads(cnn, torch.zeros(2, 1, 32, 32, dtype=torch.float64), y, labels[:2],
+                           mode="batch", loss="bce")
+    with pytest.raises(FeedbackError, match="need an 'mlp'"):  # refused at conversion already
+        create_model("lenet", rule="dfa", in_shape=(1, 32, 32), rule_options={"average": "batch"})
 
 
 def test_refuses_an_unknown_mode():
     x, y, labels = batch()
     with pytest.raises(ValueError, match="sample, batch, class"):
         averaged_dfa_grads(make_model(), x, y, labels, mode="sample", loss="bce")
+
+
+# -------------------------------------------------------------- the output activation, the step size
+
+
+def per_sample(model, x, labels, loss_fn):
+    model.zero_grad(set_to_none=True)
+    loss_fn(model(x), labels).backward()
+    return grads(model)
+
+
+@pytest.mark.parametrize("mode", ["batch", "class"])
+@pytest.mark.parametrize("step", ["mean", "sum"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_at_batch_size_one_every_loop_is_per_sample_dfa_whatever_ends_the_model(mode, step, reduction):
+    """An MLP ending in a sigmoid, trained on the squared error of its output: the averaged
+    loops take e at the logits through the sigmoid, as per-sample DFA does."""
+    torch.manual_seed(0)
+    model = create_model("mlp", rule="dfa", sizes=SIZES, activation="tanh", output="sigmoid",
+                         rule_options={"seed": 0}).double().train()
+    x, _, labels = batch()
+
+    def loss_fn(o, t):
+        return F.mse_loss(o, F.one_hot(t, K).double(), reduction=reduction)
+
+    for n in range(3):
+        xs, ls = x[n:n + 1], labels[n:n + 1]
+        expected = per_sample(model, xs, ls, loss_fn)
+        averaged_dfa_grads(model, xs, None, ls, mode=mode, loss=None, step=step, loss_fn=loss_fn)
+        for a, b in zip(grads(model)[0] + grads(model)[1], expected[0] + expected[1], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_sum_step_is_the_group_size_times_the_mean_step():
+    model = make_model()
+    x, y, labels = batch()
+    averaged_dfa_grads(model, x, y, labels, mode="class", loss="bce", step="mean")
+    mean = grads(model)
+    averaged_dfa_grads(model, x, y, labels, mode="batch", loss="bce", step="sum")
+    whole = grads(model)
+    averaged_dfa_grads(model, x, y, labels, mode="batch", loss="bce", step="mean")
+    for a, b in zip(whole[0], grads(model)[0], strict=True):
+        torch.testing.assert_close(a, len(LABELS) * b, rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(mean[0][0], whole[0][0])

@@ -14,3 +14,73 @@ def test_xor_example_learns_and_matches_the_hand_written_rule(capsys) -> None:
     out = capsys.readouterr().out
     assert "equals (d_logits @ B) * relu'(a) rule: True" in out
     assert "FA learned XOR: True" in out
+
+
+# ------------------------------------------------------------------------ a rule of one's own
+
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import ClassVar  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from conftest import DATA, ONE_THREAD, mnist_or_skip, tiny_config  # noqa: E402
+
+import falign  # noqa: E402
+
+
+def test_custom_rule_example_passes_the_contract_suite_and_learns(capsys) -> None:
+    main = runpy.run_path(str(EXAMPLES / "custom_rule.py"), run_name="custom_rule_example")["main"]
+    assert main(steps=150) == 0
+    out = capsys.readouterr().out
+    assert "contract suite: passed" in out and "entries non-zero" in out
+
+
+def test_register_rule_refuses_a_second_class_under_a_taken_name() -> None:
+    with pytest.raises(falign.RuleError, match="already registered"):
+        @falign.register_rule
+        @dataclass
+        class Impostor(falign.Rule):
+            name: ClassVar[str] = "fa"
+
+            def matrix(self, weight, feedback):
+                return weight
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **ONE_THREAD, "FALIGN_DATA": str(DATA), "PYTHONPATH": str(EXAMPLES)}
+
+
+def test_a_users_rule_from_a_config_trains_saves_and_reloads(tmp_path) -> None:
+    mnist_or_skip()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(rule={"name": "custom_rule:SparseFA",
+                                                    "options": {"density": 0.5}})))
+    run = subprocess.run([sys.executable, "-m", "falign", "train", str(cfg), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    tracking = json.loads((tmp_path / "r" / "tracking.json").read_text())
+    assert tracking["config"]["rule"]["name"] == "custom_rule:SparseFA"
+    assert tracking["model_spec"]["rule"] == "custom_rule:SparseFA"
+    check = ("from falign.training import load_model; m = load_model(%r); "
+             "print(type(m.layers[1].rule).__name__, m.layers[1].rule.density)" % str(tmp_path / "r" / "best.pt"))
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=_env(), timeout=120)
+    assert loaded.stdout.split() == ["SparseFA", "0.5"], loaded.stderr[-2000:]
+
+
+def test_a_users_rule_in_compare_and_with_set(tmp_path) -> None:
+    mnist_or_skip()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(rule={"name": "bp"})))
+    run = subprocess.run([sys.executable, "-m", "falign", "compare", "--config", str(cfg), "--rules",
+                          "bp,custom_rule:SparseFA", "--out", str(tmp_path / "c")],
+                         capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "c" / "custom_rule-SparseFA" / "tracking.json").exists()
+    run = subprocess.run([sys.executable, "-m", "falign", "train", str(cfg), "--set",
+                          "rule.name=custom_rule:SparseFA", "--set", "rule.options.density=0.25",
+                          "--out", str(tmp_path / "t")], capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]

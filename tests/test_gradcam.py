@@ -235,7 +235,7 @@ def test_hooks_removed_and_modes_restored_on_error() -> None:
     def check() -> None:
         assert _no_hooks(model)
         assert {name: m.training for name, m in model.named_modules()} == modes
-        assert all(not m.exact and not m.hold_state for _, m in falign.feedback_layers(model))
+        assert all(not m.exact for _, m in falign.feedback_layers(model))
 
     with pytest.raises(ValueError, match="nearby names") as info:
         channel_importance(model, "conv3", x, 0)

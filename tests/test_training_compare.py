@@ -33,9 +33,9 @@ def compared(data_root, tmp_path_factory):
 
 def test_compare_configs_differ_only_in_rule_and_name():
     base = base_config()
-    configs = compare_configs(base, ["bp", "fa", "usf:dense"])
-    assert list(configs) == ["bp", "fa", "usf:dense"]
-    assert configs["usf:dense"].rule.options == {"conv_feedback": "dense"}
+    configs = compare_configs(base, ["bp", "fa", "fa:dense"])
+    assert list(configs) == ["bp", "fa", "fa:dense"]
+    assert configs["fa:dense"].rule.options == {"conv_feedback": "dense"}
     for rule, cfg in configs.items():
         a, b = cfg.to_dict(), base.to_dict()
         assert a["rule"]["name"] == rule.partition(":")[0]
@@ -108,3 +108,89 @@ def test_the_configs_own_rule_keeps_its_options():
     configs = compare_configs(base, base.compare)
     assert configs["dfa"].rule.options["scale"] == 1.0
     assert configs["bp"].rule.options == {}
+
+
+def test_a_methods_own_values_reach_that_method_only():
+    base = base_config()
+    own = {"label": "fa-slow", "rule": "fa", "options": {"scale": 0.5},
+           "set": {"optim.lr": 0.001, "train.batch_size": 25, "model.options.sizes": [784, 16, 10]}}
+    configs = compare_configs(base, ["bp", own, "fa"])
+    slow, fa, bp = configs["fa-slow"], configs["fa"], configs["bp"]
+    assert (slow.optim.lr, slow.train.batch_size, slow.model.options["sizes"]) == (0.001, 25, [784, 16, 10])
+    assert slow.rule.name == "fa" and slow.rule.options == {"scale": 0.5}
+    for cfg in (bp, fa):  # the other methods keep the base values
+        assert (cfg.optim.lr, cfg.train.batch_size, cfg.model.options["sizes"]) == (0.05, 50, [784, 32, 10])
+    a, b = slow.to_dict(), fa.to_dict()
+    differ = {f"{s}.{k}" for s in a if isinstance(a[s], dict) for k in a[s] if a[s][k] != b[s][k]}
+    assert differ == {"optim.lr", "train.batch_size", "model.options", "rule.options"}
+    assert base.optim.lr == 0.05 and base.train.batch_size == 50  # the base is not touched
+
+
+def test_a_shipped_per_method_learning_rate():
+    from falign.training.config import load_config
+
+    base = load_config("resnet20-cifar10")  # BioTorch's DFA runs used SGD lr 1e-3, the others 0.1
+    lrs = {label: cfg.optim.lr for label, cfg in compare_configs(base, base.compare).items()}
+    assert lrs == {"bp": 0.1, "fa": 0.1, "dfa": 0.001, "usf": 0.1, "brsf": 0.1, "frsf": 0.1}
+
+
+def test_the_string_forms_of_an_entry():
+    from falign.training.compare import method, method_values
+
+    assert method("fa") == ("fa", "fa", {})
+    assert method("fa:dense") == ("fa:dense", "fa", {"conv_feedback": "dense"})
+    assert method({"label": "d", "rule": "dfa", "set": {"optim.lr": 0.1}}) == ("d", "dfa", {})
+    assert method_values("fa:dense") == {}
+    assert method_values({"label": "d", "rule": "dfa", "set": {"optim.lr": 0.1}}) == {"optim.lr": 0.1}
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"label": "d", "rule": "dfa", "set": {"optim.lrr": 0.1}},
+     "compare entry 'd': set: unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
+    ({"label": "d", "rule": "dfa", "set": {"rule.options.scale": 1.0}},
+     "compare entry 'd': set 'rule.options.scale': give the rule as the entry's 'rule' and 'options'"),
+    ({"label": "d", "rule": "dfa", "set": {"name": "other"}}, "compare entry 'd': set 'name'"),
+    ({"label": "d", "rule": "dfa", "set": {"optim": {"lr": 0.1}}},
+     "compare entry 'd': set: 'optim' is a section: set its keys"),
+    ({"label": "d", "rule": "dfa", "set": {"optim.lr.x": 0.1}}, "'optim.lr' is a value, not a section"),
+    ({"label": "d", "rule": "dfa", "sett": {}}, "compare entry 'd': unknown key 'sett'; did you mean 'set'?"),
+    ({"label": "d", "rule": "dfaa"}, "compare entry 'd': rule: "),
+    ({"label": "d"}, "compare entry 'd': needs 'rule'"),
+])
+def test_a_bad_entry_is_one_line_naming_it(entry, message):
+    from falign.training import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"compare": ["bp", entry]}, where="x.yaml")
+    text = str(err.value)
+    assert text.startswith("x.yaml: ") and message in text and "\n" not in text, text
+
+
+def test_a_per_method_value_is_validated_with_the_whole_config():
+    from falign.training import ConfigError
+
+    base = base_config()
+    with pytest.raises(ConfigError, match=r"^compare entry 'slow': optim.lr: .*greater than 0"):
+        compare_configs(base, [{"label": "slow", "rule": "fa", "set": {"optim.lr": -1.0}}])
+    with pytest.raises(ConfigError, match="^compare entry 'bp-avg': .*rule 'bp' has no option 'average'"):
+        compare_configs(base, [{"label": "bp-avg", "rule": "bp", "options": {"average": "batch"}}])
+    # the config's own rule keeps its options; another rule starts from its own defaults
+    dfa_base = parse_config({**base.to_dict(), "rule": {"name": "dfa", "options": {"average": "batch"}}})
+    configs = compare_configs(dfa_base, ["dfa", {"label": "bp", "rule": "bp"}])
+    assert (configs["dfa"].rule.options, configs["bp"].rule.options) == ({"average": "batch"}, {})
+
+
+def test_an_entry_survives_the_round_trip_through_a_saved_config():
+    cfg = parse_config({"compare": ["fa:dense", {"label": "d", "rule": "dfa", "set": {"optim.lr": 0.1}}]})
+    again = parse_config(cfg.to_dict())
+    assert again.compare == cfg.compare and again.compare[1].set == {"optim.lr": 0.1}
+
+
+def test_a_bad_per_method_value_writes_nothing(tmp_path):
+    from falign.training import ConfigError
+
+    out = tmp_path / "cmp"
+    with pytest.raises(ConfigError, match="compare entry 'slow'"):
+        run_compare(base_config(), ["bp", {"label": "slow", "rule": "fa", "set": {"optim.lr": 0.0}}],
+                    out, log=lambda s: None)
+    assert not out.exists()

@@ -18,6 +18,7 @@ import yaml
 from conftest import tiny_config
 
 from falign.data import load_dataset
+from falign.layers import FeedbackError
 from falign.training import (
     CheckpointError,
     RunDirError,
@@ -176,7 +177,7 @@ RESUME_RULES = {
     "fa": {},
     "brsf": {},  # B redrawn every step: the resumed run must continue the same sequence
     "sign_tracking": {"period": 7},  # refreshes at steps 1, 8, 15, ...: across epoch boundaries
-    "kp": {},  # B decays with lr * weight_decay every step
+    "kp": {},  # B is a parameter with its own momentum state, stepped with W
 }
 
 
@@ -200,7 +201,7 @@ def test_stop_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, rule)
     for name in ("last.pt", "best.pt"):
         a, b = model_state(tmp_path / "split" / name), model_state(tmp_path / "whole" / name)
         assert same_state(a, b), f"{rule}: {name} differs"
-    if rule in ("brsf", "sign_tracking", "kp"):  # the stateful rules count their steps
+    if rule in ("brsf", "sign_tracking"):  # the stateful rules count their optimizer steps
         last = model_state(tmp_path / "split" / "last.pt")
         assert int(last["layers.1.feedback_step"]) == 36  # 12 steps per epoch, also after resume
 
@@ -257,10 +258,9 @@ def test_resume_after_early_stop_trains_no_further(data_root, tmp_path):
 
 @pytest.mark.parametrize("loop", ["batch", "class"])
 def test_averaged_dfa_loops_train(data_root, tmp_path, loop):
-    cfg = parse_config(tiny(rule={"name": "dfa"}, optim={"lr": 0.5},
+    cfg = parse_config(tiny(rule={"name": "dfa", "options": {"average": loop}}, optim={"lr": 0.5},
                             model={"options": {"sizes": [784, 32, 10], "activation": "tanh"}},
-                            train={"epochs": 1, "loss": "bce", "dfa_loop": loop,
-                                   "checkpoint_every_epoch": True}))
+                            train={"epochs": 1, "loss": "bce", "checkpoint_every_epoch": True}))
     tracking = train(cfg, tmp_path / "run", log=None)
     assert tracking["status"] == "completed" and len(tracking["epochs"]) == 1
     before, after = (model_state(tmp_path / "run" / f"epoch_00{k}.pt") for k in (0, 1))
@@ -268,11 +268,22 @@ def test_averaged_dfa_loops_train(data_root, tmp_path, loop):
         assert not torch.equal(before[key], after[key]), key
 
 
-def test_averaged_dfa_loop_refuses_other_rules(data_root, tmp_path):
-    # refused when the config is read, before anything is trained or written
-    with pytest.raises(ConfigError, match="needs rule 'dfa' and model 'mlp'"):
-        parse_config(tiny(train={"epochs": 1, "dfa_loop": "batch"}))
+def test_averaged_dfa_loop_refuses_other_rules_and_models(data_root, tmp_path):
+    # another rule has no such option: refused when the config is read
+    with pytest.raises(ConfigError, match="rule 'fa' has no option 'average'"):
+        parse_config(tiny(rule={"name": "fa", "options": {"average": "batch"}}))
+    # another model: refused when the model is built, before anything is written
+    cfg = parse_config(tiny(rule={"name": "dfa", "options": {"average": "batch"}},
+                            data={"options": {"pad_to": 32}}, model={"name": "lenet", "options": {}}))
+    with pytest.raises(FeedbackError, match="averaged DFA loops need an 'mlp'"):
+        train(cfg, tmp_path / "run", log=None)
     assert not (tmp_path / "run").exists()
+
+
+def test_config_of_falign_0_1_with_train_dfa_loop_still_reads():
+    cfg = parse_config(tiny(rule={"name": "dfa"}, train={"dfa_loop": "class"}))
+    assert cfg.rule.options == {"average": "class"} and "dfa_loop" not in cfg.train.model_dump()
+    assert parse_config(tiny(train={"dfa_loop": "sample"})).rule.options == {}
 
 
 def test_metrics_helper_ignores_only_times():

@@ -16,7 +16,7 @@ from .layers import (
     exact_backward,
     feedback_layers,
 )
-from .rules import Rule, RuleError, get_rule, rules
+from .rules import Rule, RuleError, get_rule, register_rule, rules
 
 __version__ = "0.1.0"
 
@@ -33,6 +33,7 @@ __all__ = [
     "exact_backward",
     "feedback_layers",
     "get_rule",
+    "register_rule",
     "rules",
 ]
 

@@ -13,8 +13,8 @@ gradient of the same weights), ``"feedback"`` uses the rule's own signal, i.e. w
 was trained with. On an unconverted model the two are the same.
 
 Everything here returns tensors or dataclasses; nothing is written to disk. The model runs in
-eval mode under :func:`falign.layers.frozen_feedback`; every module's train/eval flag is restored
-and every hook removed afterwards, also on error.
+eval mode (the rules' state changes only with an optimizer step, so measuring leaves it alone);
+every module's train/eval flag is restored and every hook removed afterwards, also on error.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import exact_backward, frozen_feedback
+from ..layers import exact_backward
 
 __all__ = [
     "ChannelRanking",
@@ -103,11 +103,10 @@ def _select(out: Tensor, target: Tensor | None) -> Tensor:
 
 @contextmanager
 def _measuring(model: nn.Module, gradient: Gradient | None) -> Iterator[None]:
-    """Eval mode, frozen rule state, and true backprop if ``gradient == "true"``; all restored."""
+    """Eval mode, and true backprop if ``gradient == "true"``; all restored."""
     modes = {m: m.training for m in model.modules()}
     try:
         with ExitStack() as stack:
-            stack.enter_context(frozen_feedback(model))
             if gradient == "true":
                 stack.enter_context(exact_backward(model))
             model.eval()

@@ -6,15 +6,17 @@ from .convert import (
     convert,
     exact_backward,
     feedback_layers,
-    frozen_feedback,
+    train_step,
 )
 from .feedback import (
     FeedbackConv1d,
     FeedbackConv2d,
     FeedbackConv3d,
+    FeedbackError,
     FeedbackLayer,
     FeedbackLinear,
 )
+from .pathways import StepContext
 
 __all__ = [
     "ConversionReport",
@@ -22,10 +24,12 @@ __all__ = [
     "FeedbackConv1d",
     "FeedbackConv2d",
     "FeedbackConv3d",
+    "FeedbackError",
     "FeedbackLayer",
     "FeedbackLinear",
     "convert",
     "exact_backward",
     "feedback_layers",
-    "frozen_feedback",
+    "train_step",
+    "StepContext",
 ]

@@ -14,8 +14,18 @@ For every converted layer, on one batch:
 * ``update_sign_concordance`` -- fraction with sign(rule update) = sign(true gradient).
 
 Through a converted network autograd returns the *rule's* gradients; the true ones come from a
-second pass under :func:`falign.exact_backward`.  Neither pass advances the rules' state, and
-batch-norm running statistics, parameter ``.grad`` and the RNG are left as they were.
+second pass under :func:`falign.exact_backward`.  Neither pass changes the rules' state (it
+changes only with an optimizer step), and batch-norm running statistics, parameter ``.grad``
+and the RNG are left as they were.
+
+Under several processes (``reduce`` sums a tensor over them) every measure is that of the whole
+global batch: the true weight gradients are averaged like DDP averages the rule's, and the
+signal angles are formed from dot products and norms summed over the processes, so N processes
+record what one process records.
+
+These are layer-level measures (they need only the converted layers and ``exact_backward``), so
+the training loop can take them on its own steps; ``falign.analysis.alignment`` is their public
+home.
 """
 
 from __future__ import annotations
@@ -28,9 +38,14 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from ..layers import exact_backward, feedback_layers, frozen_feedback
+from .convert import exact_backward, feedback_layers
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Reduce = Callable[[Tensor], Tensor]
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
 
 
 @dataclass
@@ -46,14 +61,15 @@ class LayerAlignment:
         return asdict(self)
 
 
-def angle(a: Tensor, b: Tensor) -> float:
-    """Degrees between two tensors seen as flat vectors (90 if either is zero)."""
+def angle(a: Tensor, b: Tensor, reduce: Reduce = _identity) -> float:
+    """Degrees between two tensors seen as flat vectors (90 if either is zero); ``reduce`` sums
+    the dot product and squared norms over processes that each hold a part of the vectors."""
     a, b = a.detach().double().flatten(), b.detach().double().flatten()
-    na, nb = torch.linalg.vector_norm(a), torch.linalg.vector_norm(b)
-    if na == 0 or nb == 0:
+    dot, aa, bb = reduce(torch.stack([torch.dot(a, b), torch.dot(a, a), torch.dot(b, b)])).tolist()
+    if aa == 0 or bb == 0:
         return 90.0
-    cos = torch.clamp(torch.dot(a, b) / (na * nb), -1.0, 1.0)
-    return math.degrees(math.acos(float(cos)))
+    cos = max(-1.0, min(1.0, dot / math.sqrt(aa * bb)))
+    return math.degrees(math.acos(cos))
 
 
 def sign_agreement(a: Tensor, b: Tensor) -> float:
@@ -109,7 +125,7 @@ def _pass(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, exact: boo
     if not layers:
         return {}, {}
     ctx = exact_backward(model) if exact else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=[]), frozen_feedback(model), preserved_buffers(model), ctx, \
+    with torch.random.fork_rng(devices=[]), preserved_buffers(model), ctx, \
             capture_inputs(model) as inputs:
         if rng is not None:
             torch.set_rng_state(rng)
@@ -124,7 +140,10 @@ def _pass(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, exact: boo
 
 
 def compare(model: nn.Module, rule_grads: dict[str, Tensor], rule_signals: dict[str, Tensor],
-            true_grads: dict[str, Tensor], true_signals: dict[str, Tensor]) -> dict[str, LayerAlignment]:
+            true_grads: dict[str, Tensor], true_signals: dict[str, Tensor],
+            reduce: Reduce = _identity) -> dict[str, LayerAlignment]:
+    """The measures from both passes.  The weight gradients are whole (already averaged over
+    processes); the signals are this process's samples, combined through ``reduce``."""
     out = {}
     for name, layer in feedback_layers(model):
         if name not in rule_grads or name not in true_grads:
@@ -135,7 +154,7 @@ def compare(model: nn.Module, rule_grads: dict[str, Tensor], rule_signals: dict[
         w = layer.weight.detach()
         sig = None
         if name in rule_signals and name in true_signals:
-            sig = angle(rule_signals[name], true_signals[name])
+            sig = angle(rule_signals[name], true_signals[name], reduce)
         out[name] = LayerAlignment(
             update_angle=angle(rule_grads[name], true_grads[name]),
             signal_angle=sig,
@@ -166,11 +185,16 @@ class StepProbe:
         stats = probe.finish(x, y, loss_fn)      # before optimizer.step()
 
     The rule's gradients and signals are those the step itself computed (read from ``.grad``);
-    one exact pass with the same RNG state gives the true ones.
+    one exact pass with the same RNG state gives the true ones.  Under several processes
+    ``loss_fn`` is this process's share of the loss (whose gradients DDP averages), ``world``
+    the number of processes and ``reduce`` a sum over them: the true gradients are then
+    averaged like the rule's, and the records equal one process's.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, *, world: int = 1, reduce: Reduce = _identity) -> None:
         self.model = model
+        self.world = world
+        self.reduce = reduce
         self._inputs: dict[str, Tensor] = {}
         self._rng: Tensor | None = None
 
@@ -186,5 +210,7 @@ class StepProbe:
                       if layer.weight.grad is not None}
         rule_signals = {n: v.grad for n, v in self._inputs.items() if v.grad is not None}
         true_grads, true_signals = _pass(self.model, x, y, loss_fn, exact=True, rng=self._rng)
+        if self.world > 1:
+            true_grads = {n: self.reduce(g) / self.world for n, g in true_grads.items()}
         self._inputs = {}
-        return compare(self.model, rule_grads, rule_signals, true_grads, true_signals)
+        return compare(self.model, rule_grads, rule_signals, true_grads, true_signals, self.reduce)

@@ -13,8 +13,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..rules import Rule, get_rule
-from ..rules.functional import DFAContext, OutputTapFn
 from .feedback import LAYER_TYPES, FeedbackLayer, from_plain
+from .pathways import Pathway, StepContext
 
 
 class ConversionWarning(UserWarning):
@@ -36,29 +36,6 @@ class ConversionReport:
         lines += [f"  excluded    {n}" for n in self.excluded]
         lines += [f"  unreachable {n}: {why}" for n, why in self.unreachable]
         return "\n".join(lines)
-
-
-class _DFAOutputHook:
-    """Forward hook on the tapped module: taps the output for ``e`` and creates the B_i whose
-    shape needed the output's (first training forward)."""
-
-    def __init__(self, context: DFAContext, layers: list[FeedbackLayer]) -> None:
-        self.context = context
-        self.layers = layers
-
-    def __call__(self, module, args, output):
-        if not isinstance(output, Tensor):
-            raise TypeError(
-                "DFA taps a tensor output; this module returned "
-                f"{type(output).__name__} (pass output='<submodule name>' to convert)"
-            )
-        error_shape = tuple(output.shape[1:])
-        for layer in self.layers:
-            if layer._pending_input_shape is not None:
-                layer.create_direct_feedback(error_shape)
-        if output.requires_grad:
-            return OutputTapFn.apply(output, self.context)
-        return output
 
 
 def _matches(name: str, patterns: Sequence[str] | None) -> bool:
@@ -123,12 +100,9 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
             report.unreachable.append((pname, "a weight outside nn.Linear/nn.ConvNd (used "
                                        "functionally?); it still learns by backprop"))
 
-    if the_rule.kind == "direct" and converted:
-        target = model.get_submodule(the_rule.output) if the_rule.output else model
-        context = DFAContext()
-        for layer in converted:
-            layer.attach_dfa_context(context)
-        target.register_forward_hook(_DFAOutputHook(context, converted))
+    if converted:
+        converted[0].pathway.attach(model, converted)  # the pathway's wiring (hooks), if any
+        model.falign_pathway = converted[0].pathway
 
     model.falign_conversion = report
     if warn and report.unreachable:
@@ -149,30 +123,31 @@ def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:
 
 
 @contextlib.contextmanager
-def _layers_flag(model: nn.Module, attr: str) -> Iterator[nn.Module]:
-    """Set ``attr`` on every converted layer for the block; restore, also after an exception."""
+def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily restore true backpropagation in every converted layer (DFA included).
+
+    The layers run the plain torch op, so their rules' state is neither used nor advanced.
+    The flags are restored on exit, also after an exception, and blocks nest.  The mode is read
+    at forward time: run the forward inside the block.
+    """
     layers = [m for _, m in feedback_layers(model)]
-    previous = [getattr(m, attr) for m in layers]
+    previous = [m.exact for m in layers]
     try:
         for m in layers:
-            setattr(m, attr, True)
+            m.exact = True
         yield model
     finally:
         for m, was in zip(layers, previous, strict=True):
-            setattr(m, attr, was)
+            m.exact = was
 
 
-def exact_backward(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
-    """Temporarily restore true backpropagation in every converted layer (DFA included).
-
-    The rules' per-step state (brsf redraws, sign-tracking copies, KP decay) does not advance
-    inside the block.  State is restored on exit, also after an exception.  The mode is read at
-    forward time: run the forward inside the block.
-    """
-    return _layers_flag(model, "exact")
+_DEFAULT_PATHWAY = Pathway()
 
 
-def frozen_feedback(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
-    """Forward passes inside the block do not advance the rules' per-step state (brsf redraws,
-    sign-tracking copies, KP decay): a measurement pass sees the B the last training step used."""
-    return _layers_flag(model, "hold_state")
+def train_step(model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
+               ctx: StepContext) -> tuple[Tensor, Tensor]:
+    """One training step's gradients into ``.grad``, as the model's pathway makes them: forward,
+    loss and backward, or a pathway's own step (the DFA report's averaged loops).  ``net`` is
+    ``model`` or its DDP / compiled wrapper.  Returns (output, loss)."""
+    pathway = getattr(model, "falign_pathway", None) or _DEFAULT_PATHWAY
+    return pathway.train_step(model, net, x, y, ctx)

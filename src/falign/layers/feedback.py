@@ -3,48 +3,57 @@
 ``FeedbackLinear`` and ``FeedbackConv{1,2,3}d`` subclass the torch layers, so every attribute,
 ``isinstance`` check and ``state_dict`` key of the plain layer stays; they add
 
-* buffer ``feedback`` -- the stored part of B (None where the rule stores nothing or where the
-  shape is only known after the first forward: dense conv FA, DFA),
-* buffer ``feedback_step`` -- training steps seen (drives brsf redraws, sign-tracking refreshes
-  and KP decay, so a resumed run continues the same sequence),
-* ``rule`` -- the :class:`falign.rules.Rule`, and ``exact`` -- True inside ``exact_backward``.
+* ``feedback`` -- the stored part of B: a buffer (saved, moved by ``.to()``, never in
+  ``parameters()``), except for rules that train B like W (Kolen-Pollack), where it is an
+  ``nn.Parameter`` the user's optimizer steps; None where the rule stores nothing or where the
+  pathway knows B's shape only after the first forward (dense conv FA, DFA);
+* buffer ``feedback_step`` -- the optimizer steps W has taken, as the layer saw them (drives
+  brsf redraws and sign-tracking copies, so a resumed run continues the same sequence);
+* buffer ``feedback_seed`` -- the layer's seed, derived from (rule seed, layer name);
+* ``rule`` (:class:`falign.rules.Rule`), ``pathway`` (how the error reaches the input) and
+  ``exact`` (True inside ``exact_backward``).
+
+**One state change per optimizer step.**  A step is detected from W itself: an optimizer (any
+torch optimizer, or a hand-written ``w -= lr * w.grad`` under ``torch.no_grad()``) changes W in
+place, which advances W's autograd version counter.  At a training forward the layer compares
+W's version with the one it saw last: if W changed, one step has happened and the rule's
+per-step state advances once.  A layer called twice in one forward, and every micro-batch of a
+gradient-accumulation step, therefore see the same B.  (An update through ``w.data`` bypasses
+the version counter: falign then sees no step.  Two optimizer steps with no forward between
+them count as one.)  Loading a state dict or moving W to another device is not a step.
+``effective_feedback()``, ``state_dict()`` and the next backward agree at every point of the
+cycle: reading B after ``optimizer.step()`` gives the B of the next step.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..rules import Rule, get_rule
-from ..rules.functional import (
-    ConvSpec,
-    DenseSignal,
-    DFAContext,
-    DirectSignal,
-    FeedbackConvFn,
-    FeedbackLinearFn,
-    KernelSignal,
-)
-from ..rules.registry import derive_seed
+from ..rules import Rule, derive_seed, get_rule
+from .pathways import get_pathway
+from .pathways._ops import ConvSpec
 
 # torch.compiler.is_compiling arrived in torch 2.3; before it, layers trace as they always did
 _is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 
-def _outside_compile(method):
+def outside_compile(method):
     """Run ``method`` eagerly, outside any ``torch.compile`` graph.
 
-    The per-step rule state (a Python step counter, seeded ``torch.Generator`` draws, buffers
-    created or replaced on the module) cannot be traced: dynamo refuses to build a Generator
-    in a graph, and it would specialise on the int ``_step`` and recompile every step until
-    its recompile limit sends the whole layer, custom backward included, back to eager.
-    Calling the skipped ``torch.compiler.disable`` while tracing makes dynamo graph-break
-    around this one call; the autograd Function after it is still compiled with its backward.
-    Outside compilation this is a plain call (and ``import falign`` does not import dynamo).
+    The per-step rule state (a Python step counter, W's version counter, seeded
+    ``torch.Generator`` draws, buffers created or replaced on the module) cannot be traced:
+    dynamo refuses to build a Generator in a graph, and it would specialise on the int step and
+    recompile every step until its recompile limit sends the whole layer, custom backward
+    included, back to eager.  Calling the skipped ``torch.compiler.disable`` while tracing makes
+    dynamo graph-break around this one call; the autograd Function after it is still compiled
+    with its backward.  Outside compilation this is a plain call (and ``import falign`` does not
+    import dynamo).
     """
 
     @functools.wraps(method)
@@ -56,146 +65,148 @@ def _outside_compile(method):
     return wrapper
 
 
+class FeedbackError(ValueError):
+    """A converted model used in a way its rule cannot honour (a trained B left out of the
+    optimizer that steps W, an averaged DFA loop on a model that is not an MLP); one line."""
+
+
 class FeedbackLayer:
     """Mixin for a torch layer with ``weight`` (and maybe ``bias``) that learns with a rule."""
 
+    #: state_dict format: 2 = KP stores B itself (1: B - W), feedback_step counts optimizer steps
+    _version = 2
+    op: str = ""
     rule: Rule
     feedback: Tensor | None
     feedback_step: Tensor
+    wiring = None  # set by a pathway that wires the model (direct feedback)
 
     def _setup_feedback(self, rule: Rule, name: str) -> None:
         self.rule = rule
+        self.pathway = get_pathway(rule.pathway)
         self.layer_name = name
         self.exact = False
-        self.hold_state = False
         self._seed = derive_seed(rule.seed, name)
-        self._step = 0
-        self._dfa_context: DFAContext | None = None
-        self._pending_input_shape: tuple[int, ...] | None = None
+        self._step = 0  # optimizer steps seen
+        self._state_step = -1  # steps the stored part belongs to (-1: made at conversion)
+        self._seen: tuple[int, int] | None = None  # (data_ptr, version) of W at the last sync
+        self.pending_input_shape: tuple[int, ...] | None = None
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(self.weight)
         self.feedback_std = rule.resolved_scale(fan_in, fan_out)
         self.register_buffer("feedback_step", torch.zeros((), dtype=torch.long))
         # saved with B, so lazy B and brsf redraws continue after loading into any model
         self.register_buffer("feedback_seed", torch.tensor(self._seed, dtype=torch.long))
         feedback = None
-        if not self._lazy_feedback:
+        if not self.pathway.lazy(self):
             with torch.no_grad():
-                feedback = rule.init_feedback(
-                    self.weight, self.weight.shape, self.feedback_std, self._seed
-                )
-        self.register_buffer("feedback", feedback)
-        if rule.kind == "direct":
-            self._signal = None  # set by attach_dfa_context
-        elif self._lazy_feedback:
-            self._signal = DenseSignal(rule.matrix)
+                feedback = rule.init_feedback(self.weight, self.weight.shape, self.feedback_std,
+                                              self._seed)
+        self._set_feedback(feedback)
+
+    def _set_feedback(self, feedback: Tensor | None) -> None:
+        if self.rule.learned and feedback is not None:
+            if "feedback" in self._buffers:
+                del self._buffers["feedback"]
+            self.register_parameter("feedback", nn.Parameter(feedback))
+            _register_learned(self)
         else:
-            self._signal = KernelSignal(rule.matrix)
+            self.register_buffer("feedback", feedback)
 
-    @property
-    def _lazy_feedback(self) -> bool:
-        return self.rule.kind == "direct" or getattr(self.rule, "conv_feedback", "") == "dense" \
-            and isinstance(self, nn.modules.conv._ConvNd)
-
-    def attach_dfa_context(self, context: DFAContext) -> None:
-        self._dfa_context = context
-        self._signal = DirectSignal(context, self)
-
-    # -- B ---------------------------------------------------------------------------------------
-    def effective_feedback(self) -> Tensor | None:
-        """Exactly the B the next backward uses: W's shape for kernel rules, the 2-D
-        (out_numel, in_numel) matrix for dense conv FA, (*input, *output) for DFA; None when
-        it does not exist yet (lazy shapes before the first training forward)."""
-        if self.rule.kind == "direct" or self._lazy_feedback:
-            return self.feedback
-        with torch.no_grad():
-            return self.rule.matrix(self.weight, self.feedback)
-
-    @_outside_compile
-    def _advance(self, update: bool) -> None:
-        """Per-training-step state of the rule (brsf redraw, sign-tracking copy, KP decay).
-        The step always counts; B is only remade where the layer sends a signal this step."""
-        self._step += 1
-        self.feedback_step.fill_(self._step)
-        if not update:
+    # -- steps ----------------------------------------------------------------------------------
+    @outside_compile
+    def sync_step(self, start: bool = True) -> None:
+        """Count an optimizer step if W changed in place since the last sync (see the module
+        docstring).  ``start``: a training forward, which begins watching W."""
+        if not self.rule.stateful:
             return
-        with torch.no_grad():
-            # Out of place: a graph still waiting for backward keeps the B it saw.
-            self.feedback = self.rule.update(
-                self.weight, self.feedback, self._step, self.feedback_std, self._seed
-            )
+        w = self.weight
+        key = (w.data_ptr(), w._version)
+        seen = self._seen
+        if seen is None or key[0] != seen[0]:
+            if start or seen is not None:
+                self._seen = key  # first training forward, or W moved: not a step
+            return
+        if key[1] != seen[1]:
+            self._seen = key
+            self._step += 1
+            self.feedback_step.fill_(self._step)
 
+    @outside_compile
+    def current_feedback(self) -> Tensor | None:
+        """The stored part for the current step (the rule's update runs once per step, here)."""
+        if self.rule.stateful and self._state_step != self._step and self.feedback is not None:
+            with torch.no_grad():
+                self.feedback = self.rule.update(self.weight, self.feedback, self._step,
+                                                 self.feedback_std, self._seed, since=self._state_step)
+        self._state_step = self._step
+        return self.feedback
+
+    def effective_feedback(self) -> Tensor | None:
+        """Exactly the B the next backward uses, at any point of the step cycle: W's shape for
+        kernel rules, the 2-D (out_numel, in_numel) matrix for dense conv FA, (*input, *e) for
+        DFA; None when it does not exist yet (lazy shapes before the first training forward)."""
+        self.sync_step(start=False)
+        b = self.pathway.effective(self)
+        return None if b is None else b.detach()
+
+    # -- forward --------------------------------------------------------------------------------
     def _feedback_forward(self, x: Tensor, plain) -> Tensor:
-        if self.exact or self.rule.name == "bp":
+        if self.exact:
             return plain(x)
-        grad_mode = torch.is_grad_enabled()
-        needs_signal = grad_mode and x.requires_grad
-        if self.training and grad_mode and self.rule.stateful and not self.hold_state:
-            self._advance(update=needs_signal)
-        if not needs_signal:
-            # No input gradient wanted: the local weight update is the ordinary one, and no B
-            # is made (a first layer carries no feedback).
-            return plain(x)
-        if self._lazy_feedback and self.feedback is None:
-            if self.rule.kind == "direct":
-                if self._signal is None:
-                    raise RuntimeError(
-                        f"DFA layer '{self.layer_name}' is not attached to a network output; "
-                        "convert the whole model with falign.convert(model, 'dfa')"
-                    )
-                self._pending_input_shape = self._fn_input_shape(x)
-            else:
-                self._create_dense_feedback(x)
-        if self.rule.kind == "direct":
-            return self._call_direct(x)
-        return self._call_fn(x)
+        return self.pathway.forward(self, x, plain)
 
-    @_outside_compile
-    def _call_direct(self, x: Tensor) -> Tensor:
-        # DFA's backward reads e from the DFAContext, written by the output tap's backward
-        # earlier in the same pass: a dependency no traced graph holds.  Dynamo traces a
-        # Function's backward at forward time and would bake in the e the context held then
-        # (the previous step's), so this Function stays eager under torch.compile.
-        return self._call_fn(x)
-
-    def _fn_input_shape(self, x: Tensor) -> tuple[int, ...]:
+    def fn_input_shape(self, x: Tensor) -> tuple[int, ...]:
         """Per-sample shape of what the autograd Function sees (after any pre-padding)."""
         return tuple(x.shape[1:])
 
-    @_outside_compile
-    def _materialize(self, shape, fan_in: int, fan_out: int) -> None:
+    @outside_compile
+    def materialize(self, shape, fan_in: int, fan_out: int) -> None:
+        """Make a lazy B of ``shape`` (its scale from the given fans)."""
         std = self.rule.resolved_scale(fan_in, fan_out)
         self.feedback_std = std
         with torch.no_grad():
-            self.feedback = self.rule.init_feedback(self.weight, shape, std, self._seed)
+            self._set_feedback(self.rule.init_feedback(self.weight, shape, std, self._seed))
 
-    def create_direct_feedback(self, error_shape: tuple[int, ...]) -> None:
-        """Called by the DFA output hook once the output shape is known."""
-        if self.feedback is None and self._pending_input_shape is not None:
-            in_shape = self._pending_input_shape
-            self._materialize(in_shape + tuple(error_shape), math.prod(in_shape),
-                              math.prod(error_shape))
-        self._pending_input_shape = None
+    def direct_error_shape(self, error_shape: tuple[int, ...]) -> None:
+        """Called by a direct pathway's wiring once e's shape is known."""
+        if self.feedback is None and self.pending_input_shape is not None:
+            in_shape = self.pending_input_shape
+            self.materialize(in_shape + tuple(error_shape), math.prod(in_shape), math.prod(error_shape))
+        self.pending_input_shape = None
+
+    # -- state_dict -----------------------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self.sync_step(start=False)
+        self.current_feedback()  # what is saved is what the next backward uses
+        super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        key = prefix + "feedback"
+        old_format = (local_metadata or {}).get("version", 1) < 2
         if prefix + "feedback_seed" not in state_dict:
             # checkpoints written before the seed was saved: keep the seed derived at conversion
             state_dict[prefix + "feedback_seed"] = self.feedback_seed.detach().clone()
-        key = prefix + "feedback"
-        if key not in state_dict and self._lazy_feedback:
-            self.feedback = None  # saved before its lazy B existed: B is made again on first use
+        if old_format and self.rule.learned and key in state_dict and prefix + "weight" in state_dict:
+            # format 1 stored Kolen-Pollack's B - W
+            state_dict[key] = state_dict[prefix + "weight"] + state_dict[key]
+        if key not in state_dict and self.pathway.lazy(self):
+            self._set_feedback(None)  # saved before its lazy B existed: B is made again on first use
         if key in state_dict:
             saved = state_dict[key]
             if self.feedback is None or self.feedback.shape != saved.shape:
-                if self._lazy_feedback or self.feedback is None:
+                if self.pathway.lazy(self) or self.feedback is None:
                     # lazy B: adopt the saved shape
-                    self.feedback = torch.empty_like(saved, device=self.weight.device,
-                                                     dtype=self.weight.dtype)
+                    self._set_feedback(torch.empty_like(saved, device=self.weight.device,
+                                                        dtype=self.weight.dtype))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         step_key = prefix + "feedback_step"
         if step_key in state_dict:
             self._step = int(state_dict[step_key])
+        # format 1 saved the stored part of the step just taken: remake it for the next one
+        self._state_step = self._step - 1 if old_format else self._step
+        self._seen = None
         if prefix + "feedback_seed" in state_dict:
             self._seed = int(state_dict[prefix + "feedback_seed"])
 
@@ -204,16 +215,55 @@ class FeedbackLayer:
         return f"{super().extra_repr()}, rule={self.rule.name}" + (f", {opts}" if opts else "")
 
 
+# -- trained feedback: the optimizer must step B with W ---------------------------------------
+
+_LEARNED: weakref.WeakValueDictionary[int, FeedbackLayer] = weakref.WeakValueDictionary()
+_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HOOK = None
+
+
+def _register_learned(layer: FeedbackLayer) -> None:
+    global _HOOK
+    _LEARNED[id(layer.weight)] = layer
+    if _HOOK is None:
+        from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+        _HOOK = register_optimizer_step_pre_hook(_check_learned)
+
+
+def _check_learned(optimizer, args, kwargs) -> None:
+    """Before an optimizer's step: every trained B must be in the parameter group of its W
+    (else the optimizer would step W and leave B, silently turning KP into FA)."""
+    if not _LEARNED:
+        return
+    signature = tuple(len(g["params"]) for g in optimizer.param_groups)
+    if _CHECKED.get(optimizer) == signature:
+        return
+    for group in optimizer.param_groups:
+        ids = {id(p) for p in group["params"]}
+        for p in group["params"]:
+            layer = _LEARNED.get(id(p))
+            if layer is not None and layer.weight is p and id(layer.feedback) not in ids:
+                raise FeedbackError(
+                    f"layer '{layer.layer_name}': rule '{layer.rule.name}' trains its feedback B "
+                    "like W, but B is not in the optimizer's parameter group of W; build the "
+                    "optimizer over model.parameters() (B is the parameter "
+                    f"'{layer.layer_name + '.' if layer.layer_name else ''}feedback')"
+                )
+    _CHECKED[optimizer] = signature
+
+
+# -- the layers -------------------------------------------------------------------------------
+
 class FeedbackLinear(FeedbackLayer, nn.Linear):
     """nn.Linear with a learning rule; input of any shape (..., in_features)."""
+
+    op = "linear"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  rule: str | Rule = "fa", name: str = "", device=None, dtype=None, **options):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._setup_feedback(get_rule(rule, **options), name)
-
-    def _call_fn(self, x: Tensor) -> Tensor:
-        return FeedbackLinearFn.apply(x, self.weight, self.bias, self.feedback, self._signal)
 
     def forward(self, x: Tensor) -> Tensor:
         return self._feedback_forward(x, super().forward)
@@ -221,7 +271,9 @@ class FeedbackLinear(FeedbackLayer, nn.Linear):
 
 class _FeedbackConv(FeedbackLayer):
     """Shared by the 1/2/3-d convolutions: resolves padding (modes, 'same') to a pre-pad plus
-    integer padding, so the autograd Function sees one plain convolution."""
+    integer padding, so the autograd Functions see one plain convolution."""
+
+    op = "conv"
 
     def _setup_conv(self) -> None:
         nd = len(self.kernel_size)
@@ -238,29 +290,14 @@ class _FeedbackConv(FeedbackLayer):
                 self._prepad, padding = tuple(rev), (0,) * nd
         else:
             padding = tuple(self.padding)
-        self._spec = ConvSpec(tuple(self.stride), padding, tuple(self.dilation), self.groups)
+        self.spec = ConvSpec(tuple(self.stride), padding, tuple(self.dilation), self.groups)
 
-    def _pad(self, x: Tensor) -> Tensor:
+    def pad(self, x: Tensor) -> Tensor:
         return x if self._prepad is None else F.pad(x, self._prepad, mode=self._pad_mode)
 
-    def _fn_input_shape(self, x: Tensor) -> tuple[int, ...]:
+    def fn_input_shape(self, x: Tensor) -> tuple[int, ...]:
         # DFA on a pre-padded conv sends B e to the padded map; F.pad's backward folds it back.
-        return tuple(self._pad(x[:1]).shape[1:])
-
-    def _call_fn(self, x: Tensor) -> Tensor:
-        return FeedbackConvFn.apply(self._pad(x), self.weight, self.bias, self.feedback,
-                                    self._spec, self._signal)
-
-    def _create_dense_feedback(self, x: Tensor) -> None:
-        xp = self._pad(x[:1])
-        spatial = [
-            (n + 2 * p - d * (k - 1) - 1) // s + 1
-            for n, p, d, k, s in zip(xp.shape[2:], self._spec.padding, self._spec.dilation,
-                                     self.kernel_size, self._spec.stride, strict=True)
-        ]
-        out_numel = self.out_channels * math.prod(spatial)
-        in_numel = xp[0].numel()
-        self._materialize((out_numel, in_numel), in_numel, out_numel)
+        return tuple(self.pad(x[:1]).shape[1:])
 
     def forward(self, x: Tensor) -> Tensor:
         return self._feedback_forward(x, super().forward)

@@ -132,15 +132,13 @@ def model_from_spec(spec: dict) -> nn.Module:
         raise ModelError(f"unknown model spec key(s) {unknown}; expected {list(_SPEC_KEYS)}")
     name = spec["name"]
     if isinstance(name, str) and name not in _REGISTRY and ":" in name:
+        # A spec may come from an untrusted checkpoint: it may name a model class or a builder
+        # registered with @register_model (its module is imported), never any other callable.
         name = _import_object(name)
-        if not (inspect.isclass(name) and issubclass(name, nn.Module)):
-            raise ModelError(f"spec name {spec['name']!r} is not an nn.Module class")
-    rule = spec.get("rule")
-    if isinstance(rule, str) and ":" in rule:
-        if rule.partition(":")[0].split(".")[0] != "falign":
-            # A spec may come from an untrusted checkpoint: only falign's own code is imported.
-            raise ModelError(f"spec rule {rule!r} is outside falign; use create_model(rule=...)")
-        rule = _import_object(rule)
+        if not (inspect.isclass(name) and issubclass(name, nn.Module) or _registered_name(name)):
+            raise ModelError(f"spec name {spec['name']!r} is neither an nn.Module class nor a builder "
+                             "registered with falign.models.register_model")
+    rule = spec.get("rule")  # a name, a variant or a Rule subclass's import path (checked there)
     in_shape = spec.get("in_shape")
     options = spec.get("options") or {}
     if not isinstance(options, dict):
@@ -162,6 +160,11 @@ def _resolve(name: Any) -> tuple[str, Callable[..., nn.Module]]:
     """(label recorded in the spec, builder) for a registered name, a class or a callable."""
     if isinstance(name, str):
         builder = _REGISTRY.get(name) or _REGISTRY.get(name.strip().lower())
+        if builder is None and ":" in name:  # a user's builder or class: "mypkg.models:build"
+            obj = _import_object(name)
+            if not callable(obj):
+                raise ModelError(f"model {name!r} is not a class or a builder function")
+            return name, obj
         if builder is None:
             raise ModelError(
                 f"unknown model {name!r}{suggest(name.lower(), available_models())}; "

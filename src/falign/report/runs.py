@@ -64,13 +64,14 @@ def _run_dirs(path: Path) -> list[Path]:
 
 
 def rule_label(config: Mapping[str, Any], fallback: str) -> str:
-    """``fa``, or ``fa:dense`` when the run chose a conv_feedback variant (the compare syntax)."""
+    """``fa``, or ``fa:dense`` when the run chose a rule variant (the compare syntax)."""
+    from ..rules import rule_spec
+
     rule = config.get("rule") or {}
     name = rule.get("name")
     if not name:
         return fallback
-    variant = (rule.get("options") or {}).get("conv_feedback")
-    return f"{name}:{variant}" if variant else str(name)
+    return rule_spec(str(name), rule.get("options"))[0]
 
 
 def _disambiguate(bases: list[str], paths: list[Path]) -> list[str]:

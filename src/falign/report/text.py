@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..rules import rule_spec
 from .runs import Run, pct, summary
 
 __all__ = ["JPEG_NOTE", "config_summary", "format_results", "is_jpeg", "model_text", "numeric_columns",
@@ -26,9 +27,8 @@ def config_summary(run: Run) -> dict[str, str]:
     """rule (with its options), optimiser, lr, weight decay and B's scale of one run, as text."""
     cfg = run.config
     rule = cfg.get("rule") or {}
-    options = dict(rule.get("options") or {})
+    _, options = rule_spec(str(rule.get("name", "")), rule.get("options"))  # the variant is in the label
     scale = options.pop("scale", None)
-    options.pop("conv_feedback", None)  # already in the label
     rule_text = run.rule + "".join(f" {k}={_g(v)}" for k, v in options.items())
     optim = cfg.get("optim") or {}
     return {"rule": rule_text, "optimiser": _g(optim.get("name")), "lr": _g(optim.get("lr")),

@@ -118,18 +118,25 @@ def dfa_mnist(ctx: Context) -> Outcome:
     compare_dir, _ = ctx.compare(cfg, ["dfa", "bp"], "compare")
     runs = {"dfa": compare_dir / "dfa", "bp": compare_dir / "bp"}
     for loop in ("batch", "class"):
-        loop_cfg = cfg.model_copy(deep=True)
-        loop_cfg.train.dfa_loop = loop
-        loop_cfg.name = f"{cfg.name}-{loop}"
-        ctx.log(f"== dfa, {loop}-averaged loop")
-        train(loop_cfg, ctx.out / f"dfa-{loop}", resume=True, log=ctx.log)
-        runs[f"dfa ({loop}-averaged)"] = ctx.out / f"dfa-{loop}"
-    published = {"dfa": 97.23, "bp": 97.24, "dfa-batch": None, "dfa-class": None}
+        for step in ("mean", "sum"):  # the report's update, and one at the per-sample step size
+            loop_cfg = cfg.model_copy(deep=True)
+            loop_cfg.rule.options = {**cfg.rule.options, "average": loop, "average_step": step}
+            name = f"dfa-{loop}" + ("" if step == "mean" else "-sum")
+            loop_cfg.name = f"{cfg.name}-{name[4:]}"
+            ctx.log(f"== dfa, {loop}-averaged loop, {step} step")
+            train(loop_cfg, ctx.out / name, resume=True, log=ctx.log)
+            runs[f"dfa ({loop}-averaged{'' if step == 'mean' else ', summed step'})"] = ctx.out / name
+    published = {"dfa": 97.23, "bp": 97.24, "dfa-batch": None, "dfa-class": None,
+                 "dfa-batch-sum": None, "dfa-class-sum": None}
     outcome = Outcome(run_dirs=list(runs.values()), published=published, notes=[
         "Published (DFA framework report, seed 002): DFA 97.23%, BP 97.24% test accuracy; their BP "
         "twin used Adam with MSE, so it is not like for like. Here BP uses the same SGD/BCE setting.",
         "The batch- and class-averaged loops make one update per batch (per class) from averaged "
-        "activations and errors, as the report describes; the report gives no accuracy for them.",
+        "activations and errors, as the report describes; the report gives no accuracy for them. "
+        "'summed step' multiplies each averaged update by the number of samples averaged, the "
+        "step size of the summed per-sample update: what remains between it and per-sample DFA "
+        "is the update built from batch means (mean delta times mean h), which loses the "
+        "correlation of each input with its own error.",
     ])
     confusion_figures(ctx, runs, cfg, outcome)
     return outcome
@@ -230,25 +237,31 @@ def lance_kieu(ctx: Context) -> Outcome:
 
 
 def fixed_feedback_check(runs: dict[str, Path]) -> list[str]:
-    """Every fixed B (fa, fa:dense, frsf) is unchanged between its first and last checkpoint."""
+    """Every rule that neither updates nor trains its stored feedback (fa, fa:dense, frsf, usf,
+    dfa, ...) keeps it unchanged between its first and last checkpoint."""
+    from ..rules import get_rule
+
     notes = []
     for label, run_dir in runs.items():
-        _, rule, _ = method(label)
-        if rule not in ("fa", "frsf"):
+        _, rule, opts = method(label)
+        r = get_rule(rule, **opts)
+        if r.stateful or r.learned:
             continue
         checkpoints = sorted(run_dir.glob("epoch_*.pt"))
         if len(checkpoints) < 2:
             continue
         last = torch.load(checkpoints[-1], weights_only=True)["model"]
+        keys = [k for k in last if k.endswith(".feedback")]
+        if not keys:
+            continue
         first = None
         for path in checkpoints:  # a lazy (dense) B exists from the first training epoch on
             state = torch.load(path, weights_only=True)["model"]
-            if all(k in state for k in last if k.endswith(".feedback")):
+            if all(k in state for k in keys):
                 first = state
                 break
-        keys = [k for k in last if k.endswith(".feedback")]
         same = first is not None and all(torch.equal(first[k], last[k]) for k in keys)
-        notes.append(f"{label}: {len(keys)} fixed feedback matrices "
+        notes.append(f"{label}: {len(keys)} fixed feedback tensors "
                      f"{'unchanged' if same else 'CHANGED'} from the first to the last checkpoint")
         if not same:
             raise ReproduceError(f"{run_dir}: a fixed feedback matrix changed during training")
@@ -257,7 +270,7 @@ def fixed_feedback_check(runs: dict[str, Path]) -> list[str]:
 
 def cka_and_exemplars(ctx: Context, cfg: ExperimentConfig, runs: dict[str, Path],
                       outcome: Outcome) -> None:
-    from ..analysis.cka import cka_subsets
+    from ..analysis.cka import DEFAULT_MINIBATCH_SIZE, cka_subsets
     from ..analysis.gradcam import exemplars
     from ..plots import plot_cka_heatmaps, plot_exemplar_grid
 
@@ -268,18 +281,45 @@ def cka_and_exemplars(ctx: Context, cfg: ExperimentConfig, runs: dict[str, Path]
     models = {label: _best_model(d, device) for label, d in runs.items()}
     ref = models.get("bp")
     if ref is not None:
+        # Unbiased minibatch CKA: its value does not depend on a subset's size, so the three
+        # subsets (of different sizes) are comparable; the biased full-batch one rises as n falls.
+        estimator, minibatch_size, seed = "minibatch", DEFAULT_MINIBATCH_SIZE, 0
         per_subset: dict[str, dict[str, Any]] = {}
+        sizes: list[str] = []
+
+        def size(r) -> str:
+            total = r.n + r.dropped
+            if r.skipped:
+                return f"n={total} (skipped)"
+            if r.minibatch_size != minibatch_size:
+                return f"n={total} (one minibatch of all {r.n})"
+            return f"n={total} ({r.n} used)"
+
         for label, model in models.items():
             if label == "bp":
                 continue
-            for subset, result in cka_subsets(ref, model, x, y, ARCH1_LAYERS, ARCH1_LAYERS).items():
+            subsets = cka_subsets(ref, model, x, y, ARCH1_LAYERS, ARCH1_LAYERS, estimator=estimator,
+                                  minibatch_size=minibatch_size, seed=seed)
+            for subset, result in subsets.items():
                 per_subset.setdefault(subset, {})[f"{label} vs bp"] = result
+            sizes.append(f"{label} vs bp: " + ", ".join(f"{subset} {size(r)}"
+                                                       for subset, r in subsets.items()))
+        if sizes:
+            outcome.notes.append(
+                f"CKA estimator: unbiased minibatch linear CKA (Nguyen et al. 2021; mean unbiased "
+                f"HSIC_1 of Song et al. 2012 over minibatches of {minibatch_size} test images in a "
+                f"seeded random order, seed {seed}; the final partial minibatch is dropped, a subset "
+                f"of fewer than {minibatch_size} images is one minibatch, fewer than 4 is skipped); "
+                "its value does not depend on n, so the subsets are comparable, and it can be "
+                "slightly negative. Subset sizes: " + "; ".join(sizes) + ".")
         for subset, results in per_subset.items():
             stem = ctx.out / "analysis" / f"cka-{subset}"
-            paths = plot_cka_heatmaps(results, stem, title=f"Linear CKA vs BP ({subset})")
+            paths = plot_cka_heatmaps(results, stem,
+                                      title=f"Unbiased minibatch linear CKA vs BP ({subset})")
             outcome.figures.append((f"CKA vs BP: {subset}", paths[0],
-                                    "Linear CKA between each layer of a method (columns) and of "
-                                    "BP (rows), on the test images of this subset."))
+                                    "Linear CKA (unbiased minibatch estimator, minibatches of "
+                                    f"{minibatch_size}) between each layer of a method (columns) "
+                                    "and of BP (rows), on the test images of this subset."))
             for name, r in results.items():
                 diag = ", ".join(f"{lay} {v:.2f}" for lay, v in zip(r.layers_a, r.diagonal().tolist(),
                                                                      strict=True))

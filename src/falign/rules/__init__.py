@@ -1,6 +1,29 @@
-"""Learning rules: the registry and the backward maths (no modules, no data, no I/O)."""
+"""Learning rules: the registry and one file per rule (no modules, no data, no I/O).
 
-from . import definitions as _definitions  # noqa: F401  (registers the rules)
-from .registry import Rule, RuleError, get_rule, register_rule, rule_names, rules
+Every module of this package except ``registry`` defines and registers rules; they are all
+imported here, so adding a rule to falign is adding one file.
+"""
 
-__all__ = ["Rule", "RuleError", "get_rule", "register_rule", "rule_names", "rules"]
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+from .registry import (
+    Rule,
+    RuleError,
+    derive_seed,
+    gaussian,
+    get_rule,
+    parse_rule,
+    register_rule,
+    rule_names,
+    rule_spec,
+    rules,
+    xavier_std,
+)
+
+for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name != "registry" and not _info.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["Rule", "RuleError", "derive_seed", "gaussian", "get_rule", "parse_rule", "register_rule",
+           "rule_names", "rule_spec", "rules", "xavier_std"]

@@ -6,33 +6,46 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import CompareEntry, ExperimentConfig
+from ..rules import parse_rule
+from .config import CompareEntry, ExperimentConfig, parse_config, set_values
 from .loop import RunDirError, train, write_json
 
 
-def method(entry: str | CompareEntry) -> tuple[str, str, dict[str, Any]]:
+def method(entry: str | CompareEntry | dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """(label, rule name, rule options) of a comparison entry: "fa", "fa:dense" (conv_feedback)
-    or a :class:`CompareEntry` / mapping with label, rule and options."""
-    if isinstance(entry, dict):
-        entry = CompareEntry.model_validate(entry)
+    or a :class:`CompareEntry` / mapping with label, rule and options. An entry's own config
+    values (``set``) are :func:`method_values`."""
+    entry = _entry(entry)
     if isinstance(entry, CompareEntry):
         return entry.label, entry.rule, dict(entry.options)
-    name, _, variant = entry.partition(":")
-    return entry, name, ({"conv_feedback": variant} if variant else {})
+    cls, variant = parse_rule(entry)  # a name, a variant or a user's import path
+    return entry, (entry if ":" in entry and not variant else cls.name), variant
+
+
+def method_values(entry: str | CompareEntry | dict[str, Any]) -> dict[str, Any]:
+    """The dotted config values an entry sets for its method only (none for a string entry)."""
+    entry = _entry(entry)
+    return dict(entry.set) if isinstance(entry, CompareEntry) else {}
+
+
+def _entry(entry: str | CompareEntry | dict[str, Any]) -> str | CompareEntry:
+    return CompareEntry.model_validate(entry) if isinstance(entry, dict) else entry
 
 
 def compare_configs(base: ExperimentConfig,
                     rules: list[str | CompareEntry]) -> dict[str, ExperimentConfig]:
+    """label -> the config that method trains on: the base config with the entry's rule and its
+    own ``set`` values, validated as a whole (a bad per-method value fails here, before any run)."""
     out = {}
     for entry in rules:
         label, name, opts = method(entry)
         if name == base.rule.name:  # the config's own rule keeps the config's rule options
             opts = {**base.rule.options, **opts}
-        cfg = base.model_copy(deep=True)
-        cfg.rule = cfg.rule.model_validate({"name": name, "options": opts})
-        cfg.name = f"{base.name}-{run_label(label)}"
-        cfg.compare = []
-        out[label] = cfg
+        where = f"compare entry '{label}'"
+        data = set_values(base.to_dict(), method_values(entry), where=where)
+        data.update(rule={"name": name, "options": opts}, name=f"{base.name}-{run_label(label)}",
+                    compare=[])
+        out[label] = parse_config(data, where=where)
     return out
 
 
@@ -49,8 +62,8 @@ def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: st
     if marker.exists() and not (resume or overwrite):
         raise RunDirError(f"{out}: holds another comparison (use --resume to continue it or "
                           "--overwrite to replace it)")
+    configs = compare_configs(base, rules)  # every method's config is valid before any file
     out.mkdir(parents=True, exist_ok=True)
-    configs = compare_configs(base, rules)
     labels = list(configs)
     write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "running"})
     rows = []

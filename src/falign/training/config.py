@@ -12,10 +12,19 @@ import difflib
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -42,15 +51,28 @@ class ModelConfig(_Section):
 
 
 class RuleConfig(_Section):
+    """A registered rule name (or a variant such as ``fa:dense``, or a user's rule as an import
+    path ``mypkg.rules:MyRule``) and its options, checked against the rule's fields."""
+
     name: str = "bp"
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("name")
     @classmethod
     def _known_rule(cls, v: str) -> str:
+        from ..rules import parse_rule
+
+        rule_cls, _ = parse_rule(v)  # raises RuleError with a suggestion
+        # a registered rule by its canonical name; a variant or a user's import path as given,
+        # so a saved config finds it again in a fresh process
+        return v if ":" in v else rule_cls.name
+
+    @model_validator(mode="after")
+    def _known_options(self) -> RuleConfig:
         from ..rules import get_rule
 
-        return get_rule(v).name  # raises RuleError with a suggestion
+        get_rule(self.name, **self.options)  # raises RuleError naming the option
+        return self
 
 
 class OptimConfig(_Section):
@@ -76,8 +98,6 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(default=1000, ge=1)
     loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"
     loss_reduction: Literal["mean", "sum"] = "mean"
-    #: DFA framework report loops: per-sample error, batch-averaged "master error", per-class.
-    dfa_loop: Literal["sample", "batch", "class"] = "sample"
     select_on: Literal["val", "test"] = "val"
     checkpoint_every_epoch: bool = False
     #: stop when |change in training error count| <= tol between epochs (DFA report); None: off
@@ -89,6 +109,9 @@ class TrainConfig(_Section):
     channels_last: bool = False
     compile: bool = False
     alignment_batch: int = Field(default=256, ge=4)
+    #: under several processes, batch-norm statistics over the whole global batch (False: each
+    #: process normalises its own share, a different computation from one process)
+    sync_batchnorm: bool = True
 
 
 class SearchSpace(_Section):
@@ -102,11 +125,86 @@ class SearchSpace(_Section):
 
 
 class CompareEntry(_Section):
-    """One method of a comparison: a label, a rule and its options."""
+    """One method of a comparison: a label, a rule, its options, and config values of its own.
+
+    ``set`` holds dotted config keys -> values for this method only, applied over the base config
+    (``{label: dfa, rule: dfa, set: {optim.lr: 0.001}}``: BioTorch's DFA runs used their own
+    learning rate). The rule itself is ``rule`` / ``options``, never ``set``."""
 
     label: str
     rule: str
     options: dict[str, Any] = Field(default_factory=dict)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data  # pydantic says what it expected
+        where = f"compare entry '{data.get('label', data.get('rule', '?'))}'"
+        fields = list(cls.model_fields)
+        for key in data:
+            if key not in fields:
+                near = difflib.get_close_matches(str(key), fields, n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else f" ({', '.join(fields)})"
+                raise ValueError(f"{where}: unknown key '{key}'{hint}")
+        missing = [k for k in ("label", "rule") if k not in data]
+        if missing:
+            raise ValueError(f"{where}: needs {' and '.join(repr(k) for k in missing)}")
+        if isinstance(data["rule"], str):
+            from ..rules import get_rule
+
+            try:
+                get_rule(data["rule"])
+            except ValueError as err:
+                raise ValueError(f"{where}: rule: {err}") from None
+        values = data.get("set")
+        for key in values if isinstance(values, dict) else ():
+            top = str(key).partition(".")[0]
+            if top == "rule":
+                raise ValueError(f"{where}: set '{key}': give the rule as the entry's 'rule' and "
+                                 "'options'")
+            if top in _DERIVED:
+                raise ValueError(f"{where}: set '{key}': a method's {top} comes from the comparison")
+            problem = _dotted_key_problem(str(key))
+            if problem:
+                raise ValueError(f"{where}: set: {problem}")
+        return data
+
+
+#: what a comparison derives for each method itself (its run name; no nested comparison)
+_DERIVED = ("name", "compare")
+
+#: an item of ``compare``: "fa" / "fa:dense", or a mapping read as a CompareEntry (only the
+#: entry's own errors are reported for a mapping, not "expected a string")
+CompareItem = Annotated[
+    Annotated[str, Tag("name")] | Annotated[CompareEntry, Tag("entry")],
+    Discriminator(lambda v: "name" if isinstance(v, str) else "entry"),
+]
+
+
+def _dotted_key_problem(key: str) -> str | None:
+    """Why dotted ``key`` names no value of an experiment config ("optim.lrr"), or None.
+
+    Below a free mapping (``model.options``, ``data.options``) any key goes; a whole section
+    (``optim``) is refused, as setting it would reset its other keys to their defaults."""
+    model: type[BaseModel] = ExperimentConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = model.model_fields
+        if part not in fields:
+            near = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f"; did you mean '{'.'.join([*parts[:i], near[0]])}'?" if near else ""
+            return f"unknown key '{key}'{hint}"
+        annotation = fields[part].annotation
+        sections = [a for a in (annotation, *typing.get_args(annotation))  # unwrap X | None
+                    if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not sections:
+            if i < len(parts) - 1 and typing.get_origin(annotation) is not dict:
+                return f"unknown key '{key}': '{'.'.join(parts[:i + 1])}' is a value, not a section"
+            return None
+        model = sections[0]
+    return f"'{key}' is a section: set its keys (e.g. '{key}.{next(iter(model.model_fields))}')"
 
 
 class SweepConfig(_Section):
@@ -148,27 +246,42 @@ class ExperimentConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     sweep: SweepConfig | None = None
     #: rules that ``falign compare --config`` trains on this config ("fa:dense" for a variant)
-    compare: list[str | CompareEntry] = Field(default_factory=list)
+    compare: list[CompareItem] = Field(default_factory=list)
 
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
+        """A device torch knows and this machine has: a run that cannot start is refused here,
+        before any file is written, not by a traceback from the first ``.to(device)``."""
         if v == "auto":
             return v
         import torch
 
         try:
-            torch.device(v)
+            dev = torch.device(v)
         except RuntimeError:
             raise ValueError(f"unknown device '{v}' (auto, cpu, cuda, cuda:N, mps)") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"'{v}' is not available on this machine: "
+                                 "torch.cuda.is_available() is False; use cpu or auto")
+            n = torch.cuda.device_count()
+            if dev.index is not None and dev.index >= n:
+                have = "cuda:0" if n == 1 else f"cuda:0 to cuda:{n - 1}"
+                raise ValueError(f"'{v}' is not available on this machine: it has {n} CUDA "
+                                 f"device{'s' if n != 1 else ''} ({have}); use one of those, cuda or auto")
+        elif dev.type == "mps":
+            if not torch.backends.mps.is_available():
+                raise ValueError(f"'{v}' is not available on this machine: "
+                                 "torch.backends.mps.is_available() is False; use cpu or auto")
+        elif dev.type != "cpu":
+            backend = getattr(torch, dev.type, None)
+            if not callable(getattr(backend, "is_available", None)):
+                raise ValueError(f"'{v}' is not a device falign trains on (auto, cpu, cuda, cuda:N, mps)")
+            if not backend.is_available():
+                raise ValueError(f"'{v}' is not available on this machine: "
+                                 f"torch.{dev.type}.is_available() is False; use cpu or auto")
         return v
-
-    @model_validator(mode="after")
-    def _dfa_loop_needs_dfa_mlp(self) -> ExperimentConfig:
-        if self.train.dfa_loop != "sample" and (self.rule.name != "dfa" or self.model.name != "mlp"):
-            raise ValueError(f"train.dfa_loop '{self.train.dfa_loop}' (the DFA report's averaged loops) "
-                             "needs rule 'dfa' and model 'mlp'")
-        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -190,6 +303,10 @@ def _field_names(model: type[BaseModel], path: list[str | int]) -> list[str]:
 def _explain(err: ValidationError, where: str) -> ConfigError:
     first = err.errors()[0]
     loc = [p for p in first["loc"]]
+    if loc[:1] == ["compare"] and loc[2:3] == ["entry"]:  # a mapping entry (CompareItem's tag)
+        if first["type"] == "value_error":  # CompareEntry's own check, which names the entry
+            return ConfigError(f"{where}: {first['ctx']['error']}")
+        loc = [*loc[:2], *loc[3:]]
     dotted = ".".join(str(p) for p in loc)
     if first["type"] == "extra_forbidden":
         names = _field_names(ExperimentConfig, loc)
@@ -205,9 +322,24 @@ def _explain(err: ValidationError, where: str) -> ConfigError:
     return ConfigError(f"{where}: {dotted}: {msg} (got {got if len(got) <= 80 else got[:77] + '...'})")
 
 
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Configs written by falign 0.1: ``train.dfa_loop`` is now the DFA rule's option
+    ``average`` (the default "sample" is simply dropped)."""
+    train = data.get("train")
+    if isinstance(train, dict) and "dfa_loop" in train:
+        data = copy.deepcopy(data)
+        loop = data["train"].pop("dfa_loop")
+        if loop != "sample":
+            rule = data.setdefault("rule", {}) or {}
+            data["rule"] = rule
+            rule.setdefault("options", {})["average"] = loop
+    return data
+
+
 def parse_config(data: dict[str, Any], where: str = "config") -> ExperimentConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+    data = _migrate(data)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as err:
@@ -256,15 +388,86 @@ def shipped_configs() -> list[str]:
     return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML config from a path, or a shipped config by name (e.g. ``dfa-mnist``)."""
+def _section(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *typing.get_args(annotation)]  # unwrap X | None
+    return next((a for a in candidates if isinstance(a, type) and issubclass(a, BaseModel)), None)
+
+
+def _schema_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every dotted key of the schema, sections included (``data``, ``data.name``, ...)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        section = _section(field.annotation)
+        if section is not None:
+            keys += _schema_keys(section, f"{prefix}{name}.")
+    return keys
+
+
+def _key_hint(parts: list[str]) -> str:
+    """" ; did you mean 'optim.lr'?" for a dotted key the schema lacks, "" for one it has.
+
+    The nearest name in the same section first, else the keys of that name (or the nearest name)
+    in any section: ``train.lr`` -> ``optim.lr``, ``train.seed`` -> ``seed``."""
+    model: type[BaseModel] = ExperimentConfig
+    for depth, part in enumerate(parts):
+        field = model.model_fields.get(part)
+        if field is None:
+            return _guess(model, parts[:depth], part, parts[depth + 1:])
+        section = _section(field.annotation)
+        if section is None:  # a value, or a free-form mapping (options, params) that takes the rest
+            return ""
+        model = section
+    return ""
+
+
+def _guess(model: type[BaseModel], here: list[str], name: str, rest: list[str]) -> str:
+    near = difflib.get_close_matches(name, list(model.model_fields), n=1)
+    if near:
+        guesses = [".".join(here + near)]
+    else:
+        everywhere = _schema_keys()
+        near = difflib.get_close_matches(name, sorted({k.rsplit(".", 1)[-1] for k in everywhere}), n=1)
+        guesses = [k for k in everywhere if near and k.rsplit(".", 1)[-1] == near[0]][:3]
+    if not guesses:
+        return ""
+    return "; did you mean " + " or ".join(repr(".".join([g, *rest])) for g in guesses) + "?"
+
+
+def check_override_keys(overrides: list[str] | None) -> None:
+    """Refuse a ``--set KEY=VALUE`` whose key the schema lacks, naming the nearest valid key in
+    any section (a config file's own keys are checked by :func:`parse_config`)."""
+    for item in overrides or ():
+        key = item.partition("=")[0]
+        hint = _key_hint(key.split("."))
+        if hint:
+            raise ConfigError(f"--set {item}: unknown key '{key}'{hint}")
+
+
+def _not_found(path: Path) -> ConfigError:
+    names = shipped_configs()
+    near = difflib.get_close_matches(path.stem, names, n=1)
+    if path.suffix:  # a file name
+        hint = f"; did you mean the shipped config '{near[0]}'?" if near else ""
+        return ConfigError(f"{path}: config file not found{hint}")
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    return ConfigError(f"{path}: config file not found, nor a shipped config of that name; {hint}"
+                       f"shipped configs: {', '.join(names)}")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, *,
+                values: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load a YAML config from a path, or a shipped config by name (e.g. ``dfa-mnist``).
+
+    ``values`` (dotted keys, ``{"seed": 3}``: a front end's own flags) are set before the
+    ``overrides`` (``["optim.lr=0.1"]``: ``--set``)."""
     path = Path(path)
     if not path.exists() and path.suffix == "" and (SHIPPED / f"{path.name}.yaml").is_file():
         path = SHIPPED / f"{path.name}.yaml"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
+        raise _not_found(path) from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text (UTF-8) file") from None
     except OSError as err:
@@ -276,4 +479,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}{at}: invalid YAML ({problem})") from None
+    check_override_keys(overrides)
+    data = set_values(data, values or {}, where=str(path))
     return parse_config(apply_overrides(data, overrides, where=str(path)), where=str(path))

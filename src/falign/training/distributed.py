@@ -79,3 +79,85 @@ def shard(info: DistInfo, *tensors: torch.Tensor) -> list[torch.Tensor]:
 def teardown(info: DistInfo) -> None:
     if info.enabled and info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def reduce_sum(info: DistInfo):
+    """A function that sums a tensor over the processes (the identity for one)."""
+    if not info.enabled:
+        return lambda t: t
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        out = t.detach().clone()
+        dist.all_reduce(out)
+        return out
+
+    return reduce
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the processes; its gradient is the sum of the processes' gradients."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.contiguous().clone()
+        dist.all_reduce(out)
+        return out
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation over the *global* batch of all processes, on any backend.
+
+    Torch's ``SyncBatchNorm`` runs on CUDA only; this one all-reduces the per-channel count,
+    sum and centred sum of squares (two passes, as precise as one process's statistics) through
+    a differentiable sum, so its backward sums the gradient terms of the statistics over the
+    processes too (tested in float64 against one process: equal to 1e-15).  In training mode the output and
+    the running statistics are those of one process on the whole batch; eval mode uses the
+    running statistics, as BatchNorm does.
+    """
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input (got {x.dim()}-D)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training or not self.track_running_stats) or not dist.is_initialized():
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([count.view(1), x.sum(dims)]))
+        n, mean = stats[0], stats[1:] / stats[0]
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n  # biased, as normalisation uses
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                unbiased = var.detach() * (n.detach() / (n.detach() - 1).clamp_min(1))
+                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
+        return y
+
+
+def sync_batchnorm(model: torch.nn.Module) -> int:
+    """Replace every BatchNorm{1,2,3}d of ``model`` (in place) by a :class:`GlobalBatchNorm`
+    sharing its parameters and buffers; returns how many were replaced."""
+    count = 0
+    for parent in model.modules():
+        for name, child in list(parent.named_children()):
+            if type(child) in (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d):
+                new = GlobalBatchNorm.__new__(GlobalBatchNorm)
+                new.__dict__.update(child.__dict__)
+                setattr(parent, name, new)
+                count += 1
+    return count

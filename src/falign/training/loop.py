@@ -28,6 +28,8 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..data import Dataset, Split, batches, load_dataset
+from ..layers import StepContext, train_step
+from ..layers.alignment import StepProbe
 from ..models import create_model, model_from_spec
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -77,19 +79,13 @@ def build_dataset(cfg: ExperimentConfig, device: torch.device) -> Dataset:
 
 
 def rule_options(cfg: ExperimentConfig) -> dict[str, Any]:
-    opts = {"seed": cfg.seed, **cfg.rule.options}
-    if cfg.rule.name == "kp" and opts.get("decay") is None:
-        # B receives W's weight decay: the per-step shrink lr * weight_decay (Akrout et al.)
-        opts["decay"] = cfg.optim.lr * cfg.optim.weight_decay
-    return opts
+    return {"seed": cfg.seed, **cfg.rule.options}
 
 
 def build_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
-    rule = None if cfg.rule.name == "bp" else cfg.rule.name
-    model = create_model(cfg.model.name, rule=rule, num_classes=data.num_classes,
-                         in_shape=tuple(data.input_shape),
-                         rule_options=rule_options(cfg) if rule else None, **cfg.model.options)
-    return model
+    return create_model(cfg.model.name, rule=cfg.rule.name, num_classes=data.num_classes,
+                        in_shape=tuple(data.input_shape), rule_options=rule_options(cfg),
+                        **cfg.model.options)
 
 
 class FastPath:
@@ -156,6 +152,20 @@ def lr_factor(cfg: ExperimentConfig) -> Callable[[int], float]:
         return 1.0
 
     return factor
+
+
+def share_loss(kind: str, reduction: str, num_classes: int, world: int, global_n: int):
+    """This process's share of a global batch's loss: its examples' summed loss times a factor
+    chosen so that the gradient DDP averages over ``world`` shares is the gradient of the whole
+    batch's loss (a mean over ``global_n`` examples or a sum), whatever the share sizes."""
+    fn = loss_and_target(kind, "sum", num_classes)
+    factor = world / global_n if reduction == "mean" else float(world)
+
+    def share(out: Tensor, y: Tensor) -> Tensor:
+        return fn(out, y) * factor
+
+    share.factor = factor
+    return share
 
 
 def loss_and_target(kind: str, reduction: str, num_classes: int):
@@ -235,9 +245,6 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
 def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: torch.device, *,
            resume: bool, overwrite: bool, progress: bool | None,
            log: Callable[[str], None] | None, stop_after: int | None) -> dict[str, Any]:
-    if ddp.enabled and cfg.train.batch_size % ddp.world:
-        raise ConfigError(f"train.batch_size {cfg.train.batch_size} is the global batch and must "
-                          f"be divisible by the {ddp.world} processes")
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
     last_path = out / "last.pt"
     saved = None
@@ -248,6 +255,10 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
 
     torch.manual_seed(cfg.seed)
     data = build_dataset(cfg, device)
+    last_batch = len(data.train) % cfg.train.batch_size
+    if ddp.enabled and 0 < last_batch < ddp.world:
+        raise ConfigError(f"the last batch of each epoch holds {last_batch} examples, too few to "
+                          f"share among {ddp.world} processes; choose another train.batch_size")
     model = build_model(cfg, data).to(device)
     fast = FastPath(cfg, device)
     model = fast.prepare(model)
@@ -255,6 +266,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
     if ddp.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
+        if cfg.train.sync_batchnorm:
+            distributed.sync_batchnorm(model)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.train.compile:
         net = torch.compile(net)
@@ -262,6 +275,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     loss_fn = loss_and_target(cfg.train.loss, cfg.train.loss_reduction, data.num_classes)
+    reduce = distributed.reduce_sum(ddp)
     eval_split = data.val if (cfg.train.select_on == "val" and data.val is not None) else data.test
     select_name = "val" if eval_split is data.val else "test"
 
@@ -271,11 +285,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         "selected_on": select_name, "status": "running", "environment": environment(device),
         "alignment": [], "stopped_early": False,
     }
-    probe = None
-    if cfg.train.alignment_every and cfg.train.dfa_loop == "sample":
-        from ..analysis.alignment import StepProbe
-
-        probe = StepProbe(model)
+    probe = StepProbe(model, world=ddp.world, reduce=reduce) if cfg.train.alignment_every else None
     start_epoch = 1
     if saved is not None:
         model.load_state_dict(saved["model"])
@@ -317,36 +327,31 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
             steps = math.ceil(len(data.train) / cfg.train.batch_size)
             it = tqdm(it, total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False)
         for x, y in it:
+            share = loss_fn
             if ddp.enabled:
-                if y.shape[0] < ddp.world:
-                    continue  # a final global batch too small to share: skipped on every rank
+                share = share_loss(cfg.train.loss, cfg.train.loss_reduction, data.num_classes,
+                                   ddp.world, y.shape[0])
                 x, y = distributed.shard(ddp, x, y)
             optimizer.zero_grad(set_to_none=True)
-            if cfg.train.dfa_loop != "sample":
-                from .dfa_loops import averaged_dfa_grads
-
-                onehot = F.one_hot(y, data.num_classes).to(x.dtype)
-                out_b = averaged_dfa_grads(model, x, onehot, y, mode=cfg.train.dfa_loop,
-                                           loss=cfg.train.loss)
-                loss = loss_fn(out_b.detach(), y)
-            else:
-                measure = probe is not None and step % cfg.train.alignment_every == 0
-                with probe.capture() if measure else contextlib.nullcontext():
-                    with fast.autocast():
-                        out_b = net(fast.input(x))
-                        loss = loss_fn(out_b.float(), y)
-                    if not torch.isfinite(loss):
-                        diverged = True
-                        break
-                    fast.backward(loss)
-                if measure:
-                    stats = probe.finish(x, y, loss_fn)
-                    tracking["alignment"].append({"step": step, "epoch": epoch, "layers": {
-                        name: a.to_dict() for name, a in stats.items()}})
+            ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
+                              world=ddp.world, reduce=reduce, autocast=fast.autocast)
+            measure = probe is not None and step % cfg.train.alignment_every == 0
+            with probe.capture() if measure else contextlib.nullcontext():
+                out_b, loss = train_step(model, net, fast.input(x), y, ctx)
+            if not torch.isfinite(loss):
+                diverged = True
+                break
+            if measure:
+                stats = probe.finish(fast.input(x), y, ctx.loss_fn)
+                tracking["alignment"].append({"step": step, "epoch": epoch, "layers": {
+                    name: a.to_dict() for name, a in stats.items()}})
             fast.step(optimizer)
             step += 1
             bs = y.shape[0]
-            loss_sum += batch_total(loss, bs, cfg.train.loss_reduction)
+            if ddp.enabled:
+                loss_sum += float(loss.detach()) / share.factor
+            else:
+                loss_sum += batch_total(loss, bs, cfg.train.loss_reduction)
             correct += int((out_b.detach().argmax(1) == y).sum())
             n += bs
         seconds = time.perf_counter() - t0

@@ -51,6 +51,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..rules import parse_rule
 from .config import (
     ConfigError,
     ExperimentConfig,
@@ -443,12 +444,13 @@ def search_spaces(base: ExperimentConfig, spec: SweepConfig) -> dict[str, tuple[
     out = {}
     for label, space in spec.rules.items():
         space = space if isinstance(space, SearchSpace) else SearchSpace.model_validate(space)
-        name, _, variant = (space.rule or label).partition(":")
+        spec_name = space.rule or label
+        cls, variant = parse_rule(spec_name)  # a name, a variant or a user's import path
+        name = spec_name if ":" in spec_name and not variant else cls.name
         opts = dict(space.rule_options)
         if name == base.rule.name:  # the config's own rule keeps the config's rule options
             opts = {**base.rule.options, **opts}
-        if variant:
-            opts["conv_feedback"] = variant
+        opts.update(variant)
         cfg = base.model_copy(deep=True)
         cfg.rule = cfg.rule.model_validate({"name": name, "options": opts})
         out[label] = (cfg, {**spec.params, **space.params})

@@ -1,0 +1,48 @@
+"""Pieces the pathways' Functions share: the local weight gradients and conv geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """Numeric convolution geometry (padding already resolved to ints per spatial dim)."""
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        conv = (F.conv1d, F.conv2d, F.conv3d)[weight.dim() - 3]
+        return conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, spec: ConvSpec, mask: list[bool]):
+    """One call of ATen's fused convolution backward; ``weight`` is what the input grad uses.
+    Under autocast grad_out may be bf16/fp16 while x and W are fp32: the call runs in the
+    gradient's dtype, as autocast's own convolution backward does."""
+    dt = grad_out.dtype
+    bias_sizes = [weight.shape[0]] if mask[2] else None
+    return torch.ops.aten.convolution_backward(
+        grad_out, x.to(dt), weight.to(dt), bias_sizes, list(spec.stride), list(spec.padding),
+        list(spec.dilation), False, [0] * len(spec.stride), spec.groups, mask,
+    )
+
+
+def linear_weight_grads(grad_out: Tensor, x: Tensor, weight: Tensor, need_w: bool, need_b: bool):
+    """(dL/dW, dL/db) of ``y = x W^T + b`` for inputs of any leading shape, in W's dtype."""
+    dt = grad_out.dtype
+    g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (M, out)
+    gw = (g2.T @ x.reshape(-1, x.shape[-1]).to(dt)).to(weight.dtype) if need_w else None  # (out, in)
+    gb = g2.sum(0).to(weight.dtype) if need_b else None
+    return gw, gb
+
+
+def as_dtype(t: Tensor | None, like: Tensor | None) -> Tensor | None:
+    return None if t is None or like is None else t.to(like.dtype)

@@ -1,0 +1,118 @@
+"""The pathway base class and registry."""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from ..feedback import FeedbackLayer
+
+_PATHWAYS: dict[str, Pathway] = {}
+
+
+def register_pathway(cls: type[Pathway]) -> type[Pathway]:
+    """Register a :class:`Pathway` subclass under ``cls.name`` (one instance serves all layers:
+    per-layer state lives on the layer, per-model state in the wiring ``attach`` makes)."""
+    name = cls.name
+    old = _PATHWAYS.get(name)
+    if old is not None and type(old).__qualname__ != cls.__qualname__:
+        raise ValueError(f"pathway '{name}' is already registered by {type(old).__qualname__}")
+    _PATHWAYS[name] = cls()
+    return cls
+
+
+def get_pathway(name: str) -> Pathway:
+    if name not in _PATHWAYS:
+        near = difflib.get_close_matches(name, list(_PATHWAYS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ValueError(f"unknown pathway '{name}'{hint} (known: {', '.join(_PATHWAYS)})")
+    return _PATHWAYS[name]
+
+
+def pathway_names() -> list[str]:
+    return list(_PATHWAYS)
+
+
+@dataclass
+class StepContext:
+    """What a training step needs besides the batch, the same for one process or many.
+
+    ``loss_fn(out, y)`` is this process's share of the loss: under N processes, the gradient
+    DDP averages from the shares is the gradient of the whole batch's loss; ``world`` is N and
+    ``reduce`` sums a tensor over the processes (the identity for one).  ``backward(loss)``
+    runs the backward (a GradScaler's scaled one under fp16); ``autocast()`` is the context of
+    the forward and the loss.
+    """
+
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    backward: Callable[[Tensor], None] = lambda loss: loss.backward()
+    world: int = 1
+    reduce: Callable[[Tensor], Tensor] = lambda t: t
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+
+
+class Pathway:
+    """How the error reaches a converted layer's input (see the package docstring)."""
+
+    name: ClassVar[str] = ""
+
+    # -- per layer --------------------------------------------------------------------------
+    def lazy(self, layer: FeedbackLayer) -> bool:
+        """Whether B's shape is known only at the layer's first forward."""
+        return False
+
+    def forward(self, layer: FeedbackLayer, x: Tensor, plain: Callable[[Tensor], Tensor]) -> Tensor:
+        """The layer's forward in training or inference: per-step state, lazy shapes, the
+        pathway's Function.  A layer whose input needs no gradient runs the plain op (no B is
+        made for it), unless its B is trained and needs W's gradient."""
+        grad = torch.is_grad_enabled()
+        stateful = layer.rule.stateful  # constant under torch.compile: no graph break without state
+        if stateful and layer.training and grad:
+            layer.sync_step()
+        signal = grad and x.requires_grad
+        if not signal and not (grad and layer.rule.learned):
+            return plain(x)
+        if self.lazy(layer):
+            self.prepare(layer, x)
+        feedback = layer.current_feedback() if signal and stateful else layer.feedback
+        return getattr(self, layer.op)(layer, x, feedback)
+
+    def prepare(self, layer: FeedbackLayer, x: Tensor) -> None:
+        """Make B where its shape waited for this input (lazy pathways)."""
+
+    def effective(self, layer: FeedbackLayer) -> Tensor | None:
+        """Exactly the B the layer's next backward uses (None: not made yet)."""
+        feedback = layer.current_feedback()
+        if self.lazy(layer) and feedback is None:
+            return None
+        with torch.no_grad():
+            return layer.rule.matrix(layer.weight, feedback)
+
+    def linear(self, layer: FeedbackLayer, x: Tensor, feedback: Tensor | None) -> Tensor:
+        raise NotImplementedError(f"pathway '{self.name}' has no linear op")
+
+    def conv(self, layer: FeedbackLayer, x: Tensor, feedback: Tensor | None) -> Tensor:
+        raise NotImplementedError(f"pathway '{self.name}' has no convolution op")
+
+    # -- per model --------------------------------------------------------------------------
+    def attach(self, model: nn.Module, layers: list[FeedbackLayer]) -> Any:
+        """Wire the converted ``layers`` into ``model`` (hooks); returns the wiring or None."""
+        return None
+
+    def train_step(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
+                   ctx: StepContext) -> tuple[Tensor, Tensor]:
+        """One step's gradients into ``.grad``: (output, loss).  ``net`` is ``model`` or its
+        DDP / compiled wrapper.  The default is forward, loss, backward."""
+        with ctx.autocast():
+            out = net(x)
+            loss = ctx.loss_fn(out, y)
+        if torch.isfinite(loss):
+            ctx.backward(loss)
+        return out, loss

@@ -1,0 +1,279 @@
+"""The direct pathway: every converted layer's input receives ``B_i e`` (Nokland 2016).
+
+``e`` is the gradient of the loss at the network's *logits*: the wiring taps the model's
+output, and where the output comes from a trailing Softmax, LogSoftmax, Sigmoid or Tanh (a
+module or a functional call) it taps that activation's input instead, so a model that ends in
+``LogSoftmax`` trained with ``nll_loss`` gets exactly the updates of the same model ending in
+logits trained with ``cross_entropy``.  A rule option ``output`` names the module whose output
+is the tap instead.  ``e`` is read off the autograd graph by a pre-hook on the node that made
+the tapped tensor, so it is recorded before any hidden layer's backward runs; each hidden
+layer ignores the gradient arriving from above for its input.
+
+``B_i`` has the full shape of the layer input times e's shape and is made at the first forward
+(the wiring learns e's shape from the tapped output).
+
+This module also holds the DFA framework report's averaged training loops (rule option
+``average``): one update per batch (per class) from averaged activations and error.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from ._ops import as_dtype, conv_backward, linear_weight_grads
+from .base import Pathway, StepContext, register_pathway
+
+#: autograd nodes of a final activation: e is taken at their input (the logits)
+OUTPUT_ACTIVATIONS = ("LogSoftmaxBackward0", "SoftmaxBackward0", "SigmoidBackward0", "TanhBackward0")
+#: other pointwise non-linearities: e taken after one of them is probably not at the logits
+POINTWISE = ("LogBackward0", "ExpBackward0", "ReluBackward0", "GeluBackward0", "SoftplusBackward0",
+             "EluBackward0", "LeakyReluBackward0", "HardtanhBackward0", "SiluBackward0",
+             "PowBackward0", "ClampBackward1", "AbsBackward0")
+
+
+class DirectWiring:
+    """Per converted model: where e is tapped, and the e of the backward pass under way."""
+
+    def __init__(self, model: nn.Module, layers: list, output: str) -> None:
+        self.layers = layers
+        self.output = output
+        self.error: Tensor | None = None
+        self.warned = False
+        for layer in layers:
+            layer.wiring = self
+        target = model.get_submodule(output) if output else model
+        target.register_forward_hook(self)
+
+    def __deepcopy__(self, memo):  # a copy of a converted model gets its own, empty wiring
+        new = DirectWiring.__new__(DirectWiring)
+        memo[id(self)] = new
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k != "layers"})
+        new.layers = copy.deepcopy(self.layers, memo)
+        new.error = None
+        return new
+
+    def __call__(self, module, args, output):
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                "DFA taps a tensor output; this module returned "
+                f"{type(output).__name__} (pass output='<submodule name>' to convert)"
+            )
+        error_shape = tuple(output.shape[1:])
+        for layer in self.layers:
+            layer.direct_error_shape(error_shape)
+        if not output.requires_grad or output.grad_fn is None:
+            return
+        node, index = output.grad_fn, output.output_nr
+        if not self.output:
+            while type(node).__name__ in OUTPUT_ACTIVATIONS:
+                node, index = node.next_functions[0]
+                if node is None:
+                    return
+            if not self.warned and type(node).__name__ in POINTWISE:
+                self.warned = True
+                warnings.warn(
+                    f"DFA takes e at the model output, which a pointwise {type(node).__name__[:-9]} "
+                    "makes: e is taken after it; if the logits are earlier, convert with "
+                    "output='<name of the module whose output is the logits>'",
+                    stacklevel=2,
+                )
+        node.register_prehook(self._prehook(index))
+
+    def _prehook(self, index: int):
+        def record(grad_outputs):
+            self.error = grad_outputs[index].detach()
+
+        return record
+
+
+def direct_input_grad(wiring: DirectWiring, layer, x_shape, dtype) -> Tensor:
+    error, feedback = wiring.error, layer.feedback
+    if error is None:
+        raise RuntimeError(
+            "DFA layer got no output error: the backward pass did not start at the output the "
+            "DFA hook taps (call backward on a loss computed from the converted model's output)"
+        )
+    if feedback is None:
+        raise RuntimeError("DFA feedback matrix was never created (no training-mode forward)")
+    if error.shape[0] != x_shape[0]:
+        raise RuntimeError(
+            f"DFA: output error has batch size {error.shape[0]} but the layer input has "
+            f"{x_shape[0]}; DFA needs one output row per input sample"
+        )
+    b2d = layer.rule.matrix(layer.weight, feedback).reshape(-1, error[0].numel())  # (in_numel, e_numel)
+    return (error.reshape(error.shape[0], -1).to(b2d.dtype) @ b2d.T).view(x_shape).to(dtype)
+
+
+class DirectLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer, wiring):
+        ctx.layer, ctx.wiring = layer, wiring
+        ctx.save_for_backward(x, weight)
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx = direct_input_grad(ctx.wiring, ctx.layer, x.shape, x.dtype) if need_x else None
+        gw, gb = linear_weight_grads(g, x, weight, need_w, need_b)
+        return gx, gw, gb, None, None
+
+
+class DirectConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, layer, wiring):
+        ctx.layer, ctx.wiring, ctx.has_bias = layer, wiring, bias is not None
+        ctx.save_for_backward(x, weight)
+        return layer.spec.forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and ctx.has_bias
+        gw = gb = None
+        if need_w or need_b:
+            _, gw, gb = conv_backward(g, x, weight, ctx.layer.spec, [False, need_w, need_b])
+        gx = direct_input_grad(ctx.wiring, ctx.layer, x.shape, x.dtype) if need_x else None
+        return gx, as_dtype(gw, weight), as_dtype(gb, weight), None, None
+
+
+@register_pathway
+class Direct(Pathway):
+    name = "direct"
+
+    def lazy(self, layer):
+        return True
+
+    def attach(self, model, layers):
+        rule = layers[0].rule
+        if getattr(rule, "average", "sample") != "sample":
+            _check_mlp(model)
+        return DirectWiring(model, layers, getattr(rule, "output", ""))
+
+    def prepare(self, layer, x):
+        if layer.wiring is None:
+            raise RuntimeError(
+                f"DFA layer '{layer.layer_name}' is not attached to a network output; "
+                "convert the whole model with falign.convert(model, 'dfa')"
+            )
+        if layer.feedback is None:
+            layer.pending_input_shape = layer.fn_input_shape(x)
+
+    def effective(self, layer):
+        return layer.feedback
+
+    def linear(self, layer, x, feedback):
+        return _eager(DirectLinearFn, x, layer)
+
+    def conv(self, layer, x, feedback):
+        return _eager(DirectConvFn, layer.pad(x), layer)
+
+    def train_step(self, model, net, x, y, ctx):
+        layers = [m for m in model.modules() if getattr(m, "wiring", None) is not None]
+        mode = layers[0].rule.average if layers else "sample"
+        if mode == "sample":
+            return super().train_step(model, net, x, y, ctx)
+        return averaged_step(model, x, y, ctx, mode=mode, step=layers[0].rule.average_step)
+
+
+def _eager(fn, x, layer):
+    # DFA's backward reads e from the wiring, written by the tap's pre-hook earlier in the same
+    # pass: a dependency no traced graph holds.  Dynamo traces a Function's backward at forward
+    # time and would bake in the e the wiring held then (the previous step's), so this Function
+    # stays eager under torch.compile.
+    from ..feedback import outside_compile
+
+    return outside_compile(fn.apply)(x, layer.weight, layer.bias, layer, layer.wiring)
+
+
+# -- the DFA framework report's averaged loops --------------------------------------------------
+
+def _derivative(act: nn.Module, a: Tensor) -> Tensor:
+    a = a.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (d,) = torch.autograd.grad(act(a).sum(), a)
+    return d
+
+
+def _check_mlp(model: nn.Module) -> None:
+    from ..feedback import FeedbackError
+
+    layers = getattr(model, "layers", None)
+    acts = getattr(model, "acts", None)
+    if layers is None or acts is None or not all(
+            getattr(m, "op", "") == "linear" and m.pathway is not None for m in layers):
+        raise FeedbackError("the batch/class-averaged DFA loops need an 'mlp' model "
+                            "(falign.create_model('mlp')) converted with a direct-feedback rule")
+
+
+def averaged_step(model: nn.Module, x: Tensor, y: Tensor, ctx: StepContext, *, mode: str,
+                  step: str = "mean") -> tuple[Tensor, Tensor]:
+    """Set ``.grad`` of a DFA-converted MLP from batch- or class-averaged signals (Bechet's
+    report): for each group G (the batch, or each class present in it)
+
+        e_G = mean_{n in G} e_n,   da_i = (B_i e_G) * f'(mean_G a_i),   dW_i = da_i^T mean_G h_{i-1},
+
+    where e_n is the error autograd gives at sample n's logits for the loss (through the
+    model's output activation), a_i, h_i the pre-activations and activations.  The group
+    updates are summed (the report applies them one after another from the same forward pass,
+    which is the same thing: B is fixed and a, h are computed once).  ``step="sum"`` multiplies
+    each group's update by |G|, the step size of the summed per-sample update; at batch size 1
+    both equal per-sample DFA.  Under several processes the group sums and counts are summed
+    over the processes first, so every process computes the whole batch's update.
+    Returns (logits, loss) of the batch.
+    """
+    _check_mlp(model)
+    layers, acts = model.layers, model.acts
+    captured: dict[int, tuple[Tensor, Tensor]] = {}
+    hooks = [layer.register_forward_hook(lambda m, i, o, k=k: captured.__setitem__(k, (i[0], o)))
+             for k, layer in enumerate(layers)]
+    try:
+        with ctx.autocast():
+            out = model(x)  # training-mode forward: makes the B_i on first use
+            loss = ctx.loss_fn(out, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    logits = captured[len(layers) - 1][1]
+    # e_n at the logits, as one process would see it (a share's loss carries the factor N)
+    (e,) = torch.autograd.grad(loss, logits, retain_graph=False)
+    e = e.detach() / ctx.world
+    with torch.no_grad():
+        h_in = [captured[k][0].detach() for k in range(len(layers))]  # h_{i-1}: (N, in_i)
+        a_out = [captured[k][1].detach() for k in range(len(layers))]  # a_i: (N, out_i)
+        k_classes = e.shape[1]
+        if mode == "batch":
+            member = torch.ones(x.shape[0], 1, dtype=e.dtype, device=e.device)  # (N, 1)
+        elif mode == "class":
+            member = nn.functional.one_hot(y, k_classes).to(e.dtype)  # (N, K): one group a class
+        else:
+            raise ValueError(f"unknown DFA loop '{mode}' (sample, batch, class)")
+        # per group: count, sum of e, of each h_{i-1} and of each a_i; summed over processes
+        sums = [member.T @ t for t in (e, *h_in, *a_out)]
+        flat = ctx.reduce(torch.cat([member.sum(0)] + [s.flatten() for s in sums]))
+        count, rest = flat[: member.shape[1]], flat[member.shape[1]:]
+        sizes = [s.numel() for s in sums]
+        sums = [t.view_as(s) for t, s in zip(torch.split(rest, sizes), sums, strict=True)]
+        present = count > 0
+        count = count[present].unsqueeze(1)  # (G, 1)
+        means = [s[present] / count for s in sums]
+        e_g, h_g, a_g = means[0], means[1:1 + len(layers)], means[1 + len(layers):]
+        weight = count if step == "sum" else torch.ones_like(count)  # (G, 1)
+        for i, layer in enumerate(layers):
+            if i == len(layers) - 1:
+                delta = e_g
+            else:
+                b_next = layers[i + 1].feedback.reshape(-1, math.prod(e.shape[1:]))  # (out_i, K)
+                delta = (e_g @ b_next.T) * _derivative(acts[i], a_g[i])  # (G, out_i)
+            delta = delta * weight
+            layer.weight.grad = delta.T @ h_g[i]
+            if layer.bias is not None:
+                layer.bias.grad = delta.sum(0)
+    return out, loss
