@@ -36,7 +36,7 @@ class SparseFA(falign.Rule):
     each, so that every entry of B has variance scale^2 as in dense FA."""
 
     name: ClassVar[str] = "sparse_fa"
-    description: ClassVar[str] = "sparse feedback alignment: fixed random B with a fraction `density` non-zero"
+    description: ClassVar[str] = "sparse FA: fixed random B with a fraction `density` non-zero"
     citation: ClassVar[str] = "Crafton et al. 2019, Front. Neurosci. 13:525"
 
     density: float = 0.1

@@ -38,6 +38,7 @@ ALL_LAYERS = ["features.0", "features.2", "head.0", "head.2"]
 
 def _grads(model, x, *, exact: bool = False) -> list[torch.Tensor]:
     model.zero_grad()
+    falign.layers.set_targets(model, torch.arange(x.shape[0]) % 2)  # for rules that project targets
     x = x.detach().clone().requires_grad_(True)
 
     def step():
@@ -222,8 +223,9 @@ def test_a_model_without_convertible_layers_warns() -> None:
 @pytest.mark.parametrize("rule", RULES)
 def test_exact_backward_gives_backprop_and_restores_the_flags(rule) -> None:
     plain = _net()
-    model = falign.convert(plain, rule)
     x = randn(2, 2, 6, 6, seed=1)
+    model = falign.convert(plain, rule, example_input=x)  # rules that train a lazy B need it
+
     ref = _grads(plain, x)
     _grads(model, x)  # lazy B made, state advanced: exact must still be exact
     inside = _grads(model, x, exact=True)
@@ -286,7 +288,7 @@ class _TinyResNet(nn.Module):
 def test_tiny_resnet_trains_with_every_rule(rule, opts) -> None:
     torch.manual_seed(0)
     plain = _TinyResNet()
-    model = falign.convert(plain, rule, **opts)
+    model = falign.convert(plain, rule, example_input=randn(4, 3, 6, 6, seed=1), **opts)
     assert len(model.falign_conversion.converted) == 6 and not model.falign_conversion.unreachable
     x, y = randn(4, 3, 6, 6, seed=1), torch.tensor([0, 1, 2, 1])
     F.cross_entropy(plain(x), y).backward()
@@ -296,9 +298,10 @@ def test_tiny_resnet_trains_with_every_rule(rule, opts) -> None:
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
     ref = dict(plain.named_parameters())
     got = dict(model.named_parameters())
-    for n in set(got) - set(ref):  # a trained B (KP) receives its W's gradient
+    for n in set(got) - set(ref):  # a trained B: KP's receives its W's gradient
         assert falign.get_rule(rule).learned and n.endswith(".feedback"), n
-        torch.testing.assert_close(got[n].grad, got[n[: -len("feedback")] + "weight"].grad)
+        if falign.get_rule(rule).pathway == "kernel":
+            torch.testing.assert_close(got[n].grad, got[n[: -len("feedback")] + "weight"].grad)
     early = ["stem.0.weight", "blocks.0.conv1.weight", "blocks.0.conv2.weight"]
     for n in names:
         same = torch.allclose(got[n].grad, ref[n].grad, rtol=1e-10, atol=1e-12)

@@ -65,9 +65,11 @@ def test_a_users_rule_from_a_config_trains_saves_and_reloads(tmp_path) -> None:
     tracking = json.loads((tmp_path / "r" / "tracking.json").read_text())
     assert tracking["config"]["rule"]["name"] == "custom_rule:SparseFA"
     assert tracking["model_spec"]["rule"] == "custom_rule:SparseFA"
-    check = ("from falign.training import load_model; m = load_model(%r); "
-             "print(type(m.layers[1].rule).__name__, m.layers[1].rule.density)" % str(tmp_path / "r" / "best.pt"))
-    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=_env(), timeout=120)
+    best = str(tmp_path / "r" / "best.pt")
+    check = (f"from falign.training import load_model; m = load_model({best!r}); "
+             "print(type(m.layers[1].rule).__name__, m.layers[1].rule.density)")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=_env(),
+                            timeout=120)
     assert loaded.stdout.split() == ["SparseFA", "0.5"], loaded.stderr[-2000:]
 
 
@@ -82,5 +84,6 @@ def test_a_users_rule_in_compare_and_with_set(tmp_path) -> None:
     assert (tmp_path / "c" / "custom_rule-SparseFA" / "tracking.json").exists()
     run = subprocess.run([sys.executable, "-m", "falign", "train", str(cfg), "--set",
                           "rule.name=custom_rule:SparseFA", "--set", "rule.options.density=0.25",
-                          "--out", str(tmp_path / "t")], capture_output=True, text=True, env=_env(), timeout=300)
+                          "--out", str(tmp_path / "t")], capture_output=True, text=True, env=_env(),
+                         timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]

@@ -25,7 +25,9 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Using padding='same' with even 
 
 DT = torch.float64
 RULES = sorted(falign.rules())
-KERNEL_RULES = [r for r in RULES if r != "dfa"]
+#: rules that send the error through B in W's place (the direct ones are tested in test_dfa_* and
+#: test_rules_zoo); every one needs a formula in expected_kernel_b below
+KERNEL_RULES = [r for r in RULES if falign.get_rule(r).pathway in ("kernel", "exact", "dense")]
 TOL = {"rtol": 1e-12, "atol": 1e-12}
 
 
@@ -83,6 +85,9 @@ def expected_kernel_b(rule: str, opts: dict, layer) -> torch.Tensor:
     if rule == "kp":
         assert layer.feedback.shape == w.shape and isinstance(layer.feedback, nn.Parameter)
         return layer.feedback.detach()
+    if rule == "wm":  # B itself is the mirror's state (its steps: tests/test_rules_zoo.py)
+        assert layer.feedback.shape == w.shape
+        return layer.feedback
     raise KeyError(f"no formula written for rule {rule!r}: add one to this test")
 
 
@@ -234,7 +239,8 @@ def test_forward_local_weight_grads_and_input_grad_formula(spec, case) -> None:
 
 def test_the_registry_lists_every_documented_rule_with_a_citation() -> None:
     listed = falign.rules()
-    assert set(listed) == {"bp", "fa", "usf", "frsf", "brsf", "usf_norm", "sign_tracking", "kp", "dfa"}
+    assert set(listed) == {"bp", "fa", "usf", "frsf", "brsf", "usf_norm", "sign_tracking", "kp", "dfa", "wm",
+                           "dkp", "drtp", "sdfa"}
     assert all(text.endswith("]") and "[" in text for text in listed.values())
 
 

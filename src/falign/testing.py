@@ -59,7 +59,8 @@ LAYER_CASES = [
     LayerCase("conv2d_pad_dilation_groups",
               lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2, dtype=DT), (2, 4, 9, 8)),
     LayerCase("conv2d_same_reflect",
-              lambda: nn.Conv2d(3, 4, (3, 4), padding="same", padding_mode="reflect", dtype=DT), (2, 3, 7, 8)),
+              lambda: nn.Conv2d(3, 4, (3, 4), padding="same", padding_mode="reflect", dtype=DT),
+              (2, 3, 7, 8)),
     LayerCase("conv2d_circular",
               lambda: nn.Conv2d(2, 3, 3, padding=(1, 2), padding_mode="circular", dtype=DT), (2, 2, 6, 7)),
     LayerCase("conv3d", lambda: nn.Conv3d(2, 3, (2, 3, 3), stride=(1, 2, 1), padding=(1, 0, 1), dtype=DT),
@@ -94,11 +95,15 @@ def _rule(rule, options):
     return get_rule(rule, **options)
 
 
-def _convert(model: nn.Module, rule, options, seed: int = 7) -> nn.Module:
+def _convert(model: nn.Module, rule, options, seed: int = 7, example=None) -> nn.Module:
+    """``model`` converted; ``example`` shapes every lazy B (rules that train one need it)."""
     from .layers import convert
 
     the_rule = _rule(rule, {**options, "seed": seed})
-    return convert(model, the_rule, warn=False)
+    return convert(model, the_rule, warn=False, example_input=example)
+
+
+NET_INPUT = (2, 2, 5, 5)
 
 
 def _probe_model(case: LayerCase, init: int = 0) -> nn.Module:
@@ -161,10 +166,11 @@ def dense_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, g: torc
     return _through_pad(layer, x, lambda xp: (g.flatten(1) @ b).reshape(xp.shape))
 
 
-def direct_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """e @ B^T, B of shape (*input, *e), sent to the (padded) input map."""
+def direct_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """s @ B^T, B of shape (*input, *e), sent to the (padded) input map; s is what the rule
+    projects (e for DFA, w sign(e), w y*, ...)."""
     def formula(xp):
-        return (e.flatten(1) @ b.reshape(-1, e[0].numel()).T).reshape(xp.shape)
+        return (s.flatten(1) @ b.reshape(-1, s[0].numel()).T).reshape(xp.shape)
 
     if isinstance(layer, nn.Linear) or not _prepadded(layer):
         return formula(x)
@@ -174,8 +180,9 @@ def direct_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, e: tor
 REFERENCES = {"exact": "kernel", "kernel": "kernel", "dense": "dense", "direct": "direct"}
 
 
-def reference_input_grad(layer, x, g, e) -> torch.Tensor:
-    """The pathway's formula for the gradient sent to ``x``, from B = effective_feedback()."""
+def reference_input_grad(layer, x, g, e, targets=None) -> torch.Tensor:
+    """The pathway's formula for the gradient sent to ``x``, from B = effective_feedback();
+    for direct feedback, what B multiplies is the rule's ``direct_signal(e, y*, 1/N)``."""
     custom = getattr(layer.pathway, "reference_input_grad", None)
     if custom is not None:
         return custom(layer, x, g, e)
@@ -185,7 +192,9 @@ def reference_input_grad(layer, x, g, e) -> torch.Tensor:
                              "x, g, e): the contract suite cannot check its input gradient")
     b = layer.effective_feedback()
     if kind == "direct":
-        return direct_input_grad(layer, x, b, e)
+        onehot = None if targets is None else F.one_hot(targets, e[0].numel()).to(e.dtype).reshape(e.shape)
+        source = layer.rule.direct_signal(e, onehot, 1.0 / e.shape[0])
+        return direct_input_grad(layer, x, b, source)
     if b.shape != layer.weight.shape:
         return dense_input_grad(layer, x, b, g)
     return kernel_input_grad(layer, x, b, g)
@@ -197,10 +206,13 @@ def _close(actual, expected, what: str) -> None:
     torch.testing.assert_close(actual, expected, **TOL, msg=lambda m: f"{what}: {m}")
 
 
-def _pass(model: nn.Module, x: torch.Tensor, target_seed: int = 2):
+def _pass(model: nn.Module, x: torch.Tensor, target_seed: int = 2, labels: torch.Tensor | None = None):
     """Forward + backward of a fixed loss; (x.grad, output, error at the output, layer's
-    upstream gradient, the layer's input)."""
+    upstream gradient, the layer's input).  ``labels`` go to the direct wiring (set_targets)."""
+    from .layers import set_targets
+
     x = x.detach().clone().requires_grad_(True)
+    set_targets(model, labels)
     seen: dict[str, torch.Tensor] = {}
     layer = model.layer
     hook = layer.register_full_backward_hook(lambda m, gi, go: seen.__setitem__("g", go[0]))
@@ -217,20 +229,23 @@ def check_forward(rule, options: dict[str, Any] | None = None, case: LayerCase =
     formula with ``effective_feedback()``."""
     options = options or {}
     plain = _probe_model(case)
-    model = _convert(copy.deepcopy(plain), rule, options)
+    model = _convert(copy.deepcopy(plain), rule, options, example=torch.zeros(case.x_shape, dtype=DT))
     x = _randn(*case.x_shape, seed=1)
+    labels = torch.arange(case.x_shape[0]) % 3
     model.train()
     for step in range(2):  # the second step uses the B after one optimizer step
-        gx, out, e, g, xx = _pass(model, x)
+        gx, out, e, g, xx = _pass(model, x, labels=labels)
         gx_plain, out_plain, _, _, _ = _pass(plain, x)
         _close(out, out_plain, f"{case.id}: forward")
         layer, ref = model.layer, plain.layer
         # the local weight gradient, from the gradient that reached the layer's output
         y = ref(xx.detach())
         local = torch.autograd.grad(y, [p for p in (ref.weight, ref.bias) if p is not None], g)
-        for got, want in zip([p.grad for p in (layer.weight, layer.bias) if p is not None], local, strict=True):
+        grads = [p.grad for p in (layer.weight, layer.bias) if p is not None]
+        for got, want in zip(grads, local, strict=True):
             _close(got, want, f"{case.id}: weight/bias gradient is the local one")
-        _close(gx, reference_input_grad(layer, xx.detach(), g, e), f"{case.id}: input gradient (step {step})")
+        _close(gx, reference_input_grad(layer, xx.detach(), g, e, labels),
+               f"{case.id}: input gradient (step {step})")
         with torch.no_grad():  # an SGD step, and the plain twin takes the new weights
             for p in model.parameters():
                 if p.grad is not None:
@@ -271,7 +286,7 @@ def check_seed(rule, options: dict[str, Any] | None = None) -> None:
 
     def bs(seed: int, global_seed: int):
         torch.manual_seed(global_seed)
-        model = _convert(_net(), rule, options, seed=seed)
+        model = _convert(_net(), rule, options, seed=seed, example=torch.zeros(NET_INPUT, dtype=DT))
         torch.manual_seed(global_seed + 1)
         _train(model, 1)
         return _feedbacks(model)
@@ -287,12 +302,12 @@ def check_state_dict(rule, options: dict[str, Any] | None = None) -> None:
     """A round trip of state_dict into a model built with another seed and other weights
     continues training exactly."""
     options = options or {}
-    a = _convert(_net(), rule, options, seed=1)
+    a = _convert(_net(), rule, options, seed=1, example=torch.zeros(NET_INPUT, dtype=DT))
     _train(a, 2)
     buf = tempfile.SpooledTemporaryFile()
     torch.save(a.state_dict(), buf)
     buf.seek(0)
-    b = _convert(_net(init=77), rule, options, seed=2)
+    b = _convert(_net(init=77), rule, options, seed=2, example=torch.zeros(NET_INPUT, dtype=DT))
     b.load_state_dict(torch.load(buf, weights_only=True))
     for x, y in zip(_feedbacks(a), _feedbacks(b), strict=True):
         assert (x is None) == (y is None) and (x is None or torch.equal(x, y)), "B differs after load"
@@ -306,7 +321,7 @@ def check_exact(rule, options: dict[str, Any] | None = None) -> None:
 
     options = options or {}
     plain = _net()
-    model = _convert(copy.deepcopy(plain), rule, options)
+    model = _convert(copy.deepcopy(plain), rule, options, example=torch.zeros(NET_INPUT, dtype=DT))
     _train(model, 1)  # state made, a step taken
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if k in plain.state_dict()})
     x = _randn(2, 2, 5, 5, seed=3)
@@ -330,7 +345,7 @@ def check_autocast(rule, options: dict[str, Any] | None = None) -> None:
     options = options or {}
     torch.manual_seed(0)
     net = _net().float()
-    model = _convert(net, rule, options)
+    model = _convert(net, rule, options, example=torch.zeros(NET_INPUT))
     x = _randn(4, 2, 5, 5, seed=1).float()
     y = torch.tensor([0, 1, 2, 1])
     ref = copy.deepcopy(model)
@@ -349,8 +364,8 @@ def check_autocast(rule, options: dict[str, Any] | None = None) -> None:
 def check_compile(rule, options: dict[str, Any] | None = None) -> None:
     """torch.compile (aot_eager) gives the eager outputs and gradients for a few steps."""
     options = options or {}
-    eager = _convert(_net(), rule, options)
-    compiled_model = _convert(_net(), rule, options)
+    eager = _convert(_net(), rule, options, example=torch.zeros(NET_INPUT, dtype=DT))
+    compiled_model = _convert(_net(), rule, options, example=torch.zeros(NET_INPUT, dtype=DT))
     compiled = torch.compile(compiled_model, backend="aot_eager")
     opt_e = torch.optim.SGD(eager.parameters(), lr=0.1)
     opt_c = torch.optim.SGD(compiled_model.parameters(), lr=0.1)
@@ -388,7 +403,7 @@ def _ddp_worker(specs: str, out_dir: str) -> None:
 
     info = setup(torch.device("cpu"))
     for i, (rule, options) in enumerate(json.loads(specs)):
-        model = _convert(_net(), rule, options).float()
+        model = _convert(_net(), rule, options, example=torch.zeros(NET_INPUT, dtype=DT)).float()
         net = nn.parallel.DistributedDataParallel(model) if info.enabled else model
         opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         for t in range(4):
@@ -400,7 +415,7 @@ def _ddp_worker(specs: str, out_dir: str) -> None:
                 return F.cross_entropy(o, yy, reduction="sum") * (info.world / n)
 
             opt.zero_grad()
-            ctx = StepContext(loss_fn=loss_fn, world=info.world, reduce=reduce_sum(info))
+            ctx = StepContext(loss_fn=loss_fn, world=info.world, reduce=reduce_sum(info), batch=n)
             train_step(model, net, x, y, ctx)
             opt.step()
         if info.rank == 0:

@@ -17,6 +17,7 @@ from .feedback import (
     FeedbackLinear,
 )
 from .pathways import StepContext
+from .pathways.direct import set_targets
 
 __all__ = [
     "ConversionReport",
@@ -30,6 +31,7 @@ __all__ = [
     "convert",
     "exact_backward",
     "feedback_layers",
+    "set_targets",
     "train_step",
     "StepContext",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..rules import Rule, get_rule
@@ -44,13 +45,19 @@ def _matches(name: str, patterns: Sequence[str] | None) -> bool:
 
 def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = False,
             include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
-            warn: bool = True, **options: Any) -> nn.Module:
+            warn: bool = True, example_input: Any = None, **options: Any) -> nn.Module:
     """Replace every ``nn.Linear`` / ``nn.Conv{1,2,3}d`` of ``model`` by its feedback twin.
 
     ``include`` / ``exclude`` are shell-style patterns on qualified module names.  Weights are
     kept (shared, when ``inplace``).  The report of what was converted and what could not be
     reached (functional calls, ``nn.MultiheadAttention`` projections, subclasses of the torch
     layers, raw parameters) is ``model.falign_conversion``; anything unreachable is also warned.
+
+    ``example_input``: a batch (or a tuple of forward arguments) run once, in eval mode, so
+    that every B whose shape the pathway learns only at the first forward exists now (dense
+    conv FA, direct feedback).  Rules that *train* such a B (direct Kolen-Pollack) need it: an
+    optimizer built afterwards over ``model.parameters()`` then holds B; B is not trained by
+    one built before.  BN statistics, the RNG and the rules' step state are left as they were.
     """
     the_rule = get_rule(rule, **options)
     if not inplace:
@@ -105,6 +112,8 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
         model.falign_pathway = converted[0].pathway
 
     model.falign_conversion = report
+    if example_input is not None and converted:
+        _make_lazy_feedback(model, example_input)
     if warn and report.unreachable:
         warnings.warn(
             f"falign.convert: {len(report.unreachable)} part(s) not converted, they still use "
@@ -115,6 +124,20 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
         warnings.warn("falign.convert: no nn.Linear / nn.ConvNd layer found to convert",
                       ConversionWarning, stacklevel=2)
     return model
+
+
+def _make_lazy_feedback(model: nn.Module, example: Any) -> None:
+    """One eval-mode forward with gradients on (so each layer's input needs a gradient exactly
+    where it will in training) that makes the lazily shaped B; nothing else changes."""
+    args = example if isinstance(example, tuple) else (example,)
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            model(*args)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
 
 
 def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:

@@ -184,9 +184,11 @@ class FeedbackLayer:
                               unexpected_keys, error_msgs):
         key = prefix + "feedback"
         old_format = (local_metadata or {}).get("version", 1) < 2
-        if prefix + "feedback_seed" not in state_dict:
-            # checkpoints written before the seed was saved: keep the seed derived at conversion
-            state_dict[prefix + "feedback_seed"] = self.feedback_seed.detach().clone()
+        for name in ("feedback_seed", "feedback_step"):
+            if prefix + name not in state_dict:
+                # checkpoints written before the seed was saved, or by a plain model (an earlier
+                # falign built BP models unconverted): keep what the layer has
+                state_dict[prefix + name] = getattr(self, name).detach().clone()
         if old_format and self.rule.learned and key in state_dict and prefix + "weight" in state_dict:
             # format 1 stored Kolen-Pollack's B - W
             state_dict[key] = state_dict[prefix + "weight"] + state_dict[key]
@@ -219,6 +221,7 @@ class FeedbackLayer:
 
 _LEARNED: weakref.WeakValueDictionary[int, FeedbackLayer] = weakref.WeakValueDictionary()
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_STEPPED: set[int] = set()  # ids of parameters some optimizer has held at a step
 _HOOK = None
 
 
@@ -232,25 +235,40 @@ def _register_learned(layer: FeedbackLayer) -> None:
 
 
 def _check_learned(optimizer, args, kwargs) -> None:
-    """Before an optimizer's step: every trained B must be in the parameter group of its W
-    (else the optimizer would step W and leave B, silently turning KP into FA)."""
+    """Before an optimizer's step: every trained B of a W it steps must be stepped too -- in W's
+    own parameter group where the rule trains B like W (Kolen-Pollack: the same learning rate
+    and schedule), or by some optimizer (direct Kolen-Pollack's B may have its own); else the
+    optimizer would step W and leave B, silently turning the rule into FA / DFA."""
     if not _LEARNED:
         return
+    ids_all = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    _STEPPED.update(ids_all)
     signature = tuple(len(g["params"]) for g in optimizer.param_groups)
-    if _CHECKED.get(optimizer) == signature:
+    state = _CHECKED.get(optimizer)
+    if state is not None and state[0] == signature and not state[1]:
         return
+    pending = []
     for group in optimizer.param_groups:
         ids = {id(p) for p in group["params"]}
         for p in group["params"]:
             layer = _LEARNED.get(id(p))
-            if layer is not None and layer.weight is p and id(layer.feedback) not in ids:
-                raise FeedbackError(
-                    f"layer '{layer.layer_name}': rule '{layer.rule.name}' trains its feedback B "
-                    "like W, but B is not in the optimizer's parameter group of W; build the "
-                    "optimizer over model.parameters() (B is the parameter "
-                    f"'{layer.layer_name + '.' if layer.layer_name else ''}feedback')"
-                )
-    _CHECKED[optimizer] = signature
+            if layer is None or layer.weight is not p or layer.feedback is None:
+                continue
+            fb = id(layer.feedback)
+            if layer.rule.feedback_group == "weight" and fb not in ids:
+                raise FeedbackError(_left_out(layer, "in the optimizer's parameter group of W"))
+            if layer.rule.feedback_group != "weight" and fb not in ids_all and fb not in _STEPPED:
+                if state is not None and state[1]:  # a whole step later, no optimizer stepped B
+                    raise FeedbackError(_left_out(layer, "stepped by any optimizer"))
+                pending.append(layer)
+    _CHECKED[optimizer] = (signature, bool(pending))
+
+
+def _left_out(layer: FeedbackLayer, where: str) -> str:
+    name = f"{layer.layer_name}.feedback" if layer.layer_name else "feedback"
+    return (f"layer '{layer.layer_name}': rule '{layer.rule.name}' trains its feedback B, but B is "
+            f"not {where}; build the optimizer over model.parameters() (B is the parameter "
+            f"'{name}')")
 
 
 # -- the layers -------------------------------------------------------------------------------

@@ -40,3 +40,7 @@ class DFA(Rule):
 
     def matrix(self, weight, feedback):
         return feedback
+
+    def direct_signal(self, error, targets, weight):
+        """What B_i multiplies: e itself (the loss's own scale already in it)."""
+        return error

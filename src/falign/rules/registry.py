@@ -111,6 +111,9 @@ class Rule:
     default_scale: ClassVar[float | None] = None
     #: B is an ``nn.Parameter`` trained by the user's optimizer (gradient: :meth:`feedback_grad`)
     learned: ClassVar[bool] = False
+    #: where a trained B must be stepped: "weight" (in W's parameter group: KP's same learning
+    #: rate and schedule) or "any" (by some optimizer, e.g. with a learning rate of its own)
+    feedback_group: ClassVar[str] = "weight"
     #: ``"name:value"`` means this option set to value (``"fa:dense"``: conv_feedback="dense")
     variant_option: ClassVar[str | None] = None
 
@@ -139,9 +142,10 @@ class Rule:
         """B, used in place of W when sending the error to the layer input."""
         raise NotImplementedError
 
-    def feedback_grad(self, grad_weight: Tensor) -> Tensor:
-        """For ``learned`` rules: the gradient B receives, given W's (a new tensor, never an
-        alias of W's gradient)."""
+    def feedback_grad(self, grad_weight: Tensor | None = None, *, inputs: Tensor | None = None,
+                      error: Tensor | None = None) -> Tensor:
+        """For ``learned`` rules: the gradient B receives (a new tensor, never an alias).  The
+        kernel pathway gives W's gradient; the direct pathway the layer input and the error e."""
         raise NotImplementedError(f"rule '{self.name}' does not train its feedback")
 
     @property

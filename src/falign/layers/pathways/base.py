@@ -48,11 +48,13 @@ class StepContext:
     DDP averages from the shares is the gradient of the whole batch's loss; ``world`` is N and
     ``reduce`` sums a tensor over the processes (the identity for one).  ``backward(loss)``
     runs the backward (a GradScaler's scaled one under fp16); ``autocast()`` is the context of
-    the forward and the loss.
+    the forward and the loss; ``batch`` the size of the whole global batch.
     """
 
     loss_fn: Callable[[Tensor, Tensor], Tensor]
     backward: Callable[[Tensor], None] = lambda loss: loss.backward()
+    #: the number of examples of the whole (global) batch; None: this process's batch
+    batch: int | None = None
     world: int = 1
     reduce: Callable[[Tensor], Tensor] = lambda t: t
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext

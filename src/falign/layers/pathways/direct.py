@@ -43,6 +43,10 @@ class DirectWiring:
         self.layers = layers
         self.output = output
         self.error: Tensor | None = None
+        self.targets: Tensor | None = None  # labels (N,) or targets (N, K) of the step, if given
+        self.targets_at = -1  # forwards seen when they were given (stale after the next one)
+        self.forwards = 0
+        self.sample_weight: float | None = None  # a sample's weight in the loss (1/N for a mean)
         self.warned = False
         for layer in layers:
             layer.wiring = self
@@ -58,6 +62,7 @@ class DirectWiring:
         return new
 
     def __call__(self, module, args, output):
+        self.forwards += 1
         if not isinstance(output, Tensor):
             raise TypeError(
                 "DFA taps a tensor output; this module returned "
@@ -91,8 +96,48 @@ class DirectWiring:
         return record
 
 
-def direct_input_grad(wiring: DirectWiring, layer, x_shape, dtype) -> Tensor:
-    error, feedback = wiring.error, layer.feedback
+def _targets_from_error(error: Tensor) -> Tensor:
+    """One-hot targets recovered from e under a cross-entropy loss, where e_n is a multiple of
+    softmax(z_n) - y*_n: its only negative entry is the target's and its row sums to 0.  Any
+    other loss makes that false, and then this is an error, never a guess."""
+    e = error.reshape(error.shape[0], -1)
+    negative = (e < 0).sum(1)
+    # a row of K entries sums to 0 up to their rounding (bf16 under autocast included)
+    tol = 4 * e.shape[1] * torch.finfo(e.dtype).eps * e.abs().amax(1).clamp_min(1e-30)
+    if not (bool((negative == 1).all()) and bool((e.sum(1).abs() <= tol).all())):
+        from ..feedback import FeedbackError
+
+        raise FeedbackError("a target-projection rule needs the step's targets: call "
+                            "falign.layers.set_targets(model, y) before backward (falign's runner "
+                            "does); they can be read off e only under a cross-entropy loss")
+    return torch.nn.functional.one_hot(e.argmin(1), e.shape[1]).to(error.dtype)
+
+
+def direct_source(wiring: DirectWiring, rule, error: Tensor) -> Tensor:
+    """What B_i multiplies, (N, *e): the rule's function of e, of the targets and of a
+    sample's weight in the loss (1/N for a mean over N, unless the step says otherwise)."""
+    weight = wiring.sample_weight
+    if weight is None:
+        weight = 1.0 / error.shape[0] if getattr(rule, "reduction", "mean") == "mean" else 1.0
+    targets = None
+    if getattr(rule, "needs_targets", False):
+        targets = wiring.targets
+        if targets is not None and wiring.targets_at < wiring.forwards - 1:
+            from ..feedback import FeedbackError
+
+            raise FeedbackError("the targets given to set_targets belong to an earlier step: give "
+                                "each step's targets (falign.layers.set_targets(model, y))")
+        if targets is None:
+            targets = _targets_from_error(error)
+        elif targets.dim() == 1:  # class indices
+            targets = torch.nn.functional.one_hot(targets, error[0].numel()).to(error.dtype)
+        targets = targets.reshape(error.shape).to(error.dtype)
+    return rule.direct_signal(error, targets, weight)
+
+
+def direct_input_grad(wiring: DirectWiring, layer, feedback: Tensor | None, x_shape, dtype) -> Tensor:
+    error = wiring.error
+    feedback = layer.feedback if feedback is None else feedback  # lazy B: made after the forward
     if error is None:
         raise RuntimeError(
             "DFA layer got no output error: the backward pass did not start at the output the "
@@ -105,43 +150,52 @@ def direct_input_grad(wiring: DirectWiring, layer, x_shape, dtype) -> Tensor:
             f"DFA: output error has batch size {error.shape[0]} but the layer input has "
             f"{x_shape[0]}; DFA needs one output row per input sample"
         )
+    source = direct_source(wiring, layer.rule, error)
     b2d = layer.rule.matrix(layer.weight, feedback).reshape(-1, error[0].numel())  # (in_numel, e_numel)
-    return (error.reshape(error.shape[0], -1).to(b2d.dtype) @ b2d.T).view(x_shape).to(dtype)
+    return (source.reshape(error.shape[0], -1).to(b2d.dtype) @ b2d.T).view(x_shape).to(dtype)
+
+
+def direct_feedback_grad(ctx, x: Tensor, feedback: Tensor) -> Tensor:
+    """A trained B_i's gradient, from the layer input and e (the rule says how)."""
+    g = ctx.layer.rule.feedback_grad(inputs=x, error=ctx.wiring.error)
+    return g.reshape(feedback.shape).to(feedback.dtype)
 
 
 class DirectLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, layer, wiring):
+    def forward(ctx, x, weight, bias, feedback, layer, wiring):
         ctx.layer, ctx.wiring = layer, wiring
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, feedback)
         return nn.functional.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        gx = direct_input_grad(ctx.wiring, ctx.layer, x.shape, x.dtype) if need_x else None
+        x, weight, feedback = ctx.saved_tensors
+        need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
+        gx = direct_input_grad(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype) if need_x else None
         gw, gb = linear_weight_grads(g, x, weight, need_w, need_b)
-        return gx, gw, gb, None, None
+        gfb = direct_feedback_grad(ctx, x, feedback) if need_fb else None
+        return gx, gw, gb, gfb, None, None
 
 
 class DirectConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, layer, wiring):
+    def forward(ctx, x, weight, bias, feedback, layer, wiring):
         ctx.layer, ctx.wiring, ctx.has_bias = layer, wiring, bias is not None
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, feedback)
         return layer.spec.forward(x, weight, bias)
 
     @staticmethod
     def backward(ctx, g):
-        x, weight = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        x, weight, feedback = ctx.saved_tensors
+        need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
         need_b = need_b and ctx.has_bias
         gw = gb = None
         if need_w or need_b:
             _, gw, gb = conv_backward(g, x, weight, ctx.layer.spec, [False, need_w, need_b])
-        gx = direct_input_grad(ctx.wiring, ctx.layer, x.shape, x.dtype) if need_x else None
-        return gx, as_dtype(gw, weight), as_dtype(gb, weight), None, None
+        gx = direct_input_grad(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype) if need_x else None
+        gfb = direct_feedback_grad(ctx, x, feedback) if need_fb else None
+        return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None, None
 
 
 @register_pathway
@@ -164,33 +218,63 @@ class Direct(Pathway):
                 "convert the whole model with falign.convert(model, 'dfa')"
             )
         if layer.feedback is None:
+            if layer.rule.learned and torch.is_grad_enabled() and layer.training:
+                from ..feedback import FeedbackError
+
+                raise FeedbackError(
+                    f"layer '{layer.layer_name}': rule '{layer.rule.name}' trains B_i, whose shape "
+                    "is known only at the first forward: convert with falign.convert(model, "
+                    f"'{layer.rule.name}', example_input=x) so B_i exists before the optimizer "
+                    "is built")
             layer.pending_input_shape = layer.fn_input_shape(x)
 
     def effective(self, layer):
         return layer.feedback
 
     def linear(self, layer, x, feedback):
-        return _eager(DirectLinearFn, x, layer)
+        return _eager(DirectLinearFn, x, layer, feedback)
 
     def conv(self, layer, x, feedback):
-        return _eager(DirectConvFn, layer.pad(x), layer)
+        return _eager(DirectConvFn, layer.pad(x), layer, feedback)
 
     def train_step(self, model, net, x, y, ctx):
         layers = [m for m in model.modules() if getattr(m, "wiring", None) is not None]
-        mode = layers[0].rule.average if layers else "sample"
-        if mode == "sample":
+        if not layers:
             return super().train_step(model, net, x, y, ctx)
-        return averaged_step(model, x, y, ctx, mode=mode, step=layers[0].rule.average_step)
+        wiring, rule = layers[0].wiring, layers[0].rule
+        # the step's targets and a sample's weight in the loss: each process holds a share of
+        # the global batch, and DDP averages over the processes
+        set_targets(model, y)
+        if ctx.batch is not None:
+            mean = getattr(rule, "reduction", "mean") == "mean"
+            wiring.sample_weight = ctx.world / ctx.batch if mean else float(ctx.world)
+        try:
+            if getattr(rule, "average", "sample") == "sample":
+                return super().train_step(model, net, x, y, ctx)
+            return averaged_step(model, x, y, ctx, mode=rule.average, step=rule.average_step)
+        finally:
+            wiring.targets = wiring.sample_weight = None
 
 
-def _eager(fn, x, layer):
+def _eager(fn, x, layer, feedback):
     # DFA's backward reads e from the wiring, written by the tap's pre-hook earlier in the same
     # pass: a dependency no traced graph holds.  Dynamo traces a Function's backward at forward
     # time and would bake in the e the wiring held then (the previous step's), so this Function
     # stays eager under torch.compile.
     from ..feedback import outside_compile
 
-    return outside_compile(fn.apply)(x, layer.weight, layer.bias, layer, layer.wiring)
+    return outside_compile(fn.apply)(x, layer.weight, layer.bias, feedback, layer, layer.wiring)
+
+
+def set_targets(model: nn.Module, targets: Tensor | None) -> None:
+    """Give the direct-feedback wiring of ``model`` the targets of the step about to run
+    (class indices (N,) or targets (N, K)); rules that project the target (DRTP) need them.
+    falign's runner calls it; a hand-written loop calls it before each backward."""
+    for m in model.modules():
+        wiring = getattr(m, "wiring", None)
+        if wiring is not None:
+            wiring.targets, wiring.targets_at = targets, wiring.forwards
+            return
 
 
 # -- the DFA framework report's averaged loops --------------------------------------------------

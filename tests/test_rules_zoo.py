@@ -1,0 +1,240 @@
+"""The rules past the seeds -- weight mirror, direct Kolen-Pollack, DRTP and sign-DFA -- against
+their definitions written out here on tiny hand-set networks, in float64.
+
+    wm    after step t:  x ~ U(-a/2, a/2)^(in x m) from (seed, t);  B <- (1 - decay) B + eta y x^T, y = W x
+    dkp   input of layer i gets e B_i^T;  dL/dB_i = h_{i-1}^T e
+    drtp  input of layer i gets (y* / N) B_i^T          (reduction mean; y* the one-hot target)
+    sdfa  input of layer i gets (sign(e) / N) B_i^T
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import falign
+from falign.layers import FeedbackError, StepContext, set_targets, train_step
+
+DT = torch.float64
+TOL = {"rtol": 1e-12, "atol": 1e-12}
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def close(actual, expected) -> None:
+    torch.testing.assert_close(actual, expected, **TOL)
+
+
+def randn(*shape, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+def mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 6, dtype=DT), nn.Tanh(), nn.Linear(6, 4, dtype=DT), nn.Tanh(),
+                         nn.Linear(4, 3, dtype=DT))
+
+
+def forward_by_hand(model, x):
+    ws = [model[i].weight.detach() for i in (0, 2, 4)]
+    bs = [model[i].bias.detach() for i in (0, 2, 4)]
+    a1 = x @ ws[0].T + bs[0]
+    h1 = torch.tanh(a1)
+    a2 = h1 @ ws[1].T + bs[1]
+    h2 = torch.tanh(a2)
+    z = h2 @ ws[2].T + bs[2]
+    return a1, h1, a2, h2, z
+
+
+X = randn(6, 5, seed=1)
+Y = torch.tensor([0, 1, 2, 2, 1, 0])
+
+
+# --------------------------------------------------------------------------- weight mirror
+
+
+def mirror_noise(layer, t: int, rule) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(layer.feedback_seed) + 7_000_003 * (t + 1))
+    u = torch.rand(layer.weight[0].numel(), rule.mirror_batch, generator=gen, dtype=DT)
+    return rule.noise * (u - 0.5)
+
+
+def test_wm_takes_one_mirror_step_per_optimizer_step_by_the_equation() -> None:
+    model = falign.convert(mlp(), "wm", mirror_lr=0.05, noise=0.2, mirror_batch=16, decay=0.1)
+    layer, rule = model[2], model[2].rule
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    b = layer.feedback.detach().clone()
+    for t in range(1, 4):
+        for _ in range(2):  # two micro-batches, one step
+            F.cross_entropy(model(X), Y).backward()
+        opt.step()
+        opt.zero_grad()
+        x = mirror_noise(layer, t, rule)  # (in, m)
+        y = layer.weight.detach() @ x  # the new W
+        b = (1 - 0.1) * b + 0.05 * (y @ x.T)
+        close(layer.effective_feedback(), b)
+        assert int(layer.feedback_step) == t
+    # and the backward uses it: the signal to the layer's input is g @ B
+    x_in = randn(3, 6, seed=9).requires_grad_(True)
+    out = layer(x_in)
+    (gx,) = torch.autograd.grad(out, x_in, torch.ones_like(out))
+    close(gx, torch.ones(3, 4, dtype=DT) @ b)
+
+
+def test_wm_mirror_steps_align_b_with_w() -> None:
+    """E[y x^T] = (a^2 / 12) W: mirror steps alone turn a random B towards W's direction."""
+    layer = falign.convert(nn.Sequential(nn.Linear(20, 10, dtype=DT)), "wm", mirror_lr=1.0)[0]
+    rule, w = layer.rule, layer.weight.detach()
+
+    def angle(b, w=w):
+        cos = float((b * w).sum() / (b.norm() * w.norm()))
+        return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+
+    start = angle(layer.feedback)
+    b = layer.feedback.detach()
+    for t in range(1, 301):
+        b = rule.mirror(layer.weight, b, t, int(layer.feedback_seed))
+    assert start > 60 and angle(b) < 10, (start, angle(b))
+    # initial_steps at conversion do the same before training
+    torch.manual_seed(0)
+    warm = falign.convert(nn.Sequential(nn.Linear(20, 10, dtype=DT)), "wm", mirror_lr=1.0,
+                          initial_steps=300)[0]
+    assert angle(warm.feedback, warm.weight.detach()) < 10
+
+
+def test_wm_convolution_mirrors_the_patch_matrix() -> None:
+    torch.manual_seed(0)
+    conv = falign.convert(nn.Sequential(nn.Conv2d(2, 3, 3, dtype=DT)), "wm", mirror_batch=8)[0]
+    b0 = conv.feedback.detach().clone()
+    conv(randn(1, 2, 5, 5, seed=3).requires_grad_(True))  # a training forward: W is watched
+    with torch.no_grad():
+        conv.weight.add_(0.01)  # a step
+    b1 = conv.effective_feedback()
+    x = mirror_noise(conv, 1, conv.rule)  # (2 * 3 * 3, 8)
+    y = conv.weight.detach().reshape(3, -1) @ x
+    close(b1, b0 + 0.01 * (y @ x.T).view_as(b0))
+
+
+@pytest.mark.parametrize("bad", [{"mirror_lr": 0}, {"noise": -1.0}, {"mirror_batch": 0}, {"decay": 1.0},
+                                 {"initial_steps": -2}])
+def test_wm_refuses_bad_options(bad) -> None:
+    with pytest.raises(falign.RuleError, match="rule 'wm' option"):
+        falign.get_rule("wm", **bad)
+
+
+# --------------------------------------------------------------------------- direct Kolen-Pollack
+
+
+def test_dkp_b_is_trained_on_h_transposed_e_and_the_signal_is_e_b_transposed() -> None:
+    model = falign.convert(mlp(), "dkp", seed=2, example_input=X)
+    b2, b3 = model[2].feedback, model[4].feedback
+    assert isinstance(b2, nn.Parameter) and b2.shape == (6, 3) and b3.shape == (4, 3)
+    F.cross_entropy(model(X), Y).backward()
+    a1, h1, a2, h2, z = forward_by_hand(model, X)
+    zz = z.detach().requires_grad_(True)
+    (e,) = torch.autograd.grad(F.cross_entropy(zz, Y), zz)
+    close(b2.grad, h1.T @ e)
+    close(b3.grad, h2.T @ e)
+    d1 = (e @ b2.detach().T) * (1 - h1 ** 2)
+    close(model[0].weight.grad, d1.T @ X)
+    d2 = (e @ b3.detach().T) * (1 - h2 ** 2)
+    close(model[2].weight.grad, d2.T @ h1)
+    close(model[4].weight.grad, e.T @ h2)
+
+
+def test_dkp_b_moves_with_its_own_optimizer_and_learning_rate() -> None:
+    model = falign.convert(mlp(), "dkp", example_input=X)
+    fb = [p for n, p in model.named_parameters() if n.endswith("feedback")]
+    rest = [p for n, p in model.named_parameters() if not n.endswith("feedback")]
+    forward, backward = torch.optim.SGD(rest, lr=0.1, momentum=0.9), torch.optim.Adam(fb, lr=1e-3)
+    b0 = [b.detach().clone() for b in fb]
+    for _ in range(3):
+        forward.zero_grad()
+        backward.zero_grad()
+        F.cross_entropy(model(X), Y).backward()
+        forward.step()
+        backward.step()
+    assert all(not torch.equal(b, c) for b, c in zip(fb, b0, strict=True))
+
+
+def test_dkp_without_example_input_or_with_b_in_no_optimizer_is_an_error() -> None:
+    model = falign.convert(mlp(), "dkp")
+    with pytest.raises(FeedbackError, match="example_input"):
+        model(X)
+    model = falign.convert(mlp(), "dkp", example_input=X)
+    opt = torch.optim.SGD([p for n, p in model.named_parameters() if not n.endswith("feedback")], lr=0.1)
+    for _ in range(2):
+        F.cross_entropy(model(X), Y).backward()
+        if _ == 0:
+            opt.step()  # one step's grace: another optimizer may step B right after
+    with pytest.raises(FeedbackError, match="not stepped by any optimizer"):
+        opt.step()
+
+
+# --------------------------------------------------------------------------- DRTP and sign-DFA
+
+
+def hidden_signals(rule: str, x, y, **opts):
+    """(update of the first layer, of the second layer) with the CE loss, targets given."""
+    model = falign.convert(mlp(), rule, seed=3, **opts)
+    set_targets(model, y)
+    F.cross_entropy(model(x), y).backward()
+    return model
+
+
+@pytest.mark.parametrize("rule", ["drtp", "sdfa"])
+def test_projection_of_the_target_or_the_error_sign_by_formula(rule) -> None:
+    model = hidden_signals(rule, X, Y)
+    a1, h1, a2, h2, z = forward_by_hand(model, X)
+    zz = z.detach().requires_grad_(True)
+    (e,) = torch.autograd.grad(F.cross_entropy(zz, Y), zz)
+    source = F.one_hot(Y, 3).to(DT) if rule == "drtp" else torch.sign(e)
+    source = source / X.shape[0]  # reduction mean: a sample weighs 1/N
+    b2, b3 = model[2].feedback, model[4].feedback
+    d1 = (source @ b2.T) * (1 - h1 ** 2)
+    d2 = (source @ b3.T) * (1 - h2 ** 2)
+    close(model[0].weight.grad, d1.T @ X)
+    close(model[2].weight.grad, d2.T @ h1)
+    close(model[4].weight.grad, e.T @ h2)  # the output layer's local gradient
+    # reduction sum: no 1/N
+    summed = hidden_signals(rule, X, Y, reduction="sum")
+    close(summed[0].weight.grad, model[0].weight.grad * X.shape[0])
+
+
+@pytest.mark.parametrize("rule", ["drtp", "sdfa", "dfa"])
+def test_the_update_does_not_depend_on_the_batch_size_beyond_the_mean(rule) -> None:
+    one = hidden_signals(rule, X, Y)
+    three = hidden_signals(rule, X.repeat(3, 1), Y.repeat(3))  # the same samples, three times
+    for i in (0, 2, 4):
+        close(three[i].weight.grad, one[i].weight.grad)
+
+
+def test_drtp_reads_the_targets_off_e_only_under_cross_entropy() -> None:
+    given = hidden_signals("drtp", X, Y)
+    model = falign.convert(mlp(), "drtp", seed=3)
+    F.cross_entropy(model(X), Y).backward()  # no set_targets: read off e
+    close(model[0].weight.grad, given[0].weight.grad)
+    model = falign.convert(mlp(), "drtp", seed=3)
+    with pytest.raises(FeedbackError, match="set_targets"):
+        F.mse_loss(model(X), F.one_hot(Y, 3).to(DT)).backward()
+
+
+def test_drtp_refuses_the_targets_of_an_earlier_step() -> None:
+    model = falign.convert(mlp(), "drtp", seed=3)
+    set_targets(model, Y)
+    F.mse_loss(model(X), F.one_hot(Y, 3).to(DT)).backward()  # their step
+    with pytest.raises(FeedbackError, match="earlier step"):
+        F.mse_loss(model(X), F.one_hot(Y, 3).to(DT)).backward()  # the next one, none given
+
+
+def test_drtp_through_the_runners_step_gets_the_labels() -> None:
+    model = falign.convert(mlp(), "drtp", seed=3)
+    ctx = StepContext(loss_fn=lambda o, t: F.mse_loss(o, F.one_hot(t, 3).to(DT)))
+    train_step(model, model, X, Y, ctx)  # the step gives the labels: any loss works
+    a1, h1, *_ = forward_by_hand(model, X)
+    d1 = ((F.one_hot(Y, 3).to(DT) / 6) @ model[2].feedback.T) * (1 - h1 ** 2)
+    close(model[0].weight.grad, d1.T @ X)
+    assert model[0].wiring.targets is None  # cleared after the step
