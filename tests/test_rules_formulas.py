@@ -585,6 +585,47 @@ def test_kernel_rule_conv_backward_is_one_fused_call_per_layer_like_bp(spec) -> 
                 assert kernel.data_ptr() != owner[0].weight.data_ptr()
 
 
+MATMULS = ("mm", "addmm", "bmm", "matmul", "convolution_backward", "convolution")
+
+
+def _kernel_counts(spy: OpSpy) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name, _ in spy.calls:
+        if name in MATMULS:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("net", ["mlp", "cnn"])
+def test_every_rule_backward_makes_the_matmuls_and_convolutions_of_bp_and_no_more(rule, net) -> None:
+    """Per backward: the same matrix products / convolution backward calls as backprop, for
+    every registered rule (a direct rule's e B_i^T product takes the place of g W)."""
+    torch.manual_seed(0)
+    plain = _mlp() if net == "mlp" else _conv_net()
+    x = randn(3, 6, seed=1) if net == "mlp" else randn(2, 2, 8, 8, seed=1)
+    model = falign.convert(plain, rule, warn=False, example_input=x)
+    bp = _kernel_counts(_backward_ops(plain, x))
+    for _ in range(2):  # the second backward after B exists (lazy pathways) and a step
+        falign.layers.set_targets(model, torch.zeros(x.shape[0], dtype=torch.long))
+        got = _kernel_counts(_backward_ops(model, x))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= 0.01 * p.grad
+                    p.grad = None
+    layers = [m for _, m in falign.feedback_layers(model)]
+    expected = dict(bp)
+    if falign.get_rule(rule).pathway == "direct":
+        # a conv layer's input gradient is one e B_i^T product instead of convolution_backward's
+        # input part (the call stays for the weight); a trained B_i adds its h^T e
+        extra = sum(m.op == "conv" for m in layers[1:]) + sum(isinstance(m.feedback, nn.Parameter)
+                                                              for m in layers)
+        if extra:
+            expected["mm"] = expected.get("mm", 0) + extra
+    assert got == expected, (got, bp)
+
+
 def _ops_reading(spy: OpSpy, ptrs: set[int]) -> list[tuple[str, tuple]]:
     return [(n, a) for n, a in spy.calls
             if any(isinstance(t, torch.Tensor) and t.data_ptr() in ptrs for t in a)]

@@ -45,19 +45,20 @@ JPEG_DIR = "cifar10-jpeg"
 
 
 def cifar_transforms(
-    crop: int | None, pad_crop: int | None, augment: bool
+    crop: int | None, pad_crop: int | None, augment: bool, normalize: bool = True
 ) -> tuple[ImageTransform, ImageTransform, tuple[int, int, int]]:
     """(train, eval, input_shape) for 32x32 CIFAR images.
 
     Training: zero-pad ``pad_crop`` (default 4 when ``crop`` is None, else 0), random
     ``crop`` x ``crop`` (32 when None), random horizontal flip. Evaluation: centre crop.
-    ``augment=False`` trains on the evaluation transform.
+    ``augment=False`` trains on the evaluation transform.  ``normalize=False`` keeps pixels in
+    [0, 1] (no per-channel mean and std), as Akrout et al.'s fully connected networks do.
     """
     size = 32 if crop is None else crop
     pad = (4 if crop is None else 0) if pad_crop is None else pad_crop
     if not 1 <= size <= 32 or pad < 0:
         raise DatasetError(f"cifar: crop={crop} must be between 1 and 32, pad_crop={pad} >= 0")
-    norm = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD}
+    norm = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD} if normalize else {}
     eval_t = ImageTransform(crop=None if size == 32 else size, **norm)
     train_t = ImageTransform(pad=pad, crop=size, random_crop=True, flip=True, **norm)
     return (train_t if augment else eval_t), eval_t, (3, size, size)
@@ -174,7 +175,8 @@ def _open_from_archive(archive: Path) -> dict[str, Any]:
 
 
 def load_cifar10(
-    root: Path, *, crop: int | None = 24, pad_crop: int | None = None, augment: bool = True
+    root: Path, *, crop: int | None = 24, pad_crop: int | None = None, augment: bool = True,
+    normalize: bool = True,
 ) -> Loaded:
     """CIFAR-10 from ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` in ``root``."""
     folder, archive = root / BATCH_DIR, root / ARCHIVE
@@ -196,7 +198,7 @@ def load_cifar10(
     train_x = np.concatenate([batches[n][0] for n in TRAIN_BATCHES])
     train_y = np.concatenate([batches[n][1] for n in TRAIN_BATCHES])
     test_x, test_y = batches[TEST_BATCH]
-    train_t, eval_t, shape = cifar_transforms(crop, pad_crop, augment)
+    train_t, eval_t, shape = cifar_transforms(crop, pad_crop, augment, normalize)
     return Loaded(
         title="CIFAR-10",
         train=Split(torch.from_numpy(train_x), torch.from_numpy(train_y)),
@@ -210,7 +212,8 @@ def load_cifar10(
 
 
 def load_cifar10_jpeg(
-    root: Path, *, crop: int | None = 24, pad_crop: int | None = None, augment: bool = True
+    root: Path, *, crop: int | None = 24, pad_crop: int | None = None, augment: bool = True,
+    normalize: bool = True,
 ) -> Loaded:
     """The lossy JPEG copy of CIFAR-10 (``cifar10-jpeg.tar.gz`` or its extracted folder).
 
@@ -230,7 +233,7 @@ def load_cifar10_jpeg(
     shape = tree.splits["train"][0].shape[1:]
     if shape != (3, 32, 32):
         raise DatasetError(f"{source}: images are {shape[2]}x{shape[1]}, expected 32x32")
-    train_t, eval_t, input_shape = cifar_transforms(crop, pad_crop, augment)
+    train_t, eval_t, input_shape = cifar_transforms(crop, pad_crop, augment, normalize)
     return Loaded(
         title="CIFAR-10 (JPEG copy)",
         train=to_split(tree.splits["train"]),

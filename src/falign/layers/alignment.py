@@ -7,6 +7,9 @@ For every converted layer, on one batch:
 * ``signal_angle`` -- degrees between the signal the layer sends to its input and the true
   gradient at that input (the measure of Lance & Kieu 2026; for DFA, the injected ``B_i e``
   against backprop's signal at the same feedback point); None for a layer that sends nothing;
+* ``delta_angle`` -- degrees between the error the layer *receives* (the gradient at its output,
+  the pre-activation delta) under the rule and under backprop: the "delta angle" of Akrout et
+  al. 2019 (0 for the output layer, whose delta is e under every rule);
 * ``feedback_angle`` -- degrees between the effective B and W (BioTorch's measure; None where B
   does not have W's shape: dense conv FA, DFA);
 * ``norm_ratio`` -- ||B|| / ||W|| (None likewise);
@@ -52,6 +55,7 @@ def _identity(t: Tensor) -> Tensor:
 class LayerAlignment:
     update_angle: float
     signal_angle: float | None
+    delta_angle: float | None
     feedback_angle: float | None
     norm_ratio: float | None
     sign_concordance: float | None
@@ -78,9 +82,10 @@ def sign_agreement(a: Tensor, b: Tensor) -> float:
 
 @contextlib.contextmanager
 def capture_inputs(model: nn.Module) -> Iterator[dict[str, Tensor]]:
-    """Record, for each converted layer, a handle on its input whose ``.grad`` after backward is
-    the signal *this layer* sent there (an identity view taken just for it, so a skip
-    connection's share is not mixed in)."""
+    """Record, for each converted layer ``name``, a handle on its input whose ``.grad`` after
+    backward is the signal *this layer* sent there (an identity view taken just for it, so a
+    skip connection's share is not mixed in), and under ``name + OUT`` its output, whose
+    ``.grad`` is the error the layer received."""
     store: dict[str, Tensor] = {}
     handles = []
 
@@ -94,15 +99,29 @@ def capture_inputs(model: nn.Module) -> Iterator[dict[str, Tensor]]:
             store[name] = v
             return (v, *args[1:])
 
-        return pre
+        def post(module, args, out):
+            if torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad:
+                out = out.view_as(out)
+                out.retain_grad()
+                store[name + OUT] = out
+                return out
+            return None
+
+        return pre, post
 
     for name, layer in feedback_layers(model):
-        handles.append(layer.register_forward_pre_hook(hook(name)))
+        pre, post = hook(name)
+        handles.append(layer.register_forward_pre_hook(pre))
+        handles.append(layer.register_forward_hook(post))
     try:
         yield store
     finally:
         for h in handles:
             h.remove()
+
+
+#: suffix of a layer output's key in :func:`capture_inputs`
+OUT = "\x00out"
 
 
 @contextlib.contextmanager
@@ -131,11 +150,11 @@ def _pass(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, exact: boo
             torch.set_rng_state(rng)
         loss = loss_fn(model(x), y)
         names = [n for n, _ in layers]
-        wanted = [layer.weight for _, layer in layers] + [inputs[n] for n in names if n in inputs]
+        captured = [k for k in inputs]
+        wanted = [layer.weight for _, layer in layers] + [inputs[k] for k in captured]
         grads = torch.autograd.grad(loss, wanted, allow_unused=True)
     weight_grads = {n: g for n, g in zip(names, grads[: len(names)], strict=True) if g is not None}
-    signal_names = [n for n in names if n in inputs]
-    signals = {n: g for n, g in zip(signal_names, grads[len(names):], strict=True) if g is not None}
+    signals = {k: g for k, g in zip(captured, grads[len(names):], strict=True) if g is not None}
     return weight_grads, signals
 
 
@@ -152,12 +171,15 @@ def compare(model: nn.Module, rule_grads: dict[str, Tensor], rule_signals: dict[
         b = None if b is None else b.detach()
         same_shape = b is not None and b.shape == layer.weight.shape
         w = layer.weight.detach()
-        sig = None
+        sig = delta = None
         if name in rule_signals and name in true_signals:
             sig = angle(rule_signals[name], true_signals[name], reduce)
+        if name + OUT in rule_signals and name + OUT in true_signals:
+            delta = angle(rule_signals[name + OUT], true_signals[name + OUT], reduce)
         out[name] = LayerAlignment(
             update_angle=angle(rule_grads[name], true_grads[name]),
             signal_angle=sig,
+            delta_angle=delta,
             feedback_angle=angle(b, w) if same_shape else None,
             norm_ratio=float(torch.linalg.vector_norm(b.double()) / torch.linalg.vector_norm(w.double()))
             if same_shape else None,

@@ -11,7 +11,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from .registry import ModelError, suggest
 
-INITS = ("default", "xavier", "kaiming")
+INITS = ("default", "xavier", "kaiming", "fan_sum_normal")
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -60,8 +60,9 @@ def init_weights(model: nn.Module, scheme: str, name: str = "model") -> None:
 
     ``default``: keep PyTorch's own initialisation. ``xavier``: Glorot-uniform weights and zero
     biases, as BioTorch (Sanfiz & Akrout 2021) does. ``kaiming``: He-normal weights (fan-in,
-    gain sqrt(2)), biases untouched, as the common CIFAR ResNet code does. Norm layers keep
-    weight 1 and bias 0.
+    gain sqrt(2)), biases untouched, as the common CIFAR ResNet code does. ``fan_sum_normal``:
+    weights and biases ~ N(0, 1 / (fan_in + fan_out)), as the fully connected networks of Akrout
+    et al. 2019's code. Norm layers keep weight 1 and bias 0.
     """
     check_choice(name, "init", scheme, INITS)
     if scheme == "default":
@@ -73,6 +74,12 @@ def init_weights(model: nn.Module, scheme: str, name: str = "model") -> None:
             nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif scheme == "fan_sum_normal":
+            fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(module.weight)
+            std = math.sqrt(1.0 / (fan_in + fan_out))
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.normal_(module.bias, 0.0, std)
         else:
             nn.init.kaiming_normal_(module.weight)
 
