@@ -155,17 +155,43 @@ def test_unreachable_weights_are_reported_and_warned() -> None:
         model = falign.convert(_Mixed(), "fa")
     report = model.falign_conversion
     unreachable = dict(report.unreachable)
-    assert set(unreachable) == {"attn", "raw.weight", "sub"}
-    assert "MultiheadAttention" in unreachable["attn"]
-    assert [n for n, _ in report.converted] == ["inp", "out"]
+    assert set(unreachable) == {"raw.weight", "sub"}
+    assert [n for n, _ in report.converted] == ["inp", "attn", "out"]  # attention is converted
     message = " ".join(str(w.message) for w in record)
-    assert "attn" in message and "raw.weight" in message and "sub" in message
+    assert "raw.weight" in message and "sub" in message
     out = model(randn(2, 5, 3, seed=1))
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         falign.convert(_Mixed(), "fa", warn=False)
+
+
+class _Tokens(nn.Module):
+    """A class token and positions (added) beside a weight used functionally (multiplied)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, 4, dtype=DT))
+        self.pos = nn.Parameter(torch.zeros(6, 4, dtype=DT))  # 2-D, added: only a trace can tell
+        self.raw = nn.Parameter(torch.randn(4, 4, dtype=DT))
+        self.out = nn.Linear(4, 2, dtype=DT)
+
+    def forward(self, x):  # (N, 5, 4)
+        h = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.out(F.linear(h, self.raw).mean(1))
+
+
+def test_a_traced_example_tells_added_parameters_from_multiplied_ones() -> None:
+    x = randn(2, 5, 4, seed=1)
+    with pytest.warns(ConversionWarning):
+        traced = falign.convert(_Tokens(), "fa", example_input=x).falign_conversion
+    assert [n for n, _ in traced.unreachable] == ["raw"] and "multiplies" in dict(traced.unreachable)["raw"]
+    assert {n for n, _ in traced.exact} == {"cls", "pos"}
+    with pytest.warns(ConversionWarning):
+        static = falign.convert(_Tokens(), "fa").falign_conversion  # no example: the shape decides
+    assert {n for n, _ in static.exact} == {"cls"}
+    assert {n for n, _ in static.unreachable} == {"pos", "raw"}
 
 
 def test_converting_twice_raises() -> None:

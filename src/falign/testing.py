@@ -167,8 +167,16 @@ def dense_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, g: torc
 
 
 def direct_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """s @ B^T, B of shape (*input, *e), sent to the (padded) input map; s is what the rule
-    projects (e for DFA, w sign(e), w y*, ...)."""
+    """What the rule projects, s (e for DFA, w sign(e), w y*, ...), sent to the layer input:
+    for a linear layer with B of shape (D, E), position by position (``g[..., t, :] = s[..., t, :]
+    B^T``), or, when s is one vector a sample, the same ``s[n] B^T`` at every position of sample
+    n; otherwise ``s.flatten(1) B^T`` with B of shape (*input, *e), on the (padded) map."""
+    if isinstance(layer, nn.Linear) and b.dim() == 2 and b.shape[0] == x.shape[-1]:
+        if s.shape[:-1] == x.shape[:-1]:
+            return torch.einsum("...e,de->...d", s, b)
+        per_sample = torch.einsum("ne,de->nd", s.reshape(s.shape[0], -1), b)  # (N, D)
+        return per_sample.reshape(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1]).expand(x.shape)
+
     def formula(xp):
         return (s.flatten(1) @ b.reshape(-1, s[0].numel()).T).reshape(xp.shape)
 

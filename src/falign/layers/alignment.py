@@ -151,9 +151,10 @@ def _pass(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, exact: boo
         loss = loss_fn(model(x), y)
         names = [n for n, _ in layers]
         captured = [k for k in inputs]
-        wanted = [layer.weight for _, layer in layers] + [inputs[k] for k in captured]
+        wanted = [layer.param for _, layer in layers] + [inputs[k] for k in captured]
         grads = torch.autograd.grad(loss, wanted, allow_unused=True)
-    weight_grads = {n: g for n, g in zip(names, grads[: len(names)], strict=True) if g is not None}
+    weight_grads = {n: layer.canonical(g) for (n, layer), g in zip(layers, grads[: len(names)], strict=True)
+                    if g is not None}
     signals = {k: g for k, g in zip(captured, grads[len(names):], strict=True) if g is not None}
     return weight_grads, signals
 
@@ -228,8 +229,8 @@ class StepProbe:
         self._inputs = inputs
 
     def finish(self, x: Tensor, y: Tensor, loss_fn: LossFn) -> dict[str, LayerAlignment]:
-        rule_grads = {n: layer.weight.grad for n, layer in feedback_layers(self.model)
-                      if layer.weight.grad is not None}
+        rule_grads = {n: layer.canonical(layer.param.grad) for n, layer in feedback_layers(self.model)
+                      if layer.param.grad is not None}
         rule_signals = {n: v.grad for n, v in self._inputs.items() if v.grad is not None}
         true_grads, true_signals = _pass(self.model, x, y, loss_fn, exact=True, rng=self._rng)
         if self.world > 1:

@@ -14,8 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from ..rules import Rule, get_rule
+from .attention import convert_attention
 from .feedback import LAYER_TYPES, FeedbackLayer, from_plain
+from .hf import convert_hf_conv1d, is_hf_conv1d
 from .pathways import Pathway, StepContext
+from .recurrent import RECURRENT_TYPES, convert_recurrent
 
 
 class ConversionWarning(UserWarning):
@@ -24,18 +27,23 @@ class ConversionWarning(UserWarning):
 
 @dataclass
 class ConversionReport:
-    """What :func:`convert` did.  ``unreachable`` lists weights that still learn by backprop."""
+    """What :func:`convert` did.  ``unreachable`` lists weights that still learn by backprop
+    although they multiply an activation; ``exact`` lists parameters that carry no transported
+    weight and learn by their own exact gradient (embeddings, whose input needs no gradient;
+    positional embeddings and class tokens, which are added), with the reason."""
 
     rule: str
     converted: list[tuple[str, str]] = field(default_factory=list)  # (name, plain type)
     excluded: list[str] = field(default_factory=list)  # by include/exclude
     unreachable: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    exact: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
 
     def __str__(self) -> str:
         lines = [f"falign.convert(rule={self.rule!r}): converted {len(self.converted)} layers"]
         lines += [f"  converted   {n} ({t})" for n, t in self.converted]
         lines += [f"  excluded    {n}" for n in self.excluded]
         lines += [f"  unreachable {n}: {why}" for n, why in self.unreachable]
+        lines += [f"  exact       {n}: {why}" for n, why in self.exact]
         return "\n".join(lines)
 
 
@@ -73,39 +81,52 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
     def visit(parent: nn.Module, prefix: str) -> None:
         for child_name, child in list(parent.named_children()):
             name = f"{prefix}{child_name}"
-            if type(child) in LAYER_TYPES:
+            kind = _convertible(child)
+            if kind is not None:
                 if (include and not _matches(name, include)) or _matches(name, exclude):
                     report.excluded.append(name)
                     continue
-                new = from_plain(child, the_rule, name)
+                new = _CONVERTERS[kind](child, the_rule, name)
                 setattr(parent, child_name, new)
-                converted.append(new)
-                owned.update(id(p) for p in new.parameters(recurse=False))
+                layers = [m for m in new.modules() if isinstance(m, FeedbackLayer)]
+                converted.extend(layers)
+                owned.update(id(p) for p in child.parameters())
                 report.converted.append((name, type(child).__name__))
-            elif isinstance(child, nn.MultiheadAttention):
-                report.unreachable.append((name, "nn.MultiheadAttention calls its projections "
-                                           "functionally (F.multi_head_attention_forward)"))
             elif isinstance(child, tuple(LAYER_TYPES)):
                 report.unreachable.append((name, f"{type(child).__name__} subclasses a torch "
                                            "layer with its own forward; not converted"))
             else:
                 visit(child, name + ".")
 
-    if type(model) in LAYER_TYPES:
+    if _convertible(model) is not None:
         raise ValueError("convert a model that contains layers; for one layer use "
                          "falign.layers.FeedbackLinear / FeedbackConv2d directly")
     visit(model, "")
     excluded = set(report.excluded)
-    # Embeddings send no signal to their (integer) input: nothing to convert there.
-    owned.update(id(p) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
-                 for p in m.parameters(recurse=False))
-    for pname, p in model.named_parameters():
-        mod_name = pname.rpartition(".")[0]
-        if p.dim() >= 2 and id(p) not in owned and mod_name not in excluded and not any(
-            mod_name == n or mod_name.startswith(n + ".") for n, _ in report.unreachable
-        ):
-            report.unreachable.append((pname, "a weight outside nn.Linear/nn.ConvNd (used "
-                                       "functionally?); it still learns by backprop"))
+    for m_name, m in model.named_modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            owned.update(id(p) for p in m.parameters(recurse=False))
+            report.exact.append((m_name, f"{type(m).__name__}: its input (indices) needs no "
+                                 "gradient, so it sends no signal; it learns by its own exact gradient"))
+    leftover = [(n, p) for n, p in model.named_parameters()
+                if p.dim() >= 2 and id(p) not in owned and n.rpartition(".")[0] not in excluded
+                and not any(n.startswith(u + ".") for u, _ in report.unreachable)]
+    multiplied = _multiplied_parameters(model, example_input, [p for _, p in leftover])
+    for pname, p in leftover:
+        if multiplied is not None:
+            if id(p) in multiplied:
+                report.unreachable.append((pname, "multiplies an activation outside the converted "
+                                           "layers (a functional F.linear?); it still learns by backprop"))
+            else:
+                report.exact.append((pname, "traced: added or used elementwise, never multiplied "
+                                     "by an activation; no weight to transport"))
+        elif p.shape[0] == 1:  # (1, ..., D): broadcast and added (a class token, positions)
+            report.exact.append((pname, f"shape {tuple(p.shape)}: broadcast over the batch, so "
+                                 "added rather than multiplied; no weight to transport"))
+        else:
+            report.unreachable.append((pname, "a weight outside the converted layers (used "
+                                       "functionally?); it still learns by backprop -- convert "
+                                       "with example_input to trace how it is used"))
 
     if converted:
         converted[0].pathway.attach(model, converted)  # the pathway's wiring (hooks), if any
@@ -124,6 +145,56 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
         warnings.warn("falign.convert: no nn.Linear / nn.ConvNd layer found to convert",
                       ConversionWarning, stacklevel=2)
     return model
+
+
+def _convertible(module: nn.Module) -> str | None:
+    """Which converter takes ``module`` (exact types: a subclass has its own forward)."""
+    if type(module) in LAYER_TYPES:
+        return "layer"
+    if type(module) is nn.MultiheadAttention:
+        return "attention"
+    if type(module) in RECURRENT_TYPES:
+        return "recurrent"
+    if is_hf_conv1d(module):
+        return "hf_conv1d"
+    return None
+
+
+_CONVERTERS = {"layer": from_plain, "attention": convert_attention, "recurrent": convert_recurrent,
+               "hf_conv1d": convert_hf_conv1d}
+
+_MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "addmv", "mv",
+            "_scaled_dot_product_flash_attention", "einsum"}
+
+
+def _multiplied_parameters(model: nn.Module, example: Any, params: list) -> set[int] | None:
+    """ids of ``params`` that a traced forward of ``example`` feeds to a matrix product
+    (None without an example)."""
+    if example is None or not params:
+        return None if example is None else set()
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    storages = {p.untyped_storage().data_ptr(): id(p) for p in params}
+    found: set[int] = set()
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in _MATMULS:
+                for a in (*args, *(kwargs or {}).values()):
+                    if isinstance(a, Tensor) and a.untyped_storage().data_ptr() in storages:
+                        found.add(storages[a.untyped_storage().data_ptr()])
+            return func(*args, **(kwargs or {}))
+
+    args = example if isinstance(example, tuple) else (example,)
+    was = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]), Spy():
+            model(*args)
+    finally:
+        for m, mode in was.items():
+            m.train(mode)
+    return found
 
 
 def _make_lazy_feedback(model: nn.Module, example: Any) -> None:

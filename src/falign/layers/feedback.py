@@ -28,7 +28,6 @@ cycle: reading B after ``optimizer.step()`` gives the B of the next step.
 from __future__ import annotations
 
 import functools
-import math
 import weakref
 
 import torch
@@ -80,6 +79,19 @@ class FeedbackLayer:
     feedback: Tensor | None
     feedback_step: Tensor
     wiring = None  # set by a pathway that wires the model (direct feedback)
+    #: a recurrent weight (W_hh, a slot): see FeedbackSlot; the step whose state is the input
+    recurrent = False
+    position: int | None = None
+    time_dim = 0
+
+    @property
+    def param(self) -> nn.Parameter:
+        """The parameter that holds W (for a slot, the parent module's, maybe packed or
+        transposed); ``canonical(t)`` maps a tensor of its shape (its gradient) to W's view."""
+        return self.weight
+
+    def canonical(self, t: Tensor) -> Tensor:
+        return t
 
     def _setup_feedback(self, rule: Rule, name: str) -> None:
         self.rule = rule
@@ -156,23 +168,20 @@ class FeedbackLayer:
         return self.pathway.forward(self, x, plain)
 
     def fn_input_shape(self, x: Tensor) -> tuple[int, ...]:
-        """Per-sample shape of what the autograd Function sees (after any pre-padding)."""
-        return tuple(x.shape[1:])
+        """Shape of what the autograd Function sees, batch included (after any pre-padding)."""
+        return tuple(x.shape)
 
     @outside_compile
-    def materialize(self, shape, fan_in: int, fan_out: int) -> None:
-        """Make a lazy B of ``shape`` (its scale from the given fans)."""
+    def materialize(self, shape, fan_in: int, fan_out: int, value: Tensor | None = None) -> None:
+        """Make a lazy B of ``shape`` (its scale from the given fans), or set it to ``value``."""
         std = self.rule.resolved_scale(fan_in, fan_out)
         self.feedback_std = std
         with torch.no_grad():
-            self._set_feedback(self.rule.init_feedback(self.weight, shape, std, self._seed))
+            b = value if value is not None else self.rule.init_feedback(self.weight, shape, std, self._seed)
+            self._set_feedback(b.to(self.weight.dtype))
 
-    def direct_error_shape(self, error_shape: tuple[int, ...]) -> None:
-        """Called by a direct pathway's wiring once e's shape is known."""
-        if self.feedback is None and self.pending_input_shape is not None:
-            in_shape = self.pending_input_shape
-            self.materialize(in_shape + tuple(error_shape), math.prod(in_shape), math.prod(error_shape))
-        self.pending_input_shape = None
+    def feedback_device(self) -> torch.device:
+        return self.weight.device
 
     # -- state_dict -----------------------------------------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -219,7 +228,7 @@ class FeedbackLayer:
 
 # -- trained feedback: the optimizer must step B with W ---------------------------------------
 
-_LEARNED: weakref.WeakValueDictionary[int, FeedbackLayer] = weakref.WeakValueDictionary()
+_LEARNED: weakref.WeakValueDictionary[int, FeedbackLayer] = weakref.WeakValueDictionary()  # id(layer)
 _CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _STEPPED: set[int] = set()  # ids of parameters some optimizer has held at a step
 _HOOK = None
@@ -227,7 +236,7 @@ _HOOK = None
 
 def _register_learned(layer: FeedbackLayer) -> None:
     global _HOOK
-    _LEARNED[id(layer.weight)] = layer
+    _LEARNED[id(layer)] = layer
     if _HOOK is None:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
@@ -248,11 +257,13 @@ def _check_learned(optimizer, args, kwargs) -> None:
     if state is not None and state[0] == signature and not state[1]:
         return
     pending = []
+    owners: dict[int, list[FeedbackLayer]] = {}
+    for layer in list(_LEARNED.values()):
+        owners.setdefault(id(layer.param), []).append(layer)
     for group in optimizer.param_groups:
         ids = {id(p) for p in group["params"]}
-        for p in group["params"]:
-            layer = _LEARNED.get(id(p))
-            if layer is None or layer.weight is not p or layer.feedback is None:
+        for param, layer in ((q, m) for q in group["params"] for m in owners.get(id(q), ())):
+            if layer.param is not param or layer.feedback is None:
                 continue
             fb = id(layer.feedback)
             if layer.rule.feedback_group == "weight" and fb not in ids:
@@ -315,7 +326,7 @@ class _FeedbackConv(FeedbackLayer):
 
     def fn_input_shape(self, x: Tensor) -> tuple[int, ...]:
         # DFA on a pre-padded conv sends B e to the padded map; F.pad's backward folds it back.
-        return tuple(self.pad(x[:1]).shape[1:])
+        return (x.shape[0], *self.pad(x[:1]).shape[1:])
 
     def forward(self, x: Tensor) -> Tensor:
         return self._feedback_forward(x, super().forward)
@@ -337,6 +348,61 @@ def _conv_class(base: type[nn.modules.conv._ConvNd], doc: str):
 FeedbackConv1d = _conv_class(nn.Conv1d, "nn.Conv1d with a learning rule.")
 FeedbackConv2d = _conv_class(nn.Conv2d, "nn.Conv2d with a learning rule.")
 FeedbackConv3d = _conv_class(nn.Conv3d, "nn.Conv3d with a learning rule.")
+
+class FeedbackSlot(FeedbackLayer, nn.Module):
+    """The feedback of one weight of a module that holds several (an LSTM's ``weight_ih_l0``
+    and ``weight_hh_l0``, attention's q / k / v projections, a transposed ``Conv1D``): a child
+    module with B and the step state, whose W is the parent's parameter -- a block of rows of
+    it (``rows``, the packed in-projection) or its transpose (``transposed``, weights stored as
+    (in, out)).  ``slot(x)`` is the linear op ``x W^T`` (no bias: the parent adds its own) with
+    the rule's backward.  The parameter stays the parent's: same object, same state_dict key."""
+
+    op = "linear"
+    bias = None
+
+    def __init__(self, param: nn.Parameter, rule: Rule, name: str, *, rows: slice | None = None,
+                 transposed: bool = False) -> None:
+        nn.Module.__init__(self)
+        object.__setattr__(self, "_param", param)  # not registered: the parent owns it
+        self._rows = rows
+        self._transposed = transposed
+        self._setup_feedback(rule, name)
+
+    @property
+    def param(self) -> nn.Parameter:
+        return self._param
+
+    def canonical(self, t: Tensor) -> Tensor:
+        t = t.T if self._transposed else t
+        return t if self._rows is None else t[self._rows]
+
+    @property
+    def weight(self) -> Tensor:  # type: ignore[override]
+        return self.canonical(self._param)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._feedback_forward(x, lambda t: F.linear(t, self.weight))
+
+    def step(self, x: Tensor, position: int | None = None) -> Tensor:
+        """The op on one time step's state; ``position`` names the step whose output ``x`` is
+        (for direct feedback through time), None for an initial state."""
+        self.position = position
+        try:
+            return self(x)
+        finally:
+            self.position = None
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, rule={self.rule.name}"
+
 
 #: plain torch layer type -> feedback layer type (exact types; subclasses are reported, not converted)
 LAYER_TYPES: dict[type[nn.Module], type[nn.Module]] = {

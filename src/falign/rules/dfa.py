@@ -3,12 +3,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .registry import Rule, gaussian, register_rule
+from ._direct import DirectRule
+from .registry import register_rule
 
 
 @register_rule
 @dataclass
-class DFA(Rule):
+class DFA(DirectRule):
     """Direct feedback alignment (Nokland 2016): every converted layer's input receives
     B_i e, with e the gradient of the loss at the network's logits (the input of a trailing
     Softmax / LogSoftmax / Sigmoid / Tanh, or the output of the module named by ``output``).
@@ -27,19 +28,11 @@ class DFA(Rule):
     name: ClassVar[str] = "dfa"
     description: ClassVar[str] = "direct feedback alignment: input gradient B_i e from the output error"
     citation: ClassVar[str] = "Nokland 2016, NeurIPS"
-    pathway: ClassVar[str] = "direct"
     _average_choices: ClassVar[tuple[str, ...]] = ("sample", "batch", "class")
     _average_step_choices: ClassVar[tuple[str, ...]] = ("mean", "sum")
 
-    output: str = ""  # qualified name of the module whose output is e's tap ("" = automatic)
     average: str = "sample"
     average_step: str = "mean"
-
-    def init_feedback(self, weight, shape, std, seed):
-        return gaussian(shape, std, seed, dtype=weight.dtype, device=weight.device)
-
-    def matrix(self, weight, feedback):
-        return feedback
 
     def direct_signal(self, error, targets, weight):
         """What B_i multiplies: e itself (the loss's own scale already in it)."""

@@ -3,12 +3,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .registry import Rule, gaussian, register_rule
+from ._direct import DirectRule
+from .registry import register_rule
 
 
 @register_rule
 @dataclass
-class DRTP(Rule):
+class DRTP(DirectRule):
     """Direct random target projection (Frenkel, Lefebvre & Bol 2021): every converted layer's
     input receives ``w y* B_i^T`` -- the one-hot target takes the error's place, so the hidden
     updates need no backward pass from the output.  w is a sample's weight in the loss
@@ -19,18 +20,10 @@ class DRTP(Rule):
     name: ClassVar[str] = "drtp"
     description: ClassVar[str] = "direct random target projection: input gradient B_i y* (the target)"
     citation: ClassVar[str] = "Frenkel, Lefebvre & Bol 2021, Front. Neurosci. 15:629892"
-    pathway: ClassVar[str] = "direct"
     needs_targets: ClassVar[bool] = True
     _reduction_choices: ClassVar[tuple[str, ...]] = ("mean", "sum")
 
-    output: str = ""
     reduction: str = "mean"
-
-    def init_feedback(self, weight, shape, std, seed):
-        return gaussian(shape, std, seed, dtype=weight.dtype, device=weight.device)
-
-    def matrix(self, weight, feedback):
-        return feedback
 
     def direct_signal(self, error, targets, weight):
         return targets * weight

@@ -31,6 +31,6 @@ class KP(Rule):
     def matrix(self, weight, feedback):
         return feedback
 
-    def feedback_grad(self, grad_weight=None, *, inputs=None, error=None):
+    def feedback_grad(self, grad_weight=None, *, inputs=None, error=None, shape=None):
         # B has W's shape (it takes W's place), so W's gradient needs no transpose
         return grad_weight.clone()

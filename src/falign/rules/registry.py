@@ -143,9 +143,10 @@ class Rule:
         raise NotImplementedError
 
     def feedback_grad(self, grad_weight: Tensor | None = None, *, inputs: Tensor | None = None,
-                      error: Tensor | None = None) -> Tensor:
+                      error: Tensor | None = None, shape: tuple[int, ...] | None = None) -> Tensor:
         """For ``learned`` rules: the gradient B receives (a new tensor, never an alias).  The
-        kernel pathway gives W's gradient; the direct pathway the layer input and the error e."""
+        kernel pathway gives W's gradient; the direct pathway the layer input, the error e and
+        B's shape (token-wise (D, E), or a sample's whole map)."""
         raise NotImplementedError(f"rule '{self.name}' does not train its feedback")
 
     @property

@@ -48,8 +48,15 @@ class DirectWiring:
         self.forwards = 0
         self.sample_weight: float | None = None  # a sample's weight in the loss (1/N for a mean)
         self.warned = False
+        rule = layers[0].rule
+        self.cut = getattr(rule, "above", "cut") == "cut"
+        self.shared = bool(getattr(rule, "shared", False))
+        self.seed = rule.seed
+        self.collected: dict[int, Tensor] = {}  # key of a layer input -> signals sent to it
+        self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
         for layer in layers:
             layer.wiring = self
+        self.points = attach_points(model, rule, self) if getattr(rule, "points", None) else []
         target = model.get_submodule(output) if output else model
         target.register_forward_hook(self)
 
@@ -63,14 +70,14 @@ class DirectWiring:
 
     def __call__(self, module, args, output):
         self.forwards += 1
+        self.hooked.clear()
+        self.collected.clear()
         if not isinstance(output, Tensor):
             raise TypeError(
                 "DFA taps a tensor output; this module returned "
                 f"{type(output).__name__} (pass output='<submodule name>' to convert)"
             )
-        error_shape = tuple(output.shape[1:])
-        for layer in self.layers:
-            layer.direct_error_shape(error_shape)
+        self._make_feedback(tuple(output.shape))
         if not output.requires_grad or output.grad_fn is None:
             return
         node, index = output.grad_fn, output.output_nr
@@ -94,6 +101,66 @@ class DirectWiring:
             self.error = grad_outputs[index].detach()
 
         return record
+
+    def _make_feedback(self, error_shape: tuple[int, ...]) -> None:
+        """Make the B_i whose shapes waited for e's; with ``shared``, every B_i is the first rows
+        of one random matrix (Launay et al.'s single feedback matrix)."""
+        pending = [(m, feedback_shape(m, error_shape)) for m in (*self.layers, *self.points)
+                   if m.feedback is None and m.pending_input_shape is not None]
+        if not pending:
+            return
+        values: dict[int, Tensor] = {}
+        if self.shared:
+            from ...rules import derive_seed, gaussian
+
+            e_numel = math.prod(error_shape[1:]) if len(pending[0][1]) > 2 else error_shape[-1]
+            rows = max(math.prod(shape) // e_numel for _, shape in pending)
+            ref = pending[0][0]
+            std = ref.rule.resolved_scale(rows, e_numel)
+            big = gaussian((rows, e_numel), std, derive_seed(self.seed, "falign:shared-feedback"),
+                           dtype=torch.float64, device=ref.feedback_device())
+            for m, shape in pending:
+                values[id(m)] = big[: math.prod(shape) // e_numel].reshape(shape)
+        for m, shape in pending:
+            split = len(shape) - (len(error_shape) - 1) if len(shape) > 2 else 1
+            m.materialize(shape, math.prod(shape[:split]), math.prod(shape[split:]), values.get(id(m)))
+            m.pending_input_shape = None
+
+    def collect(self, x: Tensor) -> Tensor:
+        """Under ``above="cut"``: ``x`` (a layer's input) receives only what the layers reading
+        it send (their direct signals): anything else -- a skip connection's gradient from the
+        blocks above -- is replaced.  Returns the tensor the layer should read."""
+        if not self.cut or not x.requires_grad or not torch.is_grad_enabled():
+            return x
+        import weakref
+
+        seen = self.hooked.get(id(x))
+        if seen is not None and seen[0]() is x:  # another layer reading the same tensor
+            key = seen[1]
+        else:  # (an id can be reused by a later tensor once a temporary is freed)
+            key = len(self.hooked) + 1 + max((k for _, k in self.hooked.values()), default=0)
+            self.hooked[id(x)] = (weakref.ref(x), key)
+            x.register_hook(lambda g, key=key: self.collected.pop(key, torch.zeros_like(g)))
+        return _Collect.apply(x, self, key)
+
+
+def feedback_shape(m, error_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """B_i's shape, once e's (batch-included) shape is known: (D, E) token-wise (a linear op
+    whose input shares e's leading dims: each position receives its own error) or broadcast (e
+    one vector a sample: every position receives it), else the full (*input, *e) of a sample."""
+    x, e = m.pending_input_shape, tuple(error_shape)
+    if m.recurrent or m.op == "linear" and (x[:-1] == e[:-1] or len(x) > 2 and _batch_axis(x, e) is not None):
+        return (x[-1], e[-1])  # (a recurrent weight's input: one step's state and error)
+    return (*x[1:], *e[1:])
+
+
+def _batch_axis(x, e) -> int | None:
+    """The axis (0 or 1) of a sequence input ``x`` that is the batch of error ``e`` when their
+    positions differ (e one vector a sample, or an encoder's positions against a decoder's)."""
+    for a in (0, 1):
+        if a < len(x) - 1 and a < len(e) - 1 and x[a] == e[a] and (len(e) == 2 or len(e) == len(x)):
+            return a
+    return None
 
 
 def _targets_from_error(error: Tensor) -> Tensor:
@@ -129,15 +196,22 @@ def direct_source(wiring: DirectWiring, rule, error: Tensor) -> Tensor:
                                 "each step's targets (falign.layers.set_targets(model, y))")
         if targets is None:
             targets = _targets_from_error(error)
-        elif targets.dim() == 1:  # class indices
-            targets = torch.nn.functional.one_hot(targets, error[0].numel()).to(error.dtype)
+        elif not targets.is_floating_point():  # class indices: one a sample, or one a position
+            classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
+            targets = torch.nn.functional.one_hot(targets, classes)
         targets = targets.reshape(error.shape).to(error.dtype)
     return rule.direct_signal(error, targets, weight)
 
 
-def direct_input_grad(wiring: DirectWiring, layer, feedback: Tensor | None, x_shape, dtype) -> Tensor:
+def direct_input_grad(wiring: DirectWiring, layer, feedback: Tensor | None, x_shape, dtype,
+                      position: int | None = None) -> Tensor | None:
+    """The signal a layer's input receives: ``s B_i^T`` per position (token-wise), per sample
+    broadcast over positions, or for the whole per-sample map (``s`` the rule's function of e).
+    A recurrent weight's input is a feedback point only under ``recurrent="step"``."""
     error = wiring.error
     feedback = layer.feedback if feedback is None else feedback  # lazy B: made after the forward
+    if layer.recurrent and getattr(layer.rule, "recurrent", "none") != "step":
+        return None
     if error is None:
         raise RuntimeError(
             "DFA layer got no output error: the backward pass did not start at the output the "
@@ -145,26 +219,81 @@ def direct_input_grad(wiring: DirectWiring, layer, feedback: Tensor | None, x_sh
         )
     if feedback is None:
         raise RuntimeError("DFA feedback matrix was never created (no training-mode forward)")
+    source = direct_source(wiring, layer.rule, error)
+    if position is not None and source.dim() > 2:  # the error of one time step
+        source = source.select(layer.time_dim, position)
+    b = layer.rule.matrix(layer.weight, feedback)
+    x_shape = tuple(x_shape)
+    if b.dim() == 2 and b.shape[0] == x_shape[-1] and layer.op == "linear":
+        if tuple(source.shape[:-1]) == x_shape[:-1]:
+            return (source.to(b.dtype) @ b.T).to(dtype)  # position by position
+        # the input's positions are not the error's: every position receives the projection of
+        # the sample's (mean) error
+        axis = _batch_axis(x_shape, tuple(source.shape))
+        if axis is None:
+            raise RuntimeError(f"DFA: an error of shape {tuple(error.shape)} cannot feed an input "
+                               f"of shape {x_shape}")
+        if source.dim() > 2:
+            others = [d for d in range(source.dim() - 1) if d != axis]
+            source = source.mean(dim=others)  # (N, E)
+        g = source.to(b.dtype) @ b.T  # (N, D)
+        view = [1] * len(x_shape)
+        view[axis], view[-1] = g.shape[0], g.shape[-1]
+        return g.reshape(view).expand(x_shape).to(dtype)
     if error.shape[0] != x_shape[0]:
         raise RuntimeError(
             f"DFA: output error has batch size {error.shape[0]} but the layer input has "
             f"{x_shape[0]}; DFA needs one output row per input sample"
         )
-    source = direct_source(wiring, layer.rule, error)
-    b2d = layer.rule.matrix(layer.weight, feedback).reshape(-1, error[0].numel())  # (in_numel, e_numel)
+    b2d = b.reshape(-1, error[0].numel())  # (in_numel, e_numel)
     return (source.reshape(error.shape[0], -1).to(b2d.dtype) @ b2d.T).view(x_shape).to(dtype)
 
 
+class _Collect(torch.autograd.Function):
+    """Identity; its backward adds the gradient a layer sends to its input to the wiring's
+    record for that input (see DirectWiring.collect)."""
+
+    @staticmethod
+    def forward(ctx, x, wiring, key):
+        ctx.wiring, ctx.key = wiring, key
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        acc = ctx.wiring.collected
+        acc[ctx.key] = g if ctx.key not in acc else acc[ctx.key] + g
+        return g, None, None
+
+
 def direct_feedback_grad(ctx, x: Tensor, feedback: Tensor) -> Tensor:
-    """A trained B_i's gradient, from the layer input and e (the rule says how)."""
-    g = ctx.layer.rule.feedback_grad(inputs=x, error=ctx.wiring.error)
+    """A trained B_i's gradient, from the layer input and e as pairs of rows (the rule says
+    what to make of them): one row a position (token-wise), a sample (positions summed against
+    the sample's mean error), or a sample's whole map."""
+    error = ctx.wiring.error
+    stepwise = getattr(ctx.layer.rule, "recurrent", "none") == "step"
+    if ctx.layer.recurrent and (not stepwise or ctx.position is None):
+        return torch.zeros_like(feedback)  # no feedback point at this state: B is not used
+    if ctx.position is not None and error.dim() > 2:
+        error = error.select(ctx.layer.time_dim, ctx.position)
+    d = feedback.shape[0] if feedback.dim() == 2 else None
+    if d is not None and x.shape[-1] == d and (x.dim() > 2 or error.dim() > 2):
+        if tuple(x.shape[:-1]) == tuple(error.shape[:-1]):
+            h, e = x.reshape(-1, d), error.reshape(-1, error.shape[-1])
+        else:
+            axis = _batch_axis(tuple(x.shape), tuple(error.shape))
+            h = x.sum(dim=[a for a in range(x.dim() - 1) if a != axis])  # (N, D)
+            others = [a for a in range(error.dim() - 1) if a != axis]
+            e = error if error.dim() == 2 else error.mean(dim=others)
+    else:
+        h, e = x.reshape(x.shape[0], -1), error.reshape(error.shape[0], -1)
+    g = ctx.layer.rule.feedback_grad(inputs=h.to(e.dtype), error=e, shape=tuple(feedback.shape))
     return g.reshape(feedback.shape).to(feedback.dtype)
 
 
 class DirectLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, layer, wiring):
-        ctx.layer, ctx.wiring = layer, wiring
+        ctx.layer, ctx.wiring, ctx.position = layer, wiring, getattr(layer, "position", None)
         ctx.save_for_backward(x, weight, feedback)
         return nn.functional.linear(x, weight, bias)
 
@@ -172,7 +301,8 @@ class DirectLinearFn(torch.autograd.Function):
     def backward(ctx, g):
         x, weight, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
-        gx = direct_input_grad(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype) if need_x else None
+        gx = direct_input_grad(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype,
+                               ctx.position) if need_x else None
         gw, gb = linear_weight_grads(g, x, weight, need_w, need_b)
         gfb = direct_feedback_grad(ctx, x, feedback) if need_fb else None
         return gx, gw, gb, gfb, None, None
@@ -181,7 +311,7 @@ class DirectLinearFn(torch.autograd.Function):
 class DirectConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, feedback, layer, wiring):
-        ctx.layer, ctx.wiring, ctx.has_bias = layer, wiring, bias is not None
+        ctx.layer, ctx.wiring, ctx.has_bias, ctx.position = layer, wiring, bias is not None, None
         ctx.save_for_backward(x, weight, feedback)
         return layer.spec.forward(x, weight, bias)
 
@@ -231,6 +361,13 @@ class Direct(Pathway):
     def effective(self, layer):
         return layer.feedback
 
+    def forward(self, layer, x, plain):
+        if layer.wiring is not None and layer.wiring.points:
+            return plain(x)  # feedback points elsewhere: the layers learn by backprop from them
+        if layer.wiring is not None and not layer.recurrent:
+            x = layer.wiring.collect(x)
+        return super().forward(layer, x, plain)
+
     def linear(self, layer, x, feedback):
         return _eager(DirectLinearFn, x, layer, feedback)
 
@@ -264,6 +401,95 @@ def _eager(fn, x, layer, feedback):
     from ..feedback import outside_compile
 
     return outside_compile(fn.apply)(x, layer.weight, layer.bias, feedback, layer, layer.wiring)
+
+
+class FeedbackPoint(nn.Module):
+    """A feedback point at a module's output (rule option ``points``): in training the output
+    receives ``s B^T`` (token-wise, as a layer input does) in place of the gradient from above
+    (or added to it, ``above="keep"``), and the module's own layers learn from it by backprop.
+    Holds B (a buffer, saved, from the rule's seed and the point's name) and the wiring."""
+
+    op = "linear"
+    recurrent = False
+    position = None
+    time_dim = 0
+
+    def __init__(self, rule, name: str) -> None:
+        super().__init__()
+        from ...rules import derive_seed
+
+        self.rule, self.point_name = rule, name
+        self._seed = derive_seed(rule.seed, f"point:{name}")
+        self.pending_input_shape: tuple[int, ...] | None = None
+        self.register_buffer("feedback", None)
+        self.feedback_std = None
+        self._device = torch.device("cpu")
+        self._dtype = torch.get_default_dtype()
+
+    @property
+    def weight(self):  # what the rule's matrix() receives for a point: nothing to mirror
+        return self.feedback
+
+    def feedback_device(self):
+        return self._device
+
+    def materialize(self, shape, fan_in, fan_out, value=None):
+        std = self.rule.resolved_scale(fan_in, fan_out)
+        self.feedback_std = std
+        b = value if value is not None else self.rule.init_feedback(
+            torch.empty(0, dtype=self._dtype, device=self._device), shape, std, self._seed)
+        self.feedback = b.to(self._device, self._dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        key = prefix + "feedback"
+        if key in state_dict and self.feedback is None:
+            self.feedback = torch.empty_like(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def hook(self, module, args, out):
+        if not isinstance(out, Tensor) or not (torch.is_grad_enabled() and out.requires_grad):
+            return None
+        self._device, self._dtype = out.device, out.dtype
+        self.op = "linear" if out.dim() <= 3 else "conv"  # a sequence (features last), or a map
+        if self.feedback is None:
+            self.pending_input_shape = tuple(out.shape)
+        return _Inject.apply(out, self, self.wiring)
+
+
+class _Inject(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, out, point, wiring):
+        ctx.point, ctx.wiring = point, wiring
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, g):
+        signal = direct_input_grad(ctx.wiring, ctx.point, None, g.shape, g.dtype)
+        return (signal if ctx.wiring.cut else g + signal), None, None
+
+
+def attach_points(model: nn.Module, rule, wiring) -> list[FeedbackPoint]:
+    """A FeedbackPoint at the output of every module whose name matches ``rule.points``."""
+    import fnmatch
+
+    if rule.learned:
+        from ..feedback import FeedbackError
+
+        raise FeedbackError(f"rule '{rule.name}' trains its feedback; feedback points (option "
+                            "points) hold fixed B only")
+    points = []
+    for name, module in list(model.named_modules()):
+        if name and any(fnmatch.fnmatchcase(name, p) for p in rule.points):
+            point = FeedbackPoint(rule, name)
+            point.wiring = wiring
+            module.falign_point = point
+            module.register_forward_hook(point.hook)
+            points.append(point)
+    if not points:
+        from ..feedback import FeedbackError
+
+        raise FeedbackError(f"rule option points={list(rule.points)} matches no module of the model")
+    return points
 
 
 def set_targets(model: nn.Module, targets: Tensor | None) -> None:

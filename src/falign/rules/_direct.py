@@ -1,0 +1,46 @@
+"""What the direct-feedback rules (DFA and its relatives) share: where e is taken and where it
+is sent.  See falign.layers.pathways.direct and the rules documentation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .registry import Rule, gaussian
+
+
+@dataclass
+class DirectRule(Rule):
+    """Options of every direct-feedback rule:
+
+    * ``output`` -- the module whose output is e's tap ("" = the model's logits, through a
+      final Softmax / LogSoftmax / Sigmoid / Tanh); e.g. the last hidden state before a
+      language model's vocabulary projection (Launay et al. 2020's default);
+    * ``above`` -- what a feedback point receives besides its projection: ``"cut"`` (nothing:
+      DFA's "no signal passes from layer to layer", skip connections included) or ``"keep"``
+      (the gradient from above too, a DFA / backprop hybrid);
+    * ``points`` -- module-name patterns whose *outputs* are the feedback points, with
+      backprop inside each module (Launay et al.'s "macro" placement at block outputs, or a
+      few per block: "micro"); None: every converted layer's input is one;
+    * ``shared`` -- one random matrix for all points (each uses its first rows), as Launay et
+      al.; else one B per point, from the rule seed and the point's name;
+    * ``recurrent`` -- a recurrent weight's input, the previous state: ``"none"`` (no feedback
+      point: no signal through time but the exact cell-state path) or ``"step"`` (h_{t-1}
+      receives the projection of the error at step t - 1).
+    """
+
+    pathway: ClassVar[str] = "direct"
+    _above_choices: ClassVar[tuple[str, ...]] = ("cut", "keep")
+    _recurrent_choices: ClassVar[tuple[str, ...]] = ("none", "step")
+
+    output: str = ""
+    above: str = "cut"
+    points: list[str] | None = None
+    shared: bool = False
+    recurrent: str = "none"
+
+    def init_feedback(self, weight, shape, std, seed):
+        return gaussian(shape, std, seed, dtype=weight.dtype, device=weight.device)
+
+    def matrix(self, weight, feedback):
+        return feedback
