@@ -36,19 +36,19 @@ def _data(monkeypatch):
 def test_fast_path_trains(tmp_path, options):
     plain = train(_cfg(), tmp_path / "plain", log=None)
     fast = train(_cfg(**options), tmp_path / "fast", log=None)
-    assert fast["status"] == "completed"
-    assert math.isfinite(fast["epochs"][0]["train_loss"])
+    assert fast.status == "completed"
+    assert math.isfinite(fast.epochs[0].train_loss)
     # same data, same seed: the loss differs only by rounding, not by a different computation
-    assert fast["epochs"][0]["train_loss"] == pytest.approx(plain["epochs"][0]["train_loss"], rel=0.05)
+    assert fast.epochs[0].train_loss == pytest.approx(plain.epochs[0].train_loss, rel=0.05)
     if "alignment_every" in options:
-        assert fast["alignment"] and all(
-            0 <= rec["layers"]["conv2"]["update_angle"] <= 180 for rec in fast["alignment"])
+        assert fast.alignment and all(
+            0 <= rec.layers["conv2"]["update_angle"] <= 180 for rec in fast.alignment)
 
 
 def test_channels_last_is_exact(tmp_path):
     a = train(_cfg(), tmp_path / "a", log=None)
     b = train(_cfg(channels_last=True), tmp_path / "b", log=None)
-    assert b["epochs"][0]["train_loss"] == pytest.approx(a["epochs"][0]["train_loss"], rel=1e-4)
+    assert b.epochs[0].train_loss == pytest.approx(a.epochs[0].train_loss, rel=1e-4)
 
 
 def test_fp16_uses_a_grad_scaler():
@@ -61,4 +61,4 @@ def test_fp16_uses_a_grad_scaler():
 def test_compiled_training_matches_eager(tmp_path):
     a = train(_cfg(), tmp_path / "a", log=None)
     b = train(_cfg(compile=True), tmp_path / "b", log=None)
-    assert b["epochs"][0]["train_loss"] == pytest.approx(a["epochs"][0]["train_loss"], rel=1e-4)
+    assert b.epochs[0].train_loss == pytest.approx(a.epochs[0].train_loss, rel=1e-4)

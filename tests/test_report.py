@@ -18,6 +18,7 @@ from conftest import mnist_or_skip
 from falign.plots import NothingToPlot, plot_alignment, plot_sign_concordance
 from falign.plots.training import _layer_mean_series
 from falign.report import ReportError, load_runs, write_report
+from falign.training import AlignmentRecord, RunRecord
 
 FIGURE_NAMES = ["val_accuracy", "loss_curves", "update_angle", "signal_angle", "feedback_angle",
                 "sign_concordance", "sign_concordance_per_layer"]
@@ -252,13 +253,13 @@ def test_jpeg_dataset_gets_a_note_and_absent_alignment_is_reported(tmp_path: Pat
 # ----------------------------------------------------------------------- the figure functions
 
 def test_layer_mean_ignores_missing_values() -> None:
-    tracking = {"alignment": [
-        {"step": 10, "layers": {"a": {"sign_concordance": 0.6}, "b": {"sign_concordance": None},
-                                "c": {"sign_concordance": 0.8}}},
-        {"step": 0, "layers": {"a": {"sign_concordance": None}}},  # nothing to average: no point
-        {"step": 20, "layers": {"a": {"sign_concordance": 0.25}, "c": {"sign_concordance": 0.75}}},
-    ]}
-    steps, means = _layer_mean_series(tracking, "sign_concordance")
+    record = RunRecord(alignment=[
+        AlignmentRecord(10, 1, {"a": {"sign_concordance": 0.6}, "b": {"sign_concordance": None},
+                                "c": {"sign_concordance": 0.8}}),
+        AlignmentRecord(0, 1, {"a": {"sign_concordance": None}}),  # nothing to average: no point
+        AlignmentRecord(20, 1, {"a": {"sign_concordance": 0.25}, "c": {"sign_concordance": 0.75}}),
+    ])
+    steps, means = _layer_mean_series(record, "sign_concordance")
     assert steps == [10, 20]
     assert all(math.isclose(m, e) for m, e in zip(means, [0.7, 0.5], strict=True))
 
@@ -293,17 +294,17 @@ def test_report_on_a_real_tiny_comparison(tmp_path: Path, monkeypatch) -> None:
         "optim": {"name": "sgd", "lr": 0.05},
         "train": {"epochs": 1, "batch_size": 50, "alignment_every": 4, "alignment_batch": 64},
     })
-    rows = run_compare(base, ["bp", "fa"], tmp_path / "cmp", log=lambda s: None, figure=False)
+    rows = run_compare(base, ["bp", "fa"], tmp_path / "cmp", log=lambda s: None)
     write_report([tmp_path / "cmp"], tmp_path / "out", published={"test_acc": {"fa": 12.34}})
     page = (tmp_path / "out" / "report.html").read_text()
     table = _results_rows(page)
     assert list(table) == ["bp", "fa"]
     for row in rows:
-        assert table[row["rule"]]["best val %"] == f"{100 * row['best_val_acc']:.2f}"
-        assert table[row["rule"]]["test %"] == f"{100 * row['test_acc']:.2f}"
-        assert table[row["rule"]]["epochs"] == "1"
+        assert table[row.label]["best val %"] == f"{100 * row.best_val_acc:.2f}"
+        assert table[row.label]["test %"] == f"{100 * row.test_acc:.2f}"
+        assert table[row.label]["epochs"] == "1"
     assert table["fa"]["published test %"] == "12.34" and table["bp"]["published test %"] == "-"
     assert page.count("data:image/png;base64,") == len(FIGURE_NAMES)
     assert "not drawn" not in page
     text = (tmp_path / "out" / "results.txt").read_text()
-    assert f"{100 * rows[1]['test_acc']:.2f}" in text and "12.34" in text
+    assert f"{100 * rows[1].test_acc:.2f}" in text and "12.34" in text

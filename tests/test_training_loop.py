@@ -22,6 +22,7 @@ from falign.layers import FeedbackError
 from falign.training import (
     CheckpointError,
     RunDirError,
+    RunRecord,
     evaluate,
     load_checkpoint,
     load_model,
@@ -41,8 +42,10 @@ def tiny(**sections) -> dict:
     return tiny_config(**{**sections, "train": {"epochs": 2, **sections.get("train", {})}})
 
 
-def metrics(tracking: dict) -> dict:
+def metrics(tracking: RunRecord | dict) -> dict:
     """Everything a run reports except wall-clock times and the machine description."""
+    if isinstance(tracking, RunRecord):
+        tracking = tracking.to_dict()
     out = {k: v for k, v in tracking.items() if k != "environment"}
     out["epochs"] = [{k: v for k, v in e.items() if k != "seconds"} for e in tracking["epochs"]]
     return out
@@ -58,7 +61,7 @@ def model_state(path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(data_root, tmp_path_factory):
-    """One fa run of 2 epochs with a checkpoint per epoch: (config, run dir, returned tracking)."""
+    """One fa run of 2 epochs with a checkpoint per epoch: (config, run dir, returned record)."""
     cfg = parse_config(tiny(train={"checkpoint_every_epoch": True}))
     out = tmp_path_factory.mktemp("reference") / "run"
     return cfg, out, train(cfg, out, log=None)
@@ -69,8 +72,9 @@ def reference(data_root, tmp_path_factory):
 def test_tracking_json(reference):
     cfg, out, returned = reference
     tracking = json.loads((out / "tracking.json").read_text())
-    assert tracking == json.loads(json.dumps(returned))
-    assert tracking["config"] == cfg.to_dict()
+    assert isinstance(returned, RunRecord)
+    assert tracking == json.loads(json.dumps(returned.to_dict()))
+    assert tracking["schema_version"] == 2 and tracking["config"] == cfg.to_dict()
     assert tracking["status"] == "completed"
     assert [e["epoch"] for e in tracking["epochs"]] == [1, 2]
     for e in tracking["epochs"]:
@@ -90,31 +94,31 @@ def test_tracking_json(reference):
 
 
 def test_checkpoint_files(reference):
-    _, out, tracking = reference
+    _, out, record = reference
     assert sorted(p.name for p in out.glob("*.pt")) == [
         "best.pt", "epoch_000.pt", "epoch_001.pt", "epoch_002.pt", "last.pt"]
     for path in out.glob("*.pt"):
         ckpt = torch.load(path, weights_only=True)  # plain containers and tensors only
         assert CKPT_KEYS <= ckpt.keys(), path.name
         assert ckpt["format"] == "falign-checkpoint" and isinstance(ckpt["version"], int)
-        assert ckpt["config"] == tracking["config"]
-        assert ckpt["model_spec"] == tracking["model_spec"]
+        assert ckpt["config"] == record.config
+        assert ckpt["model_spec"] == record.model_spec
         assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())
         assert load_checkpoint(path)["version"] == ckpt["version"]
     for k in range(3):
         assert torch.load(out / f"epoch_{k:03d}.pt", weights_only=True)["epoch"] == k
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and {"optimizer", "scheduler", "rng"} <= last.keys()
-    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == tracking["best_epoch"]
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == record.best_epoch
     # the per-epoch files hold the weights of their epoch
     assert same_state(model_state(out / "epoch_002.pt"), last["model"])
-    assert same_state(model_state(out / f"epoch_{tracking['best_epoch']:03d}.pt"),
+    assert same_state(model_state(out / f"epoch_{record.best_epoch:03d}.pt"),
                       model_state(out / "best.pt"))
     assert not same_state(model_state(out / "epoch_000.pt"), model_state(out / "epoch_001.pt"))
 
 
 def test_load_model_rebuilds_the_best_model(reference):
-    _, out, tracking = reference
+    _, out, record = reference
     model = load_model(out / "best.pt")
     assert same_state(model.state_dict(), model_state(out / "best.pt"))
     data = load_dataset("mnist", subset=600, val_size=200)
@@ -123,11 +127,11 @@ def test_load_model_rebuilds_the_best_model(reference):
     with torch.no_grad():
         logits = model(data.eval_transform(data.test.x))
     by_hand = (logits.argmax(1) == data.test.y).double().mean().item()
-    assert by_hand == pytest.approx(tracking["test_acc"], abs=1e-12)
-    assert evaluate(model, data.test, data.eval_transform)["acc"] == tracking["test_acc"]
+    assert by_hand == pytest.approx(record.test_acc, abs=1e-12)
+    assert evaluate(model, data.test, data.eval_transform)["acc"] == record.test_acc
     # and the untrained model of epoch_000.pt is a different one
     untrained = load_model(out / "epoch_000.pt")
-    assert evaluate(untrained, data.test, data.eval_transform)["acc"] != tracking["test_acc"]
+    assert evaluate(untrained, data.test, data.eval_transform)["acc"] != record.test_acc
 
 
 def test_a_second_run_needs_resume_or_overwrite(reference):
@@ -157,14 +161,14 @@ def test_overwrite_leaves_no_file_of_the_replaced_run(reference, tmp_path):
 # ----------------------------------------------------------------------------- reproducibility
 
 def test_same_seed_same_bits_other_seed_other_bits(reference, tmp_path):
-    cfg, out, tracking = reference
+    cfg, out, record = reference
     again = train(cfg, tmp_path / "again", log=None)
-    assert metrics(again) == metrics(tracking)
+    assert metrics(again) == metrics(record)
     for name in ("last.pt", "best.pt", "epoch_000.pt"):
         assert same_state(model_state(tmp_path / "again" / name), model_state(out / name)), name
 
     other = train(parse_config({**cfg.to_dict(), "seed": 1}), tmp_path / "other", log=None)
-    assert [e["train_loss"] for e in other["epochs"]] != [e["train_loss"] for e in tracking["epochs"]]
+    assert [e.train_loss for e in other.epochs] != [e.train_loss for e in record.epochs]
     a, b = model_state(tmp_path / "other" / "last.pt"), model_state(out / "last.pt")
     assert not torch.equal(a["layers.0.weight"], b["layers.0.weight"])
     assert not torch.equal(a["layers.1.feedback"], b["layers.1.feedback"])
@@ -192,11 +196,11 @@ def test_stop_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, rule)
     whole = train(cfg, tmp_path / "whole", log=None)
 
     first = train(cfg, tmp_path / "split", log=None, stop_after=1)
-    assert first["status"] == "running" and len(first["epochs"]) == 1
+    assert first.status == "running" and len(first.epochs) == 1
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["epoch"] == 1
     resumed = train(cfg, tmp_path / "split", resume=True, log=None)
 
-    assert [e["lr"] for e in whole["epochs"]] == [0.05, 0.05, 0.025]  # the scheduler resumes too
+    assert [e.lr for e in whole.epochs] == [0.05, 0.05, 0.025]  # the scheduler resumes too
     assert metrics(resumed) == metrics(whole)
     for name in ("last.pt", "best.pt"):
         a, b = model_state(tmp_path / "split" / name), model_state(tmp_path / "whole" / name)
@@ -207,18 +211,18 @@ def test_stop_then_resume_equals_an_uninterrupted_run(data_root, tmp_path, rule)
 
 
 def test_resume_of_a_finished_run_changes_nothing(reference, tmp_path):
-    cfg, out, tracking = reference
+    cfg, out, record = reference
     again = train(cfg, out, resume=True, log=None)
-    assert metrics(again) == metrics(tracking)
+    assert metrics(again) == metrics(record)
 
 
 # ------------------------------------------------------------------------------------ divergence
 
 def test_divergence_is_a_status_not_an_exception(data_root, tmp_path):
     cfg = parse_config(tiny(optim={"lr": 1e6}, train={"loss": "mse", "epochs": 3}))
-    tracking = train(cfg, tmp_path / "run", log=None)
-    assert tracking["status"] == "diverged"
-    assert tracking["epochs"] == [] and tracking["test_acc"] is None
+    record = train(cfg, tmp_path / "run", log=None)
+    assert record.status == "diverged"
+    assert record.epochs == [] and record.test_acc is None
     assert json.loads((tmp_path / "run" / "tracking.json").read_text())["status"] == "diverged"
 
 
@@ -226,14 +230,14 @@ def test_divergence_after_a_good_epoch_keeps_that_epoch(data_root, tmp_path):
     # epoch 1 at lr 0.05, then the schedule multiplies lr by 1e8: mse blows up in epoch 2
     cfg = parse_config(tiny(schedule={"name": "multistep", "milestones": [1], "gamma": 1e8},
                             train={"loss": "mse", "epochs": 3}))
-    tracking = train(cfg, tmp_path / "run", log=None)
-    assert tracking["status"] == "diverged"
-    assert [e["epoch"] for e in tracking["epochs"]] == [1] and tracking["best_epoch"] == 1
+    record = train(cfg, tmp_path / "run", log=None)
+    assert record.status == "diverged"
+    assert [e.epoch for e in record.epochs] == [1] and record.best_epoch == 1
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 1
     # the test accuracy is that of the last good (best) model
     data = load_dataset("mnist", subset=600, val_size=200)
     best = load_model(tmp_path / "run" / "best.pt")
-    assert tracking["test_acc"] == evaluate(best, data.test, data.eval_transform)["acc"]
+    assert record.test_acc == evaluate(best, data.test, data.eval_transform)["acc"]
     assert all(torch.isfinite(v).all() for v in best.state_dict().values() if v.is_floating_point())
 
 
@@ -241,17 +245,17 @@ def test_divergence_after_a_good_epoch_keeps_that_epoch(data_root, tmp_path):
 
 def test_early_stop_on_a_large_tolerance(data_root, tmp_path):
     cfg = parse_config(tiny(train={"epochs": 4, "early_stop_tol": 1e9}))
-    tracking = train(cfg, tmp_path / "run", log=None)
-    assert len(tracking["epochs"]) == 2  # epoch 1 has nothing to compare with
-    assert tracking["status"] == "completed" and tracking["test_acc"] is not None
+    record = train(cfg, tmp_path / "run", log=None)
+    assert len(record.epochs) == 2  # epoch 1 has nothing to compare with
+    assert record.status == "completed" and record.test_acc is not None
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["epoch"] == 2
 
 
 def test_resume_after_early_stop_trains_no_further(data_root, tmp_path):
     cfg = parse_config(tiny(train={"epochs": 4, "early_stop_tol": 1e9}))
-    tracking = train(cfg, tmp_path / "run", log=None)
+    record = train(cfg, tmp_path / "run", log=None)
     again = train(cfg, tmp_path / "run", resume=True, log=None)
-    assert metrics(again) == metrics(tracking)
+    assert metrics(again) == metrics(record)
 
 
 # ------------------------------------------------------------------------ DFA report loops, end to end
@@ -261,8 +265,8 @@ def test_averaged_dfa_loops_train(data_root, tmp_path, loop):
     cfg = parse_config(tiny(rule={"name": "dfa", "options": {"average": loop}}, optim={"lr": 0.5},
                             model={"options": {"sizes": [784, 32, 10], "activation": "tanh"}},
                             train={"epochs": 1, "loss": "bce", "checkpoint_every_epoch": True}))
-    tracking = train(cfg, tmp_path / "run", log=None)
-    assert tracking["status"] == "completed" and len(tracking["epochs"]) == 1
+    record = train(cfg, tmp_path / "run", log=None)
+    assert record.status == "completed" and len(record.epochs) == 1
     before, after = (model_state(tmp_path / "run" / f"epoch_00{k}.pt") for k in (0, 1))
     for key in ("layers.0.weight", "layers.1.weight", "layers.1.bias"):
         assert not torch.equal(before[key], after[key]), key
@@ -293,3 +297,21 @@ def test_metrics_helper_ignores_only_times():
     assert metrics(t) == metrics(u)
     u["epochs"][0]["val_acc"] = 0.6
     assert metrics(t) != metrics(u)
+
+
+def test_a_run_started_by_falign_0_1_resumes(data_root, tmp_path):
+    """An earlier falign saved configs with train.dfa_loop and without train.sync_batchnorm, and
+    built BP models unconverted (no feedback_step / feedback_seed buffers)."""
+    cfg = parse_config(tiny(rule={"name": "bp"}, train={"epochs": 2}))
+    whole = train(cfg, tmp_path / "whole", log=None)
+    train(cfg, tmp_path / "old", log=None, stop_after=1)
+    path = tmp_path / "old" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    for config in (ckpt["config"],):
+        config["train"]["dfa_loop"] = "sample"
+        del config["train"]["sync_batchnorm"]
+    ckpt["model"] = {k: v for k, v in ckpt["model"].items()
+                     if not k.endswith(("feedback_step", "feedback_seed"))}
+    torch.save(ckpt, path)
+    resumed = train(cfg, tmp_path / "old", resume=True, log=None)
+    assert metrics(resumed) == metrics(whole)

@@ -48,10 +48,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..training.checkpoint import CheckpointError
     from ..training.config import ConfigError
     from ..training.loop import RunDirError
+    from ..training.record import RecordError
 
     errors: list[type[BaseException]] = [UsageError, DatasetError, ModelError, RuleError,
-                                         CheckpointError, ConfigError, RunDirError, ReportError,
-                                         ReproduceError]
+                                         CheckpointError, ConfigError, RunDirError, RecordError,
+                                         ReportError, ReproduceError]
     try:
         from ..training.sweep import SweepError
 
@@ -77,10 +78,10 @@ def cmd_train(args) -> int:
 
     cfg = _data_dir(args, load_config(args.config, args.set))
     out = Path(args.out) if args.out else Path("runs") / cfg.name
-    tracking = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    record = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
         print(f"run written to {out}")
-    return 0 if tracking["status"] == "completed" else 1
+    return 0 if record.status == "completed" else 1
 
 
 def compare_flags(args) -> dict:
@@ -133,6 +134,7 @@ def _check_names(cfg, rules) -> None:
 
 
 def cmd_compare(args) -> int:
+    from ..plots import NothingToPlot, plot_val_curves
     from ..training.compare import run_compare
     from ..training.config import load_config
 
@@ -152,8 +154,14 @@ def cmd_compare(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / base.name
     _check_names(base, rules)
     rows = run_compare(base, rules, out, resume=args.resume, overwrite=args.overwrite)
-    print(f"summary: {out / 'summary.md'}; figure: {out / 'val_acc.png'}")
-    return 0 if all(r["status"] == "completed" for r in rows) else 1
+    try:
+        figure = plot_val_curves(rows, out / "val_acc", title=f"{base.data.name} / {base.model.name}: "
+                                 "validation accuracy")[0]
+    except NothingToPlot:
+        print(f"summary: {out / 'summary.md'}; no figure (no run recorded a validation accuracy)")
+    else:
+        print(f"summary: {out / 'summary.md'}; figure: {figure}")
+    return 0 if all(r.status == "completed" for r in rows) else 1
 
 
 def cmd_sweep(args) -> int:

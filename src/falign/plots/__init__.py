@@ -2,7 +2,7 @@
 
 from falign.plots.cka_heatmaps import plot_cka_heatmaps
 from falign.plots.confusion import plot_confusion_matrix
-from falign.plots.curves import plot_curves
+from falign.plots.curves import plot_curves, plot_val_curves
 from falign.plots.exemplars import plot_exemplar_grid
 from falign.plots.training import (
     NothingToPlot,
@@ -22,4 +22,5 @@ __all__ = [
     "plot_loss_curves",
     "plot_sign_concordance",
     "plot_val_accuracy",
+    "plot_val_curves",
 ]

@@ -6,10 +6,12 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from falign.plots import _style
+from falign.plots.training import NothingToPlot
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "plot_val_curves"]
 
 
 def plot_curves(
@@ -70,3 +72,20 @@ def plot_curves(
         ax.grid(True, linewidth=0.4, alpha=0.5)
         ax.legend(frameon=False)
         return _style.save_figure(fig, path_stem)
+
+
+def plot_val_curves(
+    rows: Sequence[Any],
+    path_stem: str | os.PathLike[str],
+    *,
+    title: str = "",
+) -> list[Path]:
+    """The validation-accuracy figure of a comparison (``falign compare``'s ``val_acc``): one line
+    per row, from its ``label`` and ``val_curve`` (accuracies as fractions, epochs from 1), e.g.
+    the `falign.training.results.ResultRow` list that ``run_compare`` returns. Raises
+    `NothingToPlot` when no row has a curve. Writes ``path_stem``.png and .pdf; returns their paths.
+    """
+    series = {r.label: [100 * a for a in r.val_curve] for r in rows if r.val_curve}
+    if not series:
+        raise NothingToPlot("no run recorded a validation accuracy")
+    return plot_curves(series, path_stem, xlabel="epoch", ylabel="validation accuracy (%)", title=title)

@@ -1,10 +1,12 @@
 """Figures of training runs: accuracy and loss per epoch, alignment and sign concordance per step.
 
-Every function takes ``runs``: method label -> the ``tracking.json`` dict of one run (see
-`falign.training.train`). A method keeps its colour and marker from its position in ``runs``, in
-every figure, also where it has nothing to draw (BP has no alignment records), so the figures of
-one report read together. Missing values (None) leave gaps. A figure whose data is absent from
-every run raises `NothingToPlot` instead of writing an empty plot.
+Every function takes ``runs``: method label -> the record of one run, a
+`falign.training.RunRecord` (what `falign.training.train` returns and ``RunRecord.read`` reads
+from ``tracking.json``; the plain ``tracking.json`` object is accepted too). A method keeps its
+colour and marker from its position in ``runs``, in every figure, also where it has nothing to
+draw (BP has no alignment records), so the figures of one report read together. Missing values
+(None) leave gaps. A figure whose data is absent from every run raises `NothingToPlot` instead of
+writing an empty plot.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from falign.plots import _style
+from falign.training.record import AlignmentRecord, RunRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -52,54 +55,60 @@ class NothingToPlot(ValueError):
     """None of the runs holds the data a figure needs (e.g. no alignment records)."""
 
 
-# -- data out of tracking dicts ---------------------------------------------------------------
+Runs = Mapping[str, RunRecord | Mapping[str, Any]]
+
+
+# -- data out of run records -------------------------------------------------------------------
+
+def _as_records(runs: Runs) -> dict[str, RunRecord]:
+    return {label: r if isinstance(r, RunRecord) else RunRecord.from_dict(r, where=f"run {label!r}")
+            for label, r in runs.items()}
+
 
 def _number(value: Any, scale: float = 1.0) -> float:
     return NAN if value is None else float(value) * scale
 
 
-def _epoch_series(tracking: Mapping[str, Any], key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
+def _epoch_series(run: RunRecord, key: str, scale: float = 1.0) -> tuple[list[int], list[float]]:
     """(epochs, values) of one per-epoch metric; ([], []) when the run never recorded it."""
-    epochs = tracking.get("epochs") or []
-    xs = [int(e.get("epoch", i + 1)) for i, e in enumerate(epochs)]
-    ys = [_number(e.get(key), scale) for e in epochs]
+    xs = [e.epoch for e in run.epochs]
+    ys = [_number(getattr(e, key), scale) for e in run.epochs]
     return (xs, ys) if any(not math.isnan(y) for y in ys) else ([], [])
 
 
-def _records(tracking: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    return sorted(tracking.get("alignment") or [], key=lambda r: r.get("step", 0))
+def _records(run: RunRecord) -> list[AlignmentRecord]:
+    return sorted(run.alignment, key=lambda r: r.step)
 
 
-def _layer_names(runs: Mapping[str, Mapping[str, Any]], measures: Sequence[str]) -> list[str]:
+def _layer_names(runs: Mapping[str, RunRecord], measures: Sequence[str]) -> list[str]:
     """Layers with at least one value of ``measures`` in any run, in order of first appearance."""
     names: dict[str, None] = {}
-    for tracking in runs.values():
-        for record in _records(tracking):
-            for layer, values in (record.get("layers") or {}).items():
-                if any((values or {}).get(m) is not None for m in measures):
+    for run in runs.values():
+        for record in _records(run):
+            for layer, values in record.layers.items():
+                if any(values.get(m) is not None for m in measures):
                     names.setdefault(layer)
     return list(names)
 
 
-def _layer_series(tracking: Mapping[str, Any], layer: str, measure: str) -> tuple[list[int], list[float]]:
+def _layer_series(run: RunRecord, layer: str, measure: str) -> tuple[list[int], list[float]]:
     """(steps, values) of one measure of one layer; ([], []) when it is never recorded."""
     xs, ys = [], []
-    for record in _records(tracking):
-        values = (record.get("layers") or {}).get(layer)
+    for record in _records(run):
+        values = record.layers.get(layer)
         if values is not None:
-            xs.append(int(record["step"]))
+            xs.append(record.step)
             ys.append(_number(values.get(measure)))
     return (xs, ys) if any(not math.isnan(y) for y in ys) else ([], [])
 
 
-def _layer_mean_series(tracking: Mapping[str, Any], measure: str) -> tuple[list[int], list[float]]:
+def _layer_mean_series(run: RunRecord, measure: str) -> tuple[list[int], list[float]]:
     """(steps, mean over the layers that report ``measure`` at that step)."""
     xs, ys = [], []
-    for record in _records(tracking):
-        present = [float(v[measure]) for v in (record.get("layers") or {}).values()
-                   if v and v.get(measure) is not None]
+    for record in _records(run):
+        present = [float(v[measure]) for v in record.layers.values() if v.get(measure) is not None]
         if present:
-            xs.append(int(record["step"]))
+            xs.append(record.step)
             ys.append(sum(present) / len(present))
     return xs, ys
 
@@ -164,7 +173,7 @@ def _finish(ax: Axes, xlabel: str, ylabel: str, title: str = "") -> None:
 # -- figures ----------------------------------------------------------------------------------
 
 def plot_val_accuracy(
-    runs: Mapping[str, Mapping[str, Any]],
+    runs: Runs,
     path_stem: str | os.PathLike[str],
     *,
     references: Mapping[str, float] | None = None,
@@ -175,6 +184,7 @@ def plot_val_accuracy(
     ``references`` (label -> accuracy in %) draws dashed horizontal lines, e.g. published
     numbers, in the colour of that method. Writes ``path_stem``.png and .pdf; returns their paths.
     """
+    runs = _as_records(runs)
     looks = _looks({**runs, **{k: None for k in references or {} if k not in runs}})
     series = {label: _epoch_series(t, "val_acc", 100.0) for label, t in runs.items()}
     if not any(xs for xs, _ in series.values()):
@@ -195,7 +205,7 @@ def plot_val_accuracy(
 
 
 def plot_loss_curves(
-    runs: Mapping[str, Mapping[str, Any]],
+    runs: Runs,
     path_stem: str | os.PathLike[str],
     *,
     ylabel: str | None = None,
@@ -208,8 +218,9 @@ def plot_loss_curves(
     is measured after the epoch. ``ylabel`` defaults to the runs' loss (``train.loss`` of their
     configs). Writes ``path_stem``.png and .pdf; returns their paths.
     """
+    runs = _as_records(runs)
     if ylabel is None:
-        kinds = {(t.get("config") or {}).get("train", {}).get("loss") for t in runs.values()}
+        kinds = {(t.config.get("train") or {}).get("loss") for t in runs.values()}
         ylabel = LOSS_LABELS.get(kinds.pop(), LOSS_LABELS[None]) if len(kinds) == 1 else LOSS_LABELS[None]
     looks = _looks(runs)
     train = {label: _epoch_series(t, "train_loss") for label, t in runs.items()}
@@ -234,7 +245,7 @@ def plot_loss_curves(
 
 
 def plot_alignment(
-    runs: Mapping[str, Mapping[str, Any]],
+    runs: Runs,
     path_stem: str | os.PathLike[str],
     measure: str = "update_angle",
     *,
@@ -249,6 +260,7 @@ def plot_alignment(
     """
     if measure not in ANGLE_MEASURES:
         raise ValueError(f"measure must be one of {sorted(ANGLE_MEASURES)}, got {measure!r}")
+    runs = _as_records(runs)
     layers = _layer_names(runs, [measure])
     if not layers:
         raise NothingToPlot(f"no alignment record holds a value of {measure}")
@@ -256,8 +268,8 @@ def plot_alignment(
     with _style.style_context():
         fig, axes = _panels(len(layers), ncols)
         for ax, layer in zip(axes, layers, strict=True):
-            for label, tracking in runs.items():
-                xs, ys = _layer_series(tracking, layer, measure)
+            for label, run in runs.items():
+                xs, ys = _layer_series(run, layer, measure)
                 if xs:
                     _line(ax, xs, ys, looks[label], label=label)
             ax.axhline(90.0, color="#555555", linestyle=":", linewidth=0.9, label="90° (orthogonal)")
@@ -272,7 +284,7 @@ def plot_alignment(
 
 
 def plot_sign_concordance(
-    runs: Mapping[str, Mapping[str, Any]],
+    runs: Runs,
     path_stem: str | os.PathLike[str],
     per_layer: bool = False,
     *,
@@ -287,6 +299,7 @@ def plot_sign_concordance(
     """
     measures = {"sign_concordance": "B vs W", "update_sign_concordance": "update vs BP gradient"}
     ylabel = "Sign concordance (fraction of weights)"
+    runs = _as_records(runs)
     looks = _looks(runs)
     extra: dict[str, Any] = {}
     with _style.style_context():
@@ -299,9 +312,9 @@ def plot_sign_concordance(
             fig, axes = _panels(len(layers), ncols)
             drawn: dict[str, None] = {}
             for ax, layer in zip(axes, layers, strict=True):
-                for label, tracking in runs.items():
+                for label, run in runs.items():
                     for measure, style in zip(measures, ("-", "--"), strict=True):
-                        xs, ys = _layer_series(tracking, layer, measure)
+                        xs, ys = _layer_series(run, layer, measure)
                         if xs:
                             _line(ax, xs, ys, looks[label], linestyle=style)
                             drawn.setdefault(label)

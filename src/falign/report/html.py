@@ -24,20 +24,22 @@ from ..plots.training import (
     plot_sign_concordance,
     plot_val_accuracy,
 )
-from .runs import Run, load_runs, pct, published_columns, summary
+from ..training.record import RunRecord
+from ..training.results import RESULT_COLUMNS, numeric_columns, result_cells
+from .runs import Run, load_runs, published_columns, summary
 from .text import (
     JPEG_NOTE,
     config_summary,
-    format_results,
     is_jpeg,
     model_text,
-    numeric_columns,
+    published_cells,
+    results_txt,
     shared_or_each,
 )
 
 __all__ = ["FIGURES", "write_report"]
 
-Runs = Mapping[str, Mapping[str, Any]]
+Runs = Mapping[str, RunRecord]
 
 
 @dataclass(frozen=True)
@@ -110,18 +112,9 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _results_table(runs: Sequence[Run], published: Mapping[str, Mapping[str, float]]) -> list[str]:
-    headers = ["method", "best val %", "test %", "best epoch", "epochs", "s/epoch", "status", *published]
-    rows = []
-    for run in runs:
-        s = summary(run)
-        spe = s["sec_per_epoch"]
-        spe = "-" if spe is None else f"{spe:.1f}" if spe >= 10 else f"{spe:.2f}"
-        rows.append([run.label, pct(s["best_val_acc"]), pct(s["test_acc"]),
-                     "-" if s["best_epoch"] is None else str(s["best_epoch"]), str(s["epochs"]), spe,
-                     s["status"], *(f"{col[run.label]:.2f}" if run.label in col else "-"
-                                    for col in published.values())])
-    out = _table(headers, rows)
-    on_test = [run.label for run in runs if summary(run)["selected_on"] != "val"]
+    rows = [summary(run) for run in runs]
+    out = _table(*result_cells(rows, [*RESULT_COLUMNS, *published_cells(published)], label="method"))
+    on_test = [r.label for r in rows if r.selected_on != "val"]
     if on_test:
         out.append(f"<p>The best epoch was chosen on the test set (no validation split), so "
                    f"&ldquo;best val %&rdquo; is a test accuracy for: {e(', '.join(on_test))}.</p>")
@@ -138,7 +131,7 @@ def _setup_table(runs: Sequence[Run]) -> list[str]:
 
 
 def _environment_table(runs: Sequence[Run]) -> list[str]:
-    envs = [run.tracking.get("environment") or {} for run in runs]
+    envs = [run.record.environment for run in runs]
     keys = list(dict.fromkeys(k for env in envs for k in env))
     if not keys:
         return ["<p>No environment recorded.</p>"]
@@ -156,7 +149,7 @@ def _shared_line(name: str, items: list[tuple[str | None, str]]) -> list[str]:
 
 
 def _figures(runs: Sequence[Run], folder: Path, references: dict[str, float]) -> list[str]:
-    data = {run.label: run.tracking for run in runs}
+    data = {run.label: run.record for run in runs}
     out = []
     for spec in FIGURES:
         stem = folder / spec.name
@@ -180,7 +173,7 @@ def _figure_html(title: str, png: Path, caption: str) -> list[str]:
 
 
 def _default_title(runs: Sequence[Run]) -> str:
-    datasets = {str(run.tracking.get("dataset") or "") for run in runs}
+    datasets = {run.record.dataset for run in runs}
     models = {str((run.config.get("model") or {}).get("name") or "") for run in runs}
     shared = [values.pop() if len(values) == 1 else "" for values in (datasets, models)]
     parts = [s for s in shared if s]
@@ -213,9 +206,9 @@ def write_report(
     references = published_columns(runs, {"test_acc": (published or {}).get("test_acc") or {}})
     references_pct = next(iter(references.values()), {})
 
-    (out / "results.txt").write_text(format_results(runs, title, columns, notes), encoding="utf-8")
+    (out / "results.txt").write_text(results_txt(runs, title, columns, notes), encoding="utf-8")
 
-    datasets = shared_or_each(runs, lambda r: r.tracking.get("dataset") or "unknown")
+    datasets = shared_or_each(runs, lambda r: r.record.dataset or "unknown")
     page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
             f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
             f"<h1>{e(title)}</h1>",

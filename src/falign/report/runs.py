@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..training.record import RecordError, RunRecord
+from ..training.results import ResultRow
 
 __all__ = ["ReportError", "Run", "load_runs", "published_columns", "summary"]
 
@@ -27,16 +29,16 @@ class ReportError(ValueError):
 @dataclass
 class Run:
     """One training run: its label in the report (``rule`` plus, where two runs share a rule,
-    the directory), its directory and its ``tracking.json``."""
+    the directory), its directory and its record (``tracking.json``)."""
 
     label: str
     rule: str
     path: Path
-    tracking: dict[str, Any]
+    record: RunRecord
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.tracking.get("config") or {}
+        return self.record.config
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -99,37 +101,23 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
                 dirs.append(run_dir)
     if not dirs:
         raise ReportError("no run directories given")
-    trackings = []
+    records = []
     for run_dir in dirs:
         tracking_path = run_dir / "tracking.json"
         if not tracking_path.is_file():
             raise ReportError(f"{run_dir}: no tracking.json (not a falign run directory)")
-        trackings.append(_read_json(tracking_path))
-    bases = [rule_label(t.get("config") or {}, d.name) for t, d in zip(trackings, dirs, strict=True)]
+        try:
+            records.append(RunRecord.read(tracking_path))
+        except RecordError as err:
+            raise ReportError(str(err)) from None
+    bases = [rule_label(r.config, d.name) for r, d in zip(records, dirs, strict=True)]
     labels = _disambiguate(bases, dirs)
-    return [Run(label, base, d, t) for label, base, d, t in zip(labels, bases, dirs, trackings, strict=True)]
+    return [Run(label, base, d, r) for label, base, d, r in zip(labels, bases, dirs, records, strict=True)]
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def summary(run: Run) -> dict[str, Any]:
+def summary(run: Run) -> ResultRow:
     """The numbers of a run's results row (accuracies as fractions, None when absent)."""
-    t = run.tracking
-    epochs = t.get("epochs") or []
-    seconds = [s for s in (_finite(e.get("seconds")) for e in epochs) if s is not None]
-    return {
-        "best_val_acc": _finite(t.get("best_val_acc")),
-        "test_acc": _finite(t.get("test_acc")),
-        "best_epoch": t.get("best_epoch"),
-        "epochs": len(epochs),
-        "sec_per_epoch": sum(seconds) / len(seconds) if seconds else None,
-        "status": str(t.get("status") or "unknown"),
-        "selected_on": t.get("selected_on") or "val",
-    }
+    return ResultRow.of(run.label, run.record)
 
 
 def published_columns(runs: Sequence[Run],
@@ -147,7 +135,3 @@ def published_columns(runs: Sequence[Run],
         if values:
             columns.setdefault(PUBLISHED_TITLES.get(metric, f"published {metric}"), {}).update(values)
     return columns
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"

@@ -12,7 +12,9 @@ import torch
 
 from ..training.compare import method, run_compare, run_label
 from ..training.config import ExperimentConfig, load_config, parse_config, set_values
-from ..training.loop import RunDirError, train, write_json
+from ..training.loop import RunDirError, train
+from ..training.record import write_json
+from ..training.results import ResultRow
 
 
 class ReproduceError(ValueError):
@@ -47,9 +49,17 @@ class Context:
         data = set_values(cfg.to_dict(), smoke, where=f"{name} (smoke scale)")
         return parse_config(data, where=f"{name} (smoke scale)")
 
-    def compare(self, cfg: ExperimentConfig, rules, sub: str) -> tuple[Path, list[dict[str, Any]]]:
+    def compare(self, cfg: ExperimentConfig, rules, sub: str) -> tuple[Path, list[ResultRow]]:
+        """``run_compare`` into ``out/sub`` (resumed), with its validation-accuracy figure."""
+        from ..plots import NothingToPlot, plot_val_curves
+
         out = self.out / sub
         rows = run_compare(cfg, rules, out, resume=True, log=self.log)
+        try:
+            plot_val_curves(rows, out / "val_acc",
+                            title=f"{cfg.data.name} / {cfg.model.name}: validation accuracy")
+        except NothingToPlot:
+            pass
         return out, rows
 
 
@@ -165,9 +175,9 @@ def biotorch_lenet(ctx: Context) -> Outcome:
         compare_dir, rows = ctx.compare(cfg, cfg.compare, f"lenet-{ds}")
         dirs.append(compare_dir)
         for r in rows:
-            err = BIOTORCH_ERR[ds].get(r["rule"])
-            if err is not None and r["test_acc"] is not None:
-                notes.append(f"{ds} {r['rule']}: test error {100 - 100 * r['test_acc']:.2f}% "
+            err = BIOTORCH_ERR[ds].get(r.label)
+            if err is not None and r.test_acc is not None:
+                notes.append(f"{ds} {r.label}: test error {100 - 100 * r.test_acc:.2f}% "
                              f"(published {err:.2f}%)")
         published.update({k: 100 - v for k, v in BIOTORCH_ERR["mnist"].items()})
     notes.insert(0, "Published: BioTorch (Sanfiz & Akrout 2021) top-1 test error, single runs, "
@@ -192,7 +202,7 @@ def sign_tracking(ctx: Context) -> Outcome:
              "(grid search, final runs over several seeds). The gap between sign tracking and BP at "
              "the shared rate that disappears once each is tuned is the learning-rate confound of "
              "the sign-tracking write-up (seed 004)."]
-    fixed = {r["rule"]: r["test_acc"] for r in fixed_rows}
+    fixed = {r.label: r.test_acc for r in fixed_rows}
     extra = []
     for label, entry in summary["rules"].items():
         fin = entry.get("final") or {}

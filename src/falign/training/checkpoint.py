@@ -4,7 +4,9 @@ A checkpoint is a dict of tensors and plain containers:
 ``format`` ("falign-checkpoint"), ``version``, ``config`` (the whole experiment config),
 ``model_spec`` (constructor arguments: name, rule, rule options, shapes), ``model`` (state_dict,
 feedback buffers included), ``optimizer``, ``scheduler``, ``rng`` (torch CPU/CUDA, python, the
-data generator), ``epoch``, ``history`` (per-epoch metrics so far), ``best``.
+data generator), ``epoch`` and, in ``last.pt``, ``tracking``: the resumable part of the run record
+(per-epoch metrics so far, best epoch and accuracy, alignment records, early stop; see
+:meth:`falign.training.record.RunRecord.resumable`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,19 @@
-"""Train several rules on identical data, model and seed; one table, one figure, one summary."""
+"""Train several rules on identical data, model and seed; one table, one summary, the rows back.
+
+The validation-accuracy figure is drawn by the caller (``falign compare``, ``falign reproduce``)
+from the returned rows: ``falign.training`` imports no plotting code.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from ..rules import parse_rule
 from .config import CompareEntry, ExperimentConfig, parse_config, set_values
-from .loop import RunDirError, train, write_json
+from .loop import RunDirError, train
+from .record import RunRecord, write_json
+from .results import ResultRow, format_results
 
 
 def method(entry: str | CompareEntry | dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -55,8 +60,14 @@ def run_label(label: str) -> str:
 
 
 def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: str | Path, *,
-                resume: bool = False, overwrite: bool = False, log=print,
-                figure: bool = True) -> list[dict[str, Any]]:
+                resume: bool = False, overwrite: bool = False, log=print) -> list[ResultRow]:
+    """Train every method of ``rules`` on ``base`` into ``out/<label>``; log the results table
+    and write ``summary.md`` and ``compare.json``; return one :class:`ResultRow` per method.
+
+    Drawing is the caller's: ``falign compare`` writes ``val_acc.png`` from the rows'
+    ``val_curve`` (:func:`falign.plots.plot_val_curves`).  With ``resume``, a method whose run
+    is finished (completed or diverged) is read back, not trained again.
+    """
     out = Path(out)
     marker = out / "compare.json"
     if marker.exists() and not (resume or overwrite):
@@ -67,72 +78,43 @@ def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: st
     labels = list(configs)
     write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "running"})
     rows = []
-    for rule, cfg in configs.items():
-        run_dir = out / run_label(rule)
+    for label, cfg in configs.items():
+        run_dir = out / run_label(label)
         done = run_dir / "tracking.json"
-        if resume and done.exists() and json.loads(done.read_text()).get("status") in (
-                "completed", "diverged"):
-            tracking = json.loads(done.read_text())
-            log(f"== {rule}: already complete, reusing {run_dir}")
+        record = RunRecord.read(done) if resume and done.exists() else None
+        if record is not None and record.finished:
+            log(f"== {label}: already complete, reusing {run_dir}")
         else:
-            log(f"== {rule}")
-            tracking = train(cfg, run_dir, resume=resume, overwrite=overwrite, log=log)
-        rows.append(summary_row(rule, tracking))
-    table = format_table(rows, base)
-    log(table)
-    (out / "summary.md").write_text(summary_markdown(rows, base, table))
-    if figure:
-        from ..plots import plot_curves
-
-        series = {r["rule"]: [100 * a for a in r["val_curve"]] for r in rows if r["val_curve"]}
-        if series:
-            plot_curves(series, out / "val_acc", xlabel="epoch", ylabel="validation accuracy (%)",
-                        title=f"{base.data.name} / {base.model.name}: validation accuracy")
+            log(f"== {label}")
+            record = train(cfg, run_dir, resume=resume, overwrite=overwrite, log=log)
+        rows.append(ResultRow.of(label, record))
+    log(compare_table(rows, base))
+    (out / "summary.md").write_text(summary_markdown(rows, base))
     write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "completed",
-                        "rows": [{k: v for k, v in r.items() if k != "val_curve"} for r in rows]})
+                        "rows": [_marker_row(r) for r in rows]})
     return rows
 
 
-def summary_row(rule: str, tracking: dict[str, Any]) -> dict[str, Any]:
-    epochs = tracking["epochs"]
-    secs = [e["seconds"] for e in epochs]
-    return {
-        "rule": rule,
-        "best_val_acc": tracking.get("best_val_acc"),
-        "test_acc": tracking.get("test_acc"),
-        "epochs": len(epochs),
-        "best_epoch": tracking.get("best_epoch"),
-        "sec_per_epoch": sum(secs) / len(secs) if secs else None,
-        "status": tracking.get("status"),
-        "val_curve": [e["val_acc"] for e in epochs if e.get("val_acc") is not None],
-    }
+#: the columns of a comparison's table (after the method's label)
+COMPARE_COLUMNS = ("best val %", "test %", "epochs", "s/epoch", "status")
 
 
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
+def _marker_row(row: ResultRow) -> dict[str, Any]:
+    return {"rule": row.label, "best_val_acc": row.best_val_acc, "test_acc": row.test_acc,
+            "epochs": row.epochs, "best_epoch": row.best_epoch, "sec_per_epoch": row.sec_per_epoch,
+            "status": row.status}
 
 
-def format_table(rows: list[dict[str, Any]], base: ExperimentConfig) -> str:
-    lines = [
-        f"{base.data.name} / {base.model.name}, seed {base.seed}",
-        f"{'rule':<16}{'best val %':>11}{'test %':>9}{'epochs':>8}{'s/epoch':>9}  status",
-    ]
-    for r in rows:
-        spe = "-" if r["sec_per_epoch"] is None else f"{r['sec_per_epoch']:.1f}"
-        lines.append(f"{r['rule']:<16}{_pct(r['best_val_acc']):>11}{_pct(r['test_acc']):>9}"
-                     f"{r['epochs']:>8}{spe:>9}  {r['status']}")
-    return "\n".join(lines)
+def compare_table(rows: list[ResultRow], base: ExperimentConfig) -> str:
+    """The table ``run_compare`` logs: a line naming the setting, then one row per method."""
+    return (f"{base.data.name} / {base.model.name}, seed {base.seed}\n"
+            + format_results(rows, COMPARE_COLUMNS, label="rule"))
 
 
-def summary_markdown(rows: list[dict[str, Any]], base: ExperimentConfig, table: str) -> str:
+def summary_markdown(rows: list[ResultRow], base: ExperimentConfig) -> str:
     md = [f"# falign compare: {base.data.name} / {base.model.name}", "",
           f"Seed {base.seed}, {base.train.epochs} epochs, optimiser {base.optim.name} "
           f"lr {base.optim.lr}, batch {base.train.batch_size}.", "",
-          "| rule | best val acc % | test acc % | epochs | s/epoch | status |",
-          "|---|---:|---:|---:|---:|---|"]
-    for r in rows:
-        spe = "-" if r["sec_per_epoch"] is None else f"{r['sec_per_epoch']:.1f}"
-        md.append(f"| {r['rule']} | {_pct(r['best_val_acc'])} | {_pct(r['test_acc'])} | "
-                  f"{r['epochs']} | {spe} | {r['status']} |")
-    md += ["", "![validation accuracy](val_acc.png)", ""]
+          format_results(rows, COMPARE_COLUMNS, label="rule", style="markdown"),
+          "", "![validation accuracy](val_acc.png)", ""]
     return "\n".join(md)

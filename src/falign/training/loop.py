@@ -1,7 +1,8 @@
 """``train()`` and ``evaluate()``: one function that reads top to bottom, no callbacks.
 
-A run directory holds ``tracking.json`` (config, per-epoch metrics, best epoch, test accuracy,
-status, environment), ``config.yaml``, ``last.pt`` (everything needed to resume), ``best.pt``
+A run directory holds ``tracking.json`` (the :class:`~falign.training.record.RunRecord` that
+``train()`` returns: config, per-epoch metrics, best epoch, test accuracy, status, environment,
+alignment probes), ``config.yaml``, ``last.pt`` (everything needed to resume), ``best.pt``
 (the best-validation model) and, optionally, ``epoch_000.pt`` (before training) ... one per
 epoch.  ``train(..., resume=True)`` after a kill at any moment continues from the last
 complete epoch and ends with the numbers of an uninterrupted run.
@@ -10,12 +11,10 @@ complete epoch and ends with the numbers of an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
-import json
+import copy
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,8 +33,8 @@ from ..models import create_model, model_from_spec
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, ExperimentConfig, parse_config
-
-_RESUMED = ("epochs", "best_epoch", "best_val_acc", "alignment", "stopped_early")
+from .record import AlignmentRecord, EpochRecord, RunRecord
+from .record import write_json as write_json  # its home before record.py
 
 
 class RunDirError(ValueError):
@@ -60,14 +59,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic JSON write (temp file + os.replace): a kill never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 # -- pieces built from the config -------------------------------------------------------------
@@ -226,8 +217,9 @@ def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = print,
-          stop_after: int | None = None) -> dict[str, Any]:
-    """Train as ``cfg`` says, writing the run to ``out``; returns the tracking dict.
+          stop_after: int | None = None) -> RunRecord:
+    """Train as ``cfg`` says, writing the run to ``out``; returns its record (also written to
+    ``out/tracking.json`` after every epoch).
 
     ``stop_after`` ends the process-equivalent early after that many epochs of this call
     (used by tests to simulate a kill between epochs).
@@ -244,7 +236,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
 
 def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: torch.device, *,
            resume: bool, overwrite: bool, progress: bool | None,
-           log: Callable[[str], None] | None, stop_after: int | None) -> dict[str, Any]:
+           log: Callable[[str], None] | None, stop_after: int | None) -> RunRecord:
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
     last_path = out / "last.pt"
     saved = None
@@ -279,12 +271,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
     eval_split = data.val if (cfg.train.select_on == "val" and data.val is not None) else data.test
     select_name = "val" if eval_split is data.val else "test"
 
-    tracking: dict[str, Any] = {
-        "config": cfg.to_dict(), "model_spec": model.falign_spec, "dataset": data.description,
-        "epochs": [], "best_epoch": None, "best_val_acc": None, "test_acc": None,
-        "selected_on": select_name, "status": "running", "environment": environment(device),
-        "alignment": [], "stopped_early": False,
-    }
+    record = RunRecord(config=cfg.to_dict(), model_spec=model.falign_spec, dataset=data.description,
+                       selected_on=select_name, status="running", environment=environment(device))
     probe = StepProbe(model, world=ddp.world, reduce=reduce) if cfg.train.alignment_every else None
     start_epoch = 1
     if saved is not None:
@@ -292,7 +280,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"], gen)
-        tracking.update({k: saved["tracking"][k] for k in _RESUMED})
+        record.resume(saved["tracking"])
         start_epoch = saved["epoch"] + 1
     distributed.barrier(ddp)  # every rank has read the run directory before rank 0 writes
     if main:
@@ -303,17 +291,15 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 old.unlink(missing_ok=True)
             if cfg.train.checkpoint_every_epoch:
                 _save_model(out / "epoch_000.pt", model, cfg, 0)
-        write_json(out / "tracking.json", tracking)
+        record.write(out / "tracking.json")
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     say = (log or (lambda s: None)) if main else (lambda s: None)
     show_bar = (sys.stderr.isatty() if progress is None else progress) and main
-    prev_errors = None
-    if tracking["epochs"]:
-        prev_errors = tracking["epochs"][-1].get("train_errors")
+    prev_errors = record.epochs[-1].train_errors if record.epochs else None
     epochs_this_call = 0
-    step = sum(math.ceil(len(data.train) / cfg.train.batch_size) for _ in tracking["epochs"])
-    last_epoch = start_epoch - 1 if tracking["stopped_early"] else cfg.train.epochs
+    step = sum(math.ceil(len(data.train) / cfg.train.batch_size) for _ in record.epochs)
+    last_epoch = start_epoch - 1 if record.stopped_early else cfg.train.epochs
     for epoch in range(start_epoch, last_epoch + 1):
         model.train()
         t0 = time.perf_counter()
@@ -343,8 +329,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 break
             if measure:
                 stats = probe.finish(fast.input(x), y, ctx.loss_fn)
-                tracking["alignment"].append({"step": step, "epoch": epoch, "layers": {
-                    name: a.to_dict() for name, a in stats.items()}})
+                record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
+                    name: a.to_dict() for name, a in stats.items()}))
             fast.step(optimizer)
             step += 1
             bs = y.shape[0]
@@ -358,29 +344,27 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         loss_sum, correct, n, bad = distributed.all_sum(ddp, loss_sum, correct, n, float(diverged))
         correct, n, diverged = int(correct), int(n), bad > 0
         if diverged or not math.isfinite(loss_sum):
-            tracking["status"] = "diverged"
+            record.status = "diverged"
             say(f"epoch {epoch}: loss is not finite: run diverged")
             break
         scheduler.step()
-        record = {"epoch": epoch, "train_loss": loss_sum / n, "train_acc": correct / n,
-                  "train_errors": n - correct, "lr": lr, "seconds": seconds}
+        done = EpochRecord(epoch=epoch, train_loss=loss_sum / n, train_acc=correct / n,
+                           train_errors=n - correct, lr=lr, seconds=seconds)
         if data.val is not None:
             v = evaluate(model, data.val, data.eval_transform, batch_size=cfg.train.eval_batch_size,
                          loss_fn=loss_fn)
-            record["val_loss"], record["val_acc"] = v["loss"], v["acc"]
-        else:
-            record["val_loss"] = record["val_acc"] = None
-        sel = record["val_acc"] if select_name == "val" else evaluate(
+            done.val_loss, done.val_acc = v["loss"], v["acc"]
+        sel = done.val_acc if select_name == "val" else evaluate(
             model, data.test, data.eval_transform, batch_size=cfg.train.eval_batch_size)["acc"]
-        if tracking["best_val_acc"] is None or sel > tracking["best_val_acc"]:
-            tracking["best_val_acc"], tracking["best_epoch"] = sel, epoch
+        if record.best_val_acc is None or sel > record.best_val_acc:
+            record.best_val_acc, record.best_epoch = sel, epoch
             if main:
                 _save_model(out / "best.pt", model, cfg, epoch)
-        tracking["epochs"].append(record)
-        change = None if prev_errors is None else abs(record["train_errors"] - prev_errors)
+        record.epochs.append(done)
+        change = None if prev_errors is None else abs(done.train_errors - prev_errors)
         stop = cfg.train.early_stop_tol is not None and change is not None and \
             change <= cfg.train.early_stop_tol
-        tracking["stopped_early"] = stop  # saved, so a resume does not train past the stop
+        record.stopped_early = stop  # saved, so a resume does not train past the stop
         if main and cfg.train.checkpoint_every_epoch:
             _save_model(out / f"epoch_{epoch:03d}.pt", model, cfg, epoch)
         if main:
@@ -388,36 +372,36 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 "config": cfg.to_dict(), "model_spec": model.falign_spec, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state(gen), "epoch": epoch,
-                "tracking": {k: tracking[k] for k in _RESUMED},
+                "tracking": record.resumable(),
             })
-            write_json(out / "tracking.json", tracking)
+            record.write(out / "tracking.json")
         distributed.barrier(ddp)
-        val_txt = "" if record["val_acc"] is None else (
-            f" val_loss {record['val_loss']:.4f} val_acc {100 * record['val_acc']:.2f}%")
-        say(f"epoch {epoch}/{cfg.train.epochs} train_loss {record['train_loss']:.4f} "
-            f"train_acc {100 * record['train_acc']:.2f}%{val_txt} lr {lr:.3g} {seconds:.1f}s")
+        val_txt = "" if done.val_acc is None else (
+            f" val_loss {done.val_loss:.4f} val_acc {100 * done.val_acc:.2f}%")
+        say(f"epoch {epoch}/{cfg.train.epochs} train_loss {done.train_loss:.4f} "
+            f"train_acc {100 * done.train_acc:.2f}%{val_txt} lr {lr:.3g} {seconds:.1f}s")
         epochs_this_call += 1
         if stop:
             say(f"early stop: training errors changed by {change} <= tol {cfg.train.early_stop_tol}")
             break
-        prev_errors = record["train_errors"]
+        prev_errors = done.train_errors
         if stop_after is not None and epochs_this_call >= stop_after:
-            return tracking
+            return record
 
-    if tracking["status"] == "running":
-        tracking["status"] = "completed"
+    if record.status == "running":
+        record.status = "completed"
     distributed.barrier(ddp)
     if (out / "best.pt").exists():
         best = load_checkpoint(out / "best.pt", map_location=device)
         model.load_state_dict(best["model"])
-        tracking["test_acc"] = evaluate(model, data.test, data.eval_transform,
-                                        batch_size=cfg.train.eval_batch_size)["acc"]
+        record.test_acc = evaluate(model, data.test, data.eval_transform,
+                                   batch_size=cfg.train.eval_batch_size)["acc"]
     if main:
-        write_json(out / "tracking.json", tracking)
-    if tracking["test_acc"] is not None:
-        say(f"best epoch {tracking['best_epoch']} ({select_name} acc "
-            f"{100 * tracking['best_val_acc']:.2f}%), test acc {100 * tracking['test_acc']:.2f}%")
-    return tracking
+        record.write(out / "tracking.json")
+    if record.test_acc is not None:
+        say(f"best epoch {record.best_epoch} ({select_name} acc "
+            f"{100 * record.best_val_acc:.2f}%), test acc {100 * record.test_acc:.2f}%")
+    return record
 
 
 def _save_model(path: Path, model: nn.Module, cfg: ExperimentConfig, epoch: int) -> None:
@@ -427,6 +411,7 @@ def _save_model(path: Path, model: nn.Module, cfg: ExperimentConfig, epoch: int)
 
 def _check_same_config(saved: dict[str, Any], cfg: ExperimentConfig, where: Path) -> None:
     current = cfg.to_dict()
+    saved = _as_current(saved)
     for section, values in current.items():
         old = saved.get(section)
         if section == "train" and isinstance(old, dict):
@@ -435,6 +420,15 @@ def _check_same_config(saved: dict[str, Any], cfg: ExperimentConfig, where: Path
         if old != values:
             raise CheckpointError(f"{where}: the run was made with a different '{section}' "
                                   "config; resume with the run's own config.yaml")
+
+
+def _as_current(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in today's form (older keys migrated, newer ones at their defaults), so a
+    run started by an earlier falign resumes; as saved when it no longer validates."""
+    try:
+        return parse_config(copy.deepcopy(saved), where="saved config").to_dict()
+    except ConfigError:
+        return saved
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:

@@ -60,7 +60,9 @@ from .config import (
     parse_config,
     set_values,
 )
-from .loop import RunDirError, train, write_json
+from .loop import RunDirError, train
+from .record import write_json
+from .results import format_table
 
 #: seconds between two heartbeats of a running trial
 HEARTBEAT_S = 10.0
@@ -189,18 +191,17 @@ def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any],
         run_dir = out / "trials" / label
         cfg = _trial_config(base, chosen, spec.trial_epochs, label)
         log(f"[{study_name}] trial {trial.number}: {chosen}")
-        tracking = train(cfg, run_dir, overwrite=True, log=None)
+        record = train(cfg, run_dir, overwrite=True, log=None)
         try:
             trial.set_user_attr("run_dir", str(run_dir))
-            trial.set_user_attr("status", tracking["status"])
+            trial.set_user_attr("status", record.status)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass  # taken for a dead worker's and failed meanwhile: its retry records the result
-        if tracking["status"] == "diverged" or tracking["best_val_acc"] is None:
+        if record.status == "diverged" or record.best_val_acc is None:
             log(f"[{study_name}] trial {trial.number}: diverged")
             raise optuna.TrialPruned("diverged: loss became NaN or infinite")
-        log(f"[{study_name}] trial {trial.number}: best val acc "
-            f"{100 * tracking['best_val_acc']:.2f}%")
-        return tracking["best_val_acc"]
+        log(f"[{study_name}] trial {trial.number}: best val acc {100 * record.best_val_acc:.2f}%")
+        return record.best_val_acc
 
     _work(study, objective, grid=points is not None, may_ask=may_ask,
           limit=n_trials if worker else None, heartbeat=heartbeat, log=log)
@@ -425,10 +426,10 @@ def final_runs(base: ExperimentConfig, params: dict[str, Any], spec: SweepConfig
         cfg = _trial_config(base, params, epochs, f"{label}-final-s{seed}", seed=seed)
         run_dir = out / "final" / f"{label}-seed{seed}"
         log(f"[{label}] final training, seed {seed}, {epochs} epochs: {params}")
-        tracking = train(cfg, run_dir, resume=not overwrite, overwrite=overwrite, log=log)
-        results.append({"seed": seed, "best_val_acc": tracking["best_val_acc"],
-                        "test_acc": tracking["test_acc"], "best_epoch": tracking["best_epoch"],
-                        "status": tracking["status"], "run_dir": str(run_dir)})
+        record = train(cfg, run_dir, resume=not overwrite, overwrite=overwrite, log=log)
+        results.append({"seed": seed, "best_val_acc": record.best_val_acc,
+                        "test_acc": record.test_acc, "best_epoch": record.best_epoch,
+                        "status": record.status, "run_dir": str(run_dir)})
     tests = [r["test_acc"] for r in results if r["test_acc"] is not None]
     return {
         "params": params, "runs": results,
@@ -497,14 +498,15 @@ def run_sweep(base: ExperimentConfig, spec: SweepConfig, out: str | Path, *,
 
 
 def format_sweep(summary: dict[str, Any]) -> str:
-    lines = [f"{'rule':<14}{'trials':>7}  {'best params':<40}{'test % (mean ± std)':>22}"]
+    """One row per rule: its trials, best parameters and final test accuracy (mean ± std)."""
+    cells = []
     for label, entry in summary["rules"].items():
         fin = entry.get("final") or {}
         mean, std = fin.get("test_acc_mean"), fin.get("test_acc_std")
         acc = "-" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0):.2f}"
         params = ", ".join(f"{k}={v}" for k, v in (entry["best_params"] or {}).items())
-        lines.append(f"{label:<14}{len(entry['trials']):>7}  {params:<40}{acc:>22}")
-    return "\n".join(lines)
+        cells.append([label, str(len(entry["trials"])), params or "-", acc])
+    return format_table(["rule", "trials", "best params", "test % (mean ± std)"], cells)
 
 
 def grid_size(params: dict[str, list[Any]]) -> int:
