@@ -8,7 +8,9 @@
                     training (target: within 5%),
 * alignment      -- ``train.alignment_every: 20`` against 0 (target <= 1.10),
 * scaling        -- ``torchrun --nproc_per_node 2 -m falign train`` against 1 process
-                    (indicative only on a small shared machine).
+                    (indicative only on a small shared machine),
+* sequence       -- a converted transformer block and LSTM against the same modules under BP
+                    (the LSTM also against BP through falign's unrolled loop).
 
 Each is also a module of its own: ``python -m bench.step_time`` etc.  ``--quick`` is a CI-size
 run (measured on 2 busy cores: about 1 minute with ``--threads 1``, 4 minutes without); a full
@@ -31,7 +33,7 @@ import traceback
 
 import torch
 
-from . import alignment_overhead, data_pipeline, scaling, step_time
+from . import alignment_overhead, data_pipeline, scaling, sequence, step_time
 from ._common import Row, data_dir, format_rows
 
 BENCHMARKS = {
@@ -39,6 +41,7 @@ BENCHMARKS = {
     "data_pipeline": data_pipeline.run,
     "alignment": alignment_overhead.run,
     "scaling": scaling.run,
+    "sequence": sequence.run,
 }
 ALIASES = {"alignment_overhead": "alignment", "step": "step_time", "data": "data_pipeline",
            "ddp": "scaling"}

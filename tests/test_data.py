@@ -48,7 +48,7 @@ def mnist_full() -> Dataset:
 
 def test_available_datasets_lists_every_registered_name():
     assert available_datasets() == sorted(
-        ["mnist", "fashion-mnist", "cifar10", "cifar10-jpeg", "imagefolder", "xor"]
+        ["mnist", "fashion-mnist", "cifar10", "cifar10-jpeg", "imagefolder", "text", "xor"]
     )
 
 
@@ -333,3 +333,33 @@ def test_cuda_dataset_batches_and_transforms_stay_on_device():
     for g in (torch.Generator().manual_seed(0), torch.Generator("cuda").manual_seed(0)):
         for x, y in batches(ds.train, 100, transform=ds.train_transform, shuffle=True, generator=g):
             assert x.is_cuda and y.is_cuda and x.shape[1:] == (1, 32, 32)
+
+
+# ------------------------------------------------------------------------ character text
+
+
+def test_text_dataset_windows_contiguous_blocks_and_vocabulary(tmp_path) -> None:
+    from falign.data import load_dataset
+
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(10_000))
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    data = load_dataset("text", tmp_path, path="t.txt", seq_len=20)
+    vocab = sorted(set(text))
+    assert data.classes == vocab and data.num_classes == 26 and data.input_shape == (20,)
+    ids = [vocab.index(c) for c in text]
+    # train: the first 90 % in windows of 21, y the next character of x
+    assert data.train.x[0].tolist() == ids[:20] and data.train.y[0].tolist() == ids[1:21]
+    assert data.train.x[1].tolist() == ids[20:40]
+    assert len(data.train) == (9000 - 1) // 20 and len(data.val) == (500 - 1) // 20
+    assert data.test.x[0].tolist() == ids[9500:9520]  # the last block, unseen in training
+
+
+def test_text_dataset_reads_the_shipped_shakespeare_by_default() -> None:
+    from conftest import DATA
+
+    from falign.data import load_dataset
+
+    if not (DATA / "shakespeare" / "shakespeare.txt").is_file():
+        pytest.skip(f"shakespeare/shakespeare.txt not found under {DATA}")
+    data = load_dataset("text", DATA, seq_len=64, subset=100)
+    assert data.num_classes == 84 and data.input_shape == (64,)

@@ -14,6 +14,7 @@ import torch.nn as nn
 import falign.layers
 from falign.models import (
     MLP,
+    CharTransformer,
     CifarResNet,
     ModelError,
     PadShortcut,
@@ -76,6 +77,15 @@ PARAM_CASES = [
     ("resnet20", {"shortcut": "B"}, resnet_params(20, shortcut="B")),
     ("resnet56", {}, resnet_params(56)),
     ("resnet", {"depth": 8, "num_classes": 100}, resnet_params(8, num_classes=100)),
+    # embeddings 84*16 + 8*16; a block: 2 LN (4*16), attention 4*(16*16+16), MLP 16*64+64+64*16+16;
+    # ln_f 2*16; head 16*84+84
+    ("char_transformer", {"dim": 16, "depth": 1, "heads": 2, "in_shape": (8,)},
+     84 * 16 + 8 * 16 + 4 * 16 + 4 * (16 * 16 + 16) + 16 * 64 + 64 + 64 * 16 + 16 + 2 * 16 + 16 * 84 + 84),
+    # patches 3*4*4*16+16, class token 16, positions (4+1)*16, a block (mlp_ratio 2) 4*16 +
+    # 4*(16*16+16) + 16*32+32+32*16+16, ln_f 2*16, head 16*10+10
+    ("vit", {"dim": 16, "depth": 1, "heads": 2, "in_shape": (3, 8, 8)},
+     3 * 16 * 16 + 16 + 16 + 5 * 16 + 4 * 16 + 4 * (16 * 16 + 16) + 16 * 32 + 32 + 32 * 16 + 16 + 2 * 16
+     + 16 * 10 + 10),
 ]
 
 
@@ -106,18 +116,26 @@ def test_published_counts():
 
 
 def _input(model: nn.Module, n: int = 3) -> torch.Tensor:
+    if len(model.in_shape) == 1 and isinstance(model, CharTransformer):  # token ids
+        return torch.randint(0, model.num_classes, (n, *model.in_shape))
     return torch.randn(n, *model.in_shape)
 
 
+def _logits(out: torch.Tensor) -> torch.Tensor:
+    """(N, K) logits; a language model's last position."""
+    return out[:, -1] if out.dim() == 3 else out
+
+
 # The ResNets pool globally, so a small input keeps these tests fast.
-SMALL = {"resnet": (3, 8, 8), "resnet20": (3, 8, 8), "resnet56": (3, 8, 8)}
+SMALL = {"resnet": (3, 8, 8), "resnet20": (3, 8, 8), "resnet56": (3, 8, 8), "vit": (3, 8, 8),
+         "char_transformer": (8,)}
 
 
 @pytest.mark.parametrize("name", available_models())
 def test_forward_shape(name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=7, in_shape=SMALL.get(name))
-    out = model(_input(model))
+    out = _logits(model(_input(model)))
     assert out.shape == (3, 7)
     assert model.num_classes == 7
 
@@ -127,7 +145,7 @@ def test_backward_gives_finite_grad_for_every_parameter(name):
     torch.manual_seed(0)
     model = create_model(name, in_shape=SMALL.get(name))
     x = _input(model)
-    loss = nn.functional.cross_entropy(model(x), torch.tensor([0, 1, 2]))
+    loss = nn.functional.cross_entropy(_logits(model(x)), torch.tensor([0, 1, 2]))
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
@@ -268,7 +286,9 @@ def test_class_passes_through_and_rebuilds_from_spec():
 def test_spec_refuses_imports_outside_the_contract():
     with pytest.raises(ModelError):
         model_from_spec({"name": "os:system", "options": {"command": "true"}})
-    with pytest.raises(ModelError):
+    from falign.rules import RuleError
+
+    with pytest.raises((ModelError, RuleError), match="os:system"):  # not a Rule subclass: refused
         model_from_spec({"name": "arch1", "rule": "os:system", "options": {}})
 
 
@@ -387,7 +407,7 @@ def test_model_summary_of_a_cnn():
 def test_rule_is_applied_through_convert(monkeypatch):
     calls = []
 
-    def fake_convert(model, rule, inplace=False, **options):
+    def fake_convert(model, rule, inplace=False, example_input=None, **options):
         calls.append((rule, inplace, options))
         return model
 
@@ -429,7 +449,8 @@ def test_converted_models_train_and_round_trip(name, options, rule):
     x = _input(model)
     for net in (model, rebuilt):  # the same forward, so lazily made buffers (DFA) exist in both
         out = net(x)
-        assert out.shape == (3, model.num_classes)
+        assert _logits(out).shape == (3, model.num_classes)
+        falign.layers.set_targets(net, torch.zeros(out.shape[:-1], dtype=torch.long))  # drtp's targets
         out.square().sum().backward()
         for pname, p in net.named_parameters():
             assert p.grad is not None and torch.isfinite(p.grad).all(), pname
@@ -457,3 +478,35 @@ def test_rule_instance_is_recorded_by_name_with_its_options():
     for key in a:
         torch.testing.assert_close(a[key], b[key])
     assert create_model("mlp", type(rule), sizes=[6, 5, 4]).falign_spec["rule"] == "fa"
+
+
+# ------------------------------------------------------------------------ transformers
+
+
+def test_char_transformer_and_vit_build_convert_and_train_a_step() -> None:
+    from falign.models import create_model
+
+    lm = create_model("char_transformer", rule="fa", num_classes=20, in_shape=(12,), dim=16, depth=2, heads=2)
+    assert lm.falign_conversion.unreachable == []
+    ids = torch.randint(0, 20, (3, 12))
+    out = lm(ids)
+    assert out.shape == (3, 12, 20)
+    nn.functional.cross_entropy(out.reshape(-1, 20), ids.reshape(-1)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in lm.parameters())
+    vit = create_model("vit", rule="dfa", num_classes=10, in_shape=(3, 8, 8), patch=4, dim=16, depth=1,
+                       heads=2)
+    logits = vit(torch.randn(2, 3, 8, 8))
+    assert logits.shape == (2, 10)
+    nn.functional.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    assert vit.falign_conversion.unreachable == []  # the class token and positions: added, by shape
+
+
+def test_char_transformer_is_causal() -> None:
+    from falign.models import create_model
+
+    torch.manual_seed(0)
+    lm = create_model("char_transformer", num_classes=9, in_shape=(6,), dim=8, depth=1, heads=2, dropout=0.0)
+    ids = torch.randint(0, 9, (1, 6))
+    other = ids.clone()
+    other[0, 4:] = (ids[0, 4:] + 1) % 9  # change the future
+    assert torch.allclose(lm(ids)[0, :4], lm(other)[0, :4])

@@ -293,8 +293,9 @@ def check_seed(rule, options: dict[str, Any] | None = None) -> None:
     options = options or {}
 
     def bs(seed: int, global_seed: int):
-        torch.manual_seed(global_seed)
-        model = _convert(_net(), rule, options, seed=seed, example=torch.zeros(NET_INPUT, dtype=DT))
+        net = _net()  # the same W every time
+        torch.manual_seed(global_seed)  # then another global RNG state for the conversion
+        model = _convert(net, rule, options, seed=seed, example=torch.zeros(NET_INPUT, dtype=DT))
         torch.manual_seed(global_seed + 1)
         _train(model, 1)
         return _feedbacks(model)

@@ -16,6 +16,7 @@ from .core import Dataset, DatasetError, Loaded, Split, data_root
 from .fetch import REMOTES, fetch_dataset
 from .folder import load_imagefolder
 from .idx import load_fashion_mnist, load_mnist
+from .text import load_text
 from .transforms import ToFloat
 
 __all__ = ["available_datasets", "download", "load_dataset"]
@@ -44,6 +45,7 @@ _REGISTRY: dict[str, Callable[..., Loaded]] = {
     "cifar10": load_cifar10,
     "cifar10-jpeg": load_cifar10_jpeg,
     "imagefolder": load_imagefolder,
+    "text": load_text,
     "xor": load_xor,
 }
 

@@ -4,7 +4,8 @@
     >>> model = create_model("arch1")                 # plain backprop layers
     >>> model = create_model("resnet20", rule="fa")   # converted by falign.layers.convert
 
-Registered names: ``mlp``, ``arch1``, ``lenet``, ``resnet``, ``resnet20``, ``resnet56``.
+Registered names: ``mlp``, ``arch1``, ``lenet``, ``resnet``, ``resnet20``, ``resnet56``, ``vit``,
+``char_transformer``.
 """
 
 from .arch1 import Arch1
@@ -13,15 +14,18 @@ from .mlp import MLP
 from .registry import ModelError, available_models, create_model, model_from_spec, register_model
 from .resnet import BasicBlock, CifarResNet, PadShortcut
 from .summary import model_summary
+from .transformer import CharTransformer, ViT
 
 __all__ = [
     "MLP",
     "Arch1",
     "BasicBlock",
+    "CharTransformer",
     "CifarResNet",
     "LeNet",
     "ModelError",
     "PadShortcut",
+    "ViT",
     "available_models",
     "create_model",
     "model_from_spec",

@@ -104,7 +104,10 @@ def create_model(
             from falign.layers import convert
         except ImportError as exc:
             raise ImportError("create_model(rule=...) needs falign.layers.convert") from exc
-        converted = convert(model, rule, inplace=True, **(rule_options or {}))
+        # one example forward shapes every lazily made B now, so an optimizer built next holds
+        # the ones a rule trains (direct Kolen-Pollack)
+        converted = convert(model, rule, inplace=True, example_input=_example(model, in_shape),
+                            **(rule_options or {}))
         model = model if converted is None else converted
 
     # Record what the model resolved them to (pins defaults) where the builder takes them.
@@ -154,6 +157,21 @@ def model_from_spec(spec: dict) -> nn.Module:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+def _example(model: nn.Module, in_shape: tuple[int, ...] | None):
+    """A 2-sample input for ``model``: its own ``example_input(n)`` if it has one, else zeros
+    of ``in_shape`` (None when neither is known)."""
+    make = getattr(model, "example_input", None)
+    if callable(make):
+        return make(2)
+    shape = in_shape or getattr(model, "in_shape", None)
+    if shape is None:
+        return None
+    import torch
+
+    param = next(model.parameters(), None)
+    return torch.zeros((2, *shape), dtype=param.dtype if param is not None else None)
 
 
 def _resolve(name: Any) -> tuple[str, Callable[..., nn.Module]]:
