@@ -71,8 +71,8 @@ def test_a_version_1_tracking_json_reads(tmp_path):
     assert record.seconds_per_epoch == 0.5
     assert record.finished and not record.stopped_early
     # written again: the same keys and values, now with the version
-    assert record.to_dict() == {"schema_version": 2, **V1}
-    assert list(record.to_dict()) == ["schema_version", *V1]
+    assert record.to_dict() == {"schema_version": 3, **V1, "test_loss": None}
+    assert set(record.to_dict()) == {"schema_version", "test_loss", *V1}
 
 
 def test_round_trip_through_the_plain_form_and_the_file(tmp_path):
@@ -91,11 +91,11 @@ def test_round_trip_through_the_plain_form_and_the_file(tmp_path):
     record.write(tmp_path / "tracking.json")
     assert RunRecord.read(tmp_path / "tracking.json") == record
     assert [p.name for p in tmp_path.iterdir()] == ["tracking.json"]  # no temp file left
-    assert SCHEMA_VERSION == plain["schema_version"] == 2
+    assert SCHEMA_VERSION == plain["schema_version"] == 3
 
 
 @pytest.mark.parametrize("text, message", [
-    (json.dumps({**V1, "schema_version": 3}), "schema version 3 is newer than this falign reads"),
+    (json.dumps({**V1, "schema_version": 4}), "schema version 4 is newer than this falign reads"),
     (json.dumps({**V1, "schema_version": "2"}), "schema_version '2' is not a version number"),
     (json.dumps([V1]), "holds a JSON list, not an object"),
     (json.dumps({**V1, "epochs": [{"epoch": 1}]}), "epochs[0]: no 'train_loss'"),

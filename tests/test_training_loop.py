@@ -74,7 +74,7 @@ def test_tracking_json(reference):
     tracking = json.loads((out / "tracking.json").read_text())
     assert isinstance(returned, RunRecord)
     assert tracking == json.loads(json.dumps(returned.to_dict()))
-    assert tracking["schema_version"] == 2 and tracking["config"] == cfg.to_dict()
+    assert tracking["schema_version"] == 3 and tracking["config"] == cfg.to_dict()
     assert tracking["status"] == "completed"
     assert [e["epoch"] for e in tracking["epochs"]] == [1, 2]
     for e in tracking["epochs"]:

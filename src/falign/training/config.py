@@ -98,7 +98,9 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(default=1000, ge=1)
     loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"
     loss_reduction: Literal["mean", "sum"] = "mean"
-    select_on: Literal["val", "test"] = "val"
+    #: the epoch whose model is kept as best.pt and tested: the best on the validation split, on
+    #: the test split (BioTorch's protocol), or the last one (a paper's "final" accuracy)
+    select_on: Literal["val", "test", "last"] = "val"
     checkpoint_every_epoch: bool = False
     #: stop when |change in training error count| <= tol between epochs (DFA report); None: off
     early_stop_tol: float | None = Field(default=None, ge=0)
@@ -112,6 +114,13 @@ class TrainConfig(_Section):
     #: under several processes, batch-norm statistics over the whole global batch (False: each
     #: process normalises its own share, a different computation from one process)
     sync_batchnorm: bool = True
+    #: experiment trackers the run reports to (see falign.training.loggers)
+    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    #: per-step scalars (the training loss) to the trackers every N steps (0: per epoch only)
+    log_every: int = Field(default=0, ge=0)
+    #: a resumable checkpoint every N training steps within an epoch too (0: after epochs only);
+    #: a kill then loses at most N steps, and the resumed run ends bit-identical
+    checkpoint_steps: int = Field(default=0, ge=0)
 
 
 class SearchSpace(_Section):

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from ..models import create_model, model_from_spec
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, ExperimentConfig, parse_config
+from .loggers import Logger, make_loggers
 from .record import AlignmentRecord, EpochRecord, RunRecord
 from .record import write_json as write_json  # its home before record.py
 
@@ -159,10 +161,20 @@ def share_loss(kind: str, reduction: str, num_classes: int, world: int, global_n
     return share
 
 
+def flat(out: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(N, T, K) outputs and (N, T) labels (a language model: one label a position) as
+    (N T, K) and (N T,); classification outputs as they are."""
+    if out.dim() > 2 and y.dim() == out.dim() - 1:
+        return out.reshape(-1, out.shape[-1]), y.reshape(-1)
+    return out, y
+
+
 def loss_and_target(kind: str, reduction: str, num_classes: int):
-    """The loss of ``(output, labels)``; ``fn.reduction`` says how :func:`batch_total` sums it."""
+    """The loss of ``(output, labels)``; ``fn.reduction`` says how :func:`batch_total` sums it.
+    A language model's loss counts every position (its "examples" are tokens)."""
 
     def fn(out: Tensor, y: Tensor) -> Tensor:
+        out, y = flat(out, y)
         if kind == "cross_entropy":
             return F.cross_entropy(out, y, reduction=reduction)
         onehot = F.one_hot(y, num_classes).to(out.dtype)
@@ -175,8 +187,14 @@ def loss_and_target(kind: str, reduction: str, num_classes: int):
 
 
 def batch_total(loss: Tensor, batch: int, reduction: str) -> float:
-    """The loss summed over the batch's examples, whatever the reduction."""
+    """The loss summed over the batch's ``batch`` examples (tokens), whatever the reduction."""
     return float(loss.detach()) * (batch if reduction == "mean" else 1)
+
+
+def hits(out: Tensor, y: Tensor) -> int:
+    """Correct predictions (positions, for a language model)."""
+    out, y = flat(out, y)
+    return int((out.argmax(-1) == y).sum())
 
 
 @torch.no_grad()
@@ -189,11 +207,11 @@ def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 100
     try:
         for x, y in batches(split, batch_size, transform=transform, shuffle=False):
             out = model(x)
-            correct += int((out.argmax(1) == y).sum())
-            total += y.shape[0]
+            correct += hits(out, y)
+            total += y.numel()
             if loss_fn is not None:
                 reduction = getattr(loss_fn, "reduction", "mean")  # a plain callable: a mean
-                loss_sum += batch_total(loss_fn(out, y), y.shape[0], reduction)
+                loss_sum += batch_total(loss_fn(out, y), y.numel(), reduction)
     finally:
         model.train(was_training)
     result = {"acc": correct / max(total, 1)}
@@ -215,28 +233,52 @@ def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
                           "--overwrite to replace it)")
 
 
+def default_threads() -> int:
+    """Intra-op threads when none are asked for: half the CPUs this process may use (at least
+    one, at most 8) -- deterministic, and leaving room on a shared machine, where more threads
+    than free cores make every op wait for its slowest thread."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus // 2))
+
+
 def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = print,
-          stop_after: int | None = None) -> RunRecord:
+          stop_after: int | None = None, threads: int | None = None,
+          loggers: Sequence[Logger] = ()) -> RunRecord:
     """Train as ``cfg`` says, writing the run to ``out``; returns its record (also written to
     ``out/tracking.json`` after every epoch).
 
+    ``threads``: torch's intra-op threads for the run (None: the run's own when resuming, else
+    :func:`default_threads`); recorded in ``environment.threads``.  The same config, seed and
+    thread count give bit-identical numbers on a CPU.  ``loggers``: trackers of one's own
+    (:class:`falign.training.loggers.Logger`) besides the config's ``train.loggers``.
     ``stop_after`` ends the process-equivalent early after that many epochs of this call
     (used by tests to simulate a kill between epochs).
     """
     out = Path(out)
     device = resolve_device(cfg.device)
+    if threads is None and resume and (out / "tracking.json").is_file():
+        with contextlib.suppress(Exception):
+            threads = int(RunRecord.read(out / "tracking.json").environment.get("threads") or 0) or None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads())
     ddp = distributed.setup(device)
     try:
         return _train(cfg, out, ddp, distributed.device_for(ddp, device), resume=resume,
-                      overwrite=overwrite, progress=progress, log=log, stop_after=stop_after)
+                      overwrite=overwrite, progress=progress, log=log, stop_after=stop_after,
+                      extra_loggers=list(loggers))
     finally:
         distributed.teardown(ddp)
+        torch.set_num_threads(before)
 
 
 def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: torch.device, *,
            resume: bool, overwrite: bool, progress: bool | None,
-           log: Callable[[str], None] | None, stop_after: int | None) -> RunRecord:
+           log: Callable[[str], None] | None, stop_after: int | None,
+           extra_loggers: list[Logger]) -> RunRecord:
     prepare_run_dir(out, resume=resume, overwrite=overwrite)
     last_path = out / "last.pt"
     saved = None
@@ -268,13 +310,15 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     loss_fn = loss_and_target(cfg.train.loss, cfg.train.loss_reduction, data.num_classes)
     reduce = distributed.reduce_sum(ddp)
-    eval_split = data.val if (cfg.train.select_on == "val" and data.val is not None) else data.test
-    select_name = "val" if eval_split is data.val else "test"
+    select_name = cfg.train.select_on
+    if select_name == "val" and data.val is None:
+        select_name = "test"
 
     record = RunRecord(config=cfg.to_dict(), model_spec=model.falign_spec, dataset=data.description,
                        selected_on=select_name, status="running", environment=environment(device))
     probe = StepProbe(model, world=ddp.world, reduce=reduce) if cfg.train.alignment_every else None
     start_epoch = 1
+    partial = None  # an epoch a mid-epoch checkpoint left unfinished
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -282,6 +326,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         set_rng_state(saved["rng"], gen)
         record.resume(saved["tracking"])
         start_epoch = saved["epoch"] + 1
+        partial = saved.get("partial")
     distributed.barrier(ddp)  # every rank has read the run directory before rank 0 writes
     if main:
         out.mkdir(parents=True, exist_ok=True)
@@ -296,112 +341,160 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
 
     say = (log or (lambda s: None)) if main else (lambda s: None)
     show_bar = (sys.stderr.isatty() if progress is None else progress) and main
+    steps_per_epoch = math.ceil(len(data.train) / cfg.train.batch_size)
+    step = steps_per_epoch * len(record.epochs) + (partial["batches"] if partial else 0)
+    trackers = (make_loggers(cfg.train.loggers) + extra_loggers) if main else []
+    for t in trackers:
+        t.start(out, record, step)
+
+    def checkpoint(epoch_done: int, part: dict[str, Any] | None = None) -> None:
+        save_checkpoint(last_path, {
+            "config": cfg.to_dict(), "model_spec": model.falign_spec, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": rng_state(gen), "epoch": epoch_done, "tracking": record.resumable(),
+            **({"partial": part} if part else {}),
+        })
+
     prev_errors = record.epochs[-1].train_errors if record.epochs else None
     epochs_this_call = 0
-    step = sum(math.ceil(len(data.train) / cfg.train.batch_size) for _ in record.epochs)
     last_epoch = start_epoch - 1 if record.stopped_early else cfg.train.epochs
-    for epoch in range(start_epoch, last_epoch + 1):
-        model.train()
-        t0 = time.perf_counter()
-        n, correct, loss_sum, diverged = 0, 0, 0.0, False
-        lr = optimizer.param_groups[0]["lr"]
-        it = batches(data.train, cfg.train.batch_size, transform=data.train_transform, shuffle=True,
-                     generator=gen)
-        if show_bar:
-            from tqdm import tqdm
+    try:
+        for epoch in range(start_epoch, last_epoch + 1):
+            model.train()
+            t0 = time.perf_counter()
+            n, correct, loss_sum, diverged, skip = 0, 0, 0.0, False, 0
+            if partial is not None and partial["epoch"] == epoch:
+                # a mid-epoch checkpoint: the epoch's data order and augmentation draws come from
+                # the generator as it was at the epoch's start; the batches done are drawn again
+                # and skipped, then the random state of the checkpoint takes over
+                gen.set_state(partial["gen"])
+                n, correct, loss_sum = partial["n"], partial["correct"], partial["loss"]
+                skip = partial["batches"]
+                t0 -= partial["seconds"]
+            epoch_gen = gen.get_state()
+            lr = optimizer.param_groups[0]["lr"]
+            it = batches(data.train, cfg.train.batch_size, transform=data.train_transform, shuffle=True,
+                         generator=gen)
+            if show_bar:
+                from tqdm import tqdm
 
-            steps = math.ceil(len(data.train) / cfg.train.batch_size)
-            it = tqdm(it, total=steps, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False)
-        for x, y in it:
-            share = loss_fn
-            if ddp.enabled:
-                share = share_loss(cfg.train.loss, cfg.train.loss_reduction, data.num_classes,
-                                   ddp.world, y.shape[0])
-                x, y = distributed.shard(ddp, x, y)
-            optimizer.zero_grad(set_to_none=True)
-            ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
-                              world=ddp.world, reduce=reduce, autocast=fast.autocast)
-            measure = probe is not None and step % cfg.train.alignment_every == 0
-            with probe.capture() if measure else contextlib.nullcontext():
-                out_b, loss = train_step(model, net, fast.input(x), y, ctx)
-            if not torch.isfinite(loss):
-                diverged = True
+                it = tqdm(it, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False)
+            for k, (x, y) in enumerate(it):
+                if k < skip:
+                    continue
+                if k == skip and partial is not None and partial["epoch"] == epoch:
+                    set_rng_state(partial["rng"], None)
+                share = loss_fn
+                if ddp.enabled:
+                    share = share_loss(cfg.train.loss, cfg.train.loss_reduction, data.num_classes,
+                                       ddp.world, y.numel())
+                global_batch = y.shape[0]
+                if ddp.enabled:
+                    x, y = distributed.shard(ddp, x, y)
+                optimizer.zero_grad(set_to_none=True)
+                ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
+                                  world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch)
+                measure = probe is not None and step % cfg.train.alignment_every == 0
+                with probe.capture() if measure else contextlib.nullcontext():
+                    out_b, loss = train_step(model, net, fast.input(x), y, ctx)
+                if not torch.isfinite(loss):
+                    diverged = True
+                    break
+                if measure:
+                    stats = probe.finish(fast.input(x), y, ctx.loss_fn)
+                    record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
+                        name: a.to_dict() for name, a in stats.items()}))
+                fast.step(optimizer)
+                step += 1
+                tokens = y.numel()
+                if ddp.enabled:
+                    loss_sum += float(loss.detach()) / share.factor
+                else:
+                    loss_sum += batch_total(loss, tokens, cfg.train.loss_reduction)
+                correct += hits(out_b.detach(), y)
+                n += tokens
+                if show_bar and k % 10 == 0:
+                    it.set_postfix(loss=f"{loss_sum / max(n, 1):.4f}")
+                if cfg.train.log_every and step % cfg.train.log_every == 0:
+                    for t in trackers:
+                        t.step(step, {"loss": float(loss.detach())})
+                if cfg.train.checkpoint_steps and step % cfg.train.checkpoint_steps == 0 and \
+                        k + 1 < steps_per_epoch:
+                    part = {"epoch": epoch, "batches": k + 1, "gen": epoch_gen, "n": n, "correct": correct,
+                            "loss": loss_sum, "seconds": time.perf_counter() - t0,
+                            "rng": rng_state(None)}
+                    if main:
+                        checkpoint(epoch - 1, part)
+                    distributed.barrier(ddp)
+            partial = None
+            seconds = time.perf_counter() - t0
+            loss_sum, correct, n, bad = distributed.all_sum(ddp, loss_sum, correct, n, float(diverged))
+            correct, n, diverged = int(correct), int(n), bad > 0
+            if diverged or not math.isfinite(loss_sum):
+                record.status = "diverged"
+                say(f"epoch {epoch}: loss is not finite: run diverged")
                 break
-            if measure:
-                stats = probe.finish(fast.input(x), y, ctx.loss_fn)
-                record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
-                    name: a.to_dict() for name, a in stats.items()}))
-            fast.step(optimizer)
-            step += 1
-            bs = y.shape[0]
-            if ddp.enabled:
-                loss_sum += float(loss.detach()) / share.factor
+            scheduler.step()
+            done = EpochRecord(epoch=epoch, train_loss=loss_sum / n, train_acc=correct / n,
+                               train_errors=n - correct, lr=lr, seconds=seconds)
+            if data.val is not None:
+                v = evaluate(model, data.val, data.eval_transform, batch_size=cfg.train.eval_batch_size,
+                             loss_fn=loss_fn)
+                done.val_loss, done.val_acc = v["loss"], v["acc"]
+            if select_name == "last":
+                better, sel = True, done.val_acc
             else:
-                loss_sum += batch_total(loss, bs, cfg.train.loss_reduction)
-            correct += int((out_b.detach().argmax(1) == y).sum())
-            n += bs
-        seconds = time.perf_counter() - t0
-        loss_sum, correct, n, bad = distributed.all_sum(ddp, loss_sum, correct, n, float(diverged))
-        correct, n, diverged = int(correct), int(n), bad > 0
-        if diverged or not math.isfinite(loss_sum):
-            record.status = "diverged"
-            say(f"epoch {epoch}: loss is not finite: run diverged")
-            break
-        scheduler.step()
-        done = EpochRecord(epoch=epoch, train_loss=loss_sum / n, train_acc=correct / n,
-                           train_errors=n - correct, lr=lr, seconds=seconds)
-        if data.val is not None:
-            v = evaluate(model, data.val, data.eval_transform, batch_size=cfg.train.eval_batch_size,
-                         loss_fn=loss_fn)
-            done.val_loss, done.val_acc = v["loss"], v["acc"]
-        sel = done.val_acc if select_name == "val" else evaluate(
-            model, data.test, data.eval_transform, batch_size=cfg.train.eval_batch_size)["acc"]
-        if record.best_val_acc is None or sel > record.best_val_acc:
-            record.best_val_acc, record.best_epoch = sel, epoch
+                sel = done.val_acc if select_name == "val" else evaluate(
+                    model, data.test, data.eval_transform, batch_size=cfg.train.eval_batch_size)["acc"]
+                better = record.best_val_acc is None or sel > record.best_val_acc
+            if better:
+                record.best_val_acc, record.best_epoch = sel, epoch
+                if main:
+                    _save_model(out / "best.pt", model, cfg, epoch)
+            record.epochs.append(done)
+            change = None if prev_errors is None else abs(done.train_errors - prev_errors)
+            stop = cfg.train.early_stop_tol is not None and change is not None and \
+                change <= cfg.train.early_stop_tol
+            record.stopped_early = stop  # saved, so a resume does not train past the stop
+            if main and cfg.train.checkpoint_every_epoch:
+                _save_model(out / f"epoch_{epoch:03d}.pt", model, cfg, epoch)
             if main:
-                _save_model(out / "best.pt", model, cfg, epoch)
-        record.epochs.append(done)
-        change = None if prev_errors is None else abs(done.train_errors - prev_errors)
-        stop = cfg.train.early_stop_tol is not None and change is not None and \
-            change <= cfg.train.early_stop_tol
-        record.stopped_early = stop  # saved, so a resume does not train past the stop
-        if main and cfg.train.checkpoint_every_epoch:
-            _save_model(out / f"epoch_{epoch:03d}.pt", model, cfg, epoch)
-        if main:
-            save_checkpoint(last_path, {
-                "config": cfg.to_dict(), "model_spec": model.falign_spec, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(gen), "epoch": epoch,
-                "tracking": record.resumable(),
-            })
-            record.write(out / "tracking.json")
-        distributed.barrier(ddp)
-        val_txt = "" if done.val_acc is None else (
-            f" val_loss {done.val_loss:.4f} val_acc {100 * done.val_acc:.2f}%")
-        say(f"epoch {epoch}/{cfg.train.epochs} train_loss {done.train_loss:.4f} "
-            f"train_acc {100 * done.train_acc:.2f}%{val_txt} lr {lr:.3g} {seconds:.1f}s")
-        epochs_this_call += 1
-        if stop:
-            say(f"early stop: training errors changed by {change} <= tol {cfg.train.early_stop_tol}")
-            break
-        prev_errors = done.train_errors
-        if stop_after is not None and epochs_this_call >= stop_after:
-            return record
+                checkpoint(epoch)
+                record.write(out / "tracking.json")
+                for t in trackers:
+                    t.epoch(record, done)
+            distributed.barrier(ddp)
+            val_txt = "" if done.val_acc is None else (
+                f" val_loss {done.val_loss:.4f} val_acc {100 * done.val_acc:.2f}%")
+            say(f"epoch {epoch}/{cfg.train.epochs} train_loss {done.train_loss:.4f} "
+                f"train_acc {100 * done.train_acc:.2f}%{val_txt} lr {lr:.3g} {seconds:.1f}s")
+            epochs_this_call += 1
+            if stop:
+                say(f"early stop: training errors changed by {change} <= tol {cfg.train.early_stop_tol}")
+                break
+            prev_errors = done.train_errors
+            if stop_after is not None and epochs_this_call >= stop_after:
+                return record
 
-    if record.status == "running":
-        record.status = "completed"
-    distributed.barrier(ddp)
-    if (out / "best.pt").exists():
-        best = load_checkpoint(out / "best.pt", map_location=device)
-        model.load_state_dict(best["model"])
-        record.test_acc = evaluate(model, data.test, data.eval_transform,
-                                   batch_size=cfg.train.eval_batch_size)["acc"]
-    if main:
-        record.write(out / "tracking.json")
-    if record.test_acc is not None:
-        say(f"best epoch {record.best_epoch} ({select_name} acc "
-            f"{100 * record.best_val_acc:.2f}%), test acc {100 * record.test_acc:.2f}%")
-    return record
+        if record.status == "running":
+            record.status = "completed"
+        distributed.barrier(ddp)
+        if (out / "best.pt").exists():
+            best = load_checkpoint(out / "best.pt", map_location=device)
+            model.load_state_dict(best["model"])
+            test = evaluate(model, data.test, data.eval_transform, batch_size=cfg.train.eval_batch_size,
+                            loss_fn=loss_fn)
+            record.test_acc, record.test_loss = test["acc"], test["loss"]
+        if main:
+            record.write(out / "tracking.json")
+        if record.test_acc is not None:
+            chosen = "last epoch" if select_name == "last" else \
+                f"best epoch {record.best_epoch} ({select_name} acc {100 * record.best_val_acc:.2f}%)"
+            say(f"{chosen}, test acc {100 * record.test_acc:.2f}%")
+        return record
+    finally:
+        for t in trackers:
+            t.close()
 
 
 def _save_model(path: Path, model: nn.Module, cfg: ExperimentConfig, epoch: int) -> None:

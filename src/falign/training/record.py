@@ -5,10 +5,10 @@ what every later stage (compare, sweep, report, reproduce, plots) reads.
     record = RunRecord.read("runs/mnist-fa/tracking.json")
     record.status, record.best_val_acc, record.val_curve, record.seconds_per_epoch
 
-``tracking.json``, schema version 2 (``docs/run-record.md`` describes it for users)::
+``tracking.json``, schema version 3 (``docs/run-record.md`` describes it for users)::
 
     {
-     "schema_version": 2,
+     "schema_version": 3,
      "config": {...},            # the whole experiment config, as ExperimentConfig.to_dict()
      "model_spec": {...},        # the model's constructor arguments (name, rule, options, shapes)
      "dataset": "MNIST, 54000/6000/10000",
@@ -19,7 +19,8 @@ what every later stage (compare, sweep, report, reproduce, plots) reads.
      "best_epoch": 1,            # null until an epoch completes
      "best_val_acc": 0.93,       # accuracy of the best epoch on the selection split
      "test_acc": 0.92,           # the best epoch's model on the test split; null until the end
-     "selected_on": "val",       # "val", or "test" when the dataset has no validation split
+     "test_loss": 0.27,          # its mean test loss (per position for a language model)
+     "selected_on": "val",       # "val"; "test" (no validation split, or asked); "last"
      "status": "completed",      # "running", "completed" or "diverged"
      "environment": {"falign": "0.1.0", "python": "3.12.3", "torch": "...", "device": "cpu", ...},
      "alignment": [              # one entry per probed step (train.alignment_every > 0)
@@ -28,8 +29,8 @@ what every later stage (compare, sweep, report, reproduce, plots) reads.
      "stopped_early": false      # the early-stop tolerance ended training
     }
 
-Version 1 (written before the record had a version) is the same without ``schema_version``; it
-reads as it is.  A record of
+Version 2 is the same without ``test_loss``; version 1 (written before the record had a version)
+is version 2 without ``schema_version``; both read as they are (``test_loss`` null).  A record of
 a newer version than this module knows is refused with a one-line :class:`RecordError`.
 Readers are lenient about what a record leaves out at its top level (a hand-written or partial
 file): a missing entry takes the default of its field, a missing ``status`` reads as
@@ -57,7 +58,7 @@ __all__ = ["RESUMED", "SCHEMA_VERSION", "AlignmentRecord", "EpochRecord", "Recor
            "write_json"]
 
 #: version of the ``tracking.json`` schema this module writes (a file without one is version 1)
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: the statuses train() writes
 STATUSES = ("running", "completed", "diverged")
 #: the fields of a record that ``last.pt`` carries, so that a resumed run continues them
@@ -68,11 +69,28 @@ class RecordError(ValueError):
     """A ``tracking.json`` that cannot be read as a run record; one-line message naming it."""
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (``0o666 & ~umask``):
+    what an atomic write (``tempfile.mkstemp``, always 0600) sets, so that run files are as
+    readable by the group as any other output."""
+    try:  # Linux: read the umask without changing it (os.umask cannot read, only swap)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # swapped back at once; a file made meanwhile is private, not open
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
     """Atomic JSON write (temp file + os.replace): a kill never leaves half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, new_file_mode())  # mkstemp makes it private
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1)
         os.replace(tmp, path)
@@ -199,6 +217,9 @@ class RunRecord:
     best_epoch: int | None = None
     best_val_acc: float | None = None
     test_acc: float | None = None
+    #: the tested model's mean test loss (nats an example, a position for a language model:
+    #: bits per character = test_loss / ln 2); None in records written before it existed
+    test_loss: float | None = None
     selected_on: str = "val"
     status: str = "running"
     environment: dict[str, Any] = field(default_factory=dict)
@@ -231,7 +252,7 @@ class RunRecord:
             "schema_version": SCHEMA_VERSION,
             "config": self.config, "model_spec": self.model_spec, "dataset": self.dataset,
             "epochs": [e.to_dict() for e in self.epochs], "best_epoch": self.best_epoch,
-            "best_val_acc": self.best_val_acc, "test_acc": self.test_acc,
+            "best_val_acc": self.best_val_acc, "test_acc": self.test_acc, "test_loss": self.test_loss,
             "selected_on": self.selected_on, "status": self.status, "environment": self.environment,
             "alignment": [a.to_dict() for a in self.alignment], "stopped_early": self.stopped_early,
         }
@@ -260,6 +281,7 @@ class RunRecord:
             best_epoch=_integer(d.get("best_epoch"), "best_epoch", where, optional=True),
             best_val_acc=_number(d.get("best_val_acc"), "best_val_acc", where, optional=True),
             test_acc=_number(d.get("test_acc"), "test_acc", where, optional=True),
+            test_loss=_number(d.get("test_loss"), "test_loss", where, optional=True),
             selected_on=str(d.get("selected_on") or "val"),
             status=str(d.get("status") or "unknown"),
             environment=_mapping(d.get("environment") or {}, "environment", where),

@@ -59,6 +59,10 @@ class DirectWiring:
         self.points = attach_points(model, rule, self) if getattr(rule, "points", None) else []
         target = model.get_submodule(output) if output else model
         target.register_forward_hook(self)
+        # layers that run after the tap (a language model's vocabulary projection, when e is
+        # taken at the last hidden state) are part of "the loss": they learn by backprop
+        self.tapped = False
+        model.register_forward_pre_hook(self._begin)
 
     def __deepcopy__(self, memo):  # a copy of a converted model gets its own, empty wiring
         new = DirectWiring.__new__(DirectWiring)
@@ -68,7 +72,11 @@ class DirectWiring:
         new.error = None
         return new
 
+    def _begin(self, module, args):
+        self.tapped = False
+
     def __call__(self, module, args, output):
+        self.tapped = True
         self.forwards += 1
         self.hooked.clear()
         self.collected.clear()
@@ -362,8 +370,10 @@ class Direct(Pathway):
         return layer.feedback
 
     def forward(self, layer, x, plain):
-        if layer.wiring is not None and layer.wiring.points:
-            return plain(x)  # feedback points elsewhere: the layers learn by backprop from them
+        if layer.wiring is not None and (layer.wiring.points or layer.wiring.tapped):
+            # feedback points elsewhere (the layers learn by backprop from them), or a layer
+            # above the tap (it learns by backprop from the loss)
+            return plain(x)
         if layer.wiring is not None and not layer.recurrent:
             x = layer.wiring.collect(x)
         return super().forward(layer, x, plain)
