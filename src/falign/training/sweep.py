@@ -2,9 +2,10 @@
 then full training of the best configuration on several seeds (mean and standard deviation).
 
 Each rule is tuned on its own study.  Storage is a journal file in the sweep directory by
-default (for several worker processes on one machine); a database URL (``sqlite:///...``,
-``postgresql://...``) lets workers on several machines share one study.  A trial whose loss
-becomes NaN or infinite is recorded as diverged (pruned) and the sweep goes on.
+default (for several worker processes on one machine); a database URL (``postgresql://...``)
+lets workers on several machines share one study (``sqlite:///...``: one process, see below).
+A trial whose loss becomes NaN or infinite is recorded as diverged (pruned) and the sweep goes
+on.
 
 Several processes, one study::
 
@@ -19,14 +20,16 @@ process is the whole sweep.
 
 Grid: the process that creates the study queues every grid point (``Study.enqueue_trial``)
 and then marks the study (user attr ``grid_points``); the others wait for the mark, and nobody
-ever asks the sampler for a point.  Taking a queued trial is atomic in every Optuna storage
-(one process wins the WAITING -> RUNNING change), so each point runs exactly once.  A sampler
-cannot promise this: ``GridSampler`` gives a point that is still running to a second worker
-once the unvisited points run out.  Should a point be queued twice all the same (a creator
-killed while filling the queue, so a later process fills in the missing points and may race
-another), the copy with the higher trial number is pruned untrained (user attr
-``duplicate_of``): every copy exists with its parameters from its creation on, so all
-processes agree which one is first.
+ever asks the sampler for a point.  Taking a queued trial is atomic in a journal file and in a
+server database (one process wins the WAITING -> RUNNING change), so each point runs exactly
+once.  A sampler cannot promise this: ``GridSampler`` gives a point that is still running to a
+second worker once the unvisited points run out.  Nor can SQLite: there two processes can both
+take one trial and both train it, so several processes want a journal file or, across
+machines, PostgreSQL (``postgresql://``; the ``sweep`` extra brings its drivers).  Should a
+point be queued twice all the same (a creator killed while filling the queue, so a later
+process fills in the missing points and may race another), the copy with the higher trial
+number is pruned untrained (user attr ``duplicate_of``): every copy exists with its parameters
+from its creation on, so all processes agree which one is first.
 
 Dead workers: a running trial records a heartbeat (user attr ``heartbeat``, from a thread,
 every ``heartbeat`` seconds).  A process that watches a RUNNING trial's heartbeat stay
@@ -95,19 +98,26 @@ def _storage(out: Path, url: str | None):
 
 
 def _database(url: str, attempts: int = 5):
-    """An RDB storage; workers started together on a new database race to create its tables."""
+    """An RDB storage; workers started together on a new database race to create its tables
+    (PostgreSQL reports the loser's ``CREATE TABLE`` as an integrity or a programming error)."""
     import optuna
     import sqlalchemy.exc
 
+    race = (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError,
+            sqlalchemy.exc.ProgrammingError)
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(url)
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError) as err:
+        except race as err:
             if attempt == attempts - 1:
                 raise SweepError(f"storage {url}: {str(err).splitlines()[0]}") from None
             time.sleep(0.2 * (attempt + 1))
         except sqlalchemy.exc.ArgumentError as err:
             raise SweepError(f"storage {url}: {err}") from None
+        except ImportError as err:  # Optuna's "Failed to import DB access module"
+            driver = err.__cause__ or err
+            raise SweepError(f"storage {url}: no database driver for this URL ({driver}); "
+                             "pip install 'falign[sweep]' brings the PostgreSQL drivers") from None
 
 
 def _delete_study(name: str, url: str) -> None:
@@ -164,8 +174,8 @@ def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any],
     else:
         # Workers draw their own seeds: with one seed, two workers asking at once propose the same.
         sampler = optuna.samplers.TPESampler(seed=None if worker else base.seed)
-    study = _open_study(study_name, _storage(out, storage), sampler, points,
-                        wait=STALE_BEATS * heartbeat, log=log)
+    store = _storage(out, storage)
+    study = _open_study(study_name, store, sampler, points, wait=STALE_BEATS * heartbeat, log=log)
     budget = n_trials if n_trials is not None and not worker else spec.n_trials
 
     def may_ask(trials) -> bool:
@@ -203,7 +213,7 @@ def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any],
         log(f"[{study_name}] trial {trial.number}: best val acc {100 * record.best_val_acc:.2f}%")
         return record.best_val_acc
 
-    _work(study, objective, grid=points is not None, may_ask=may_ask,
+    _work(study, store, objective, grid=points is not None, may_ask=may_ask,
           limit=n_trials if worker else None, heartbeat=heartbeat, log=log)
     return study
 
@@ -244,9 +254,12 @@ def _open_study(name: str, storage, sampler, points: list[dict[str, Any]] | None
     return study
 
 
-def _work(study, objective: Callable[[Any], float], *, grid: bool, may_ask: Callable[[list], bool],
-          limit: int | None, heartbeat: float, log) -> None:
-    """Take queued (or new) trials and run them until none is waiting or running anywhere."""
+def _work(study, storage, objective: Callable[[Any], float], *, grid: bool,
+          may_ask: Callable[[list], bool], limit: int | None, heartbeat: float, log) -> None:
+    """Take queued (or new) trials and run them until none is waiting or running anywhere.
+
+    ``storage``: the one ``study`` was created or loaded with.
+    """
     import optuna
 
     running = (optuna.trial.TrialState.RUNNING,)
@@ -256,7 +269,7 @@ def _work(study, objective: Callable[[Any], float], *, grid: bool, may_ask: Call
         trials = study.get_trials(deepcopy=False)
         for t in watch.stale(trials):
             _fail_and_queue_again(study, t, f"no heartbeat for {watch.grace:g} s, worker dead", log)
-        trial = _take(study)
+        trial = _take(study, storage)
         if trial is None and may_ask(trials):
             trial = study.ask()
         if trial is None:
@@ -273,24 +286,41 @@ def _work(study, objective: Callable[[Any], float], *, grid: bool, may_ask: Call
         done += 1
 
 
-def _take(study) -> Any:
+# The two places that lean on how Optuna works inside, each known to work with Optuna 4.3.0,
+# 4.9.0 and 5.0.0 (tests/test_sweep_workers.py tests both directly).  Before 4.3 a finished
+# trial raised RuntimeError, not UpdateFinishedTrialError, here and elsewhere in this module.
+
+def _take(study, storage) -> Any:
     """A queued trial, now RUNNING in this process; None when the queue is empty.
 
     ``Study.ask()`` does this first but then makes a new trial from the sampler, which for a
-    grid would be a point that is done or taken.  The WAITING -> RUNNING change is atomic in
-    every storage: of two processes taking one trial, one gets it.
+    grid would be a point that is done or taken.  Only documented calls: the storage's own
+    WAITING -> RUNNING change (of two processes taking one trial, one gets it, the other is
+    told False or that the trial is finished; not so on SQLite, see the module docstring),
+    then the ``Trial`` that ``ask()`` builds around the taken id (documented, its direct use
+    "not recommended").
     """
     import optuna
 
-    for _ in range(10):
+    state = optuna.trial.TrialState
+    waiting = study.get_trials(deepcopy=False, states=(state.WAITING,))
+    if not waiting:
+        return None
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for t in waiting:
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         try:
-            trial_id = study._pop_waiting_trial_id()
+            if storage.set_trial_state_values(trial_id, state=state.RUNNING):
+                return optuna.trial.Trial(study, trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
-            # A database storage's cache still showed as WAITING a trial another process has
-            # finished meanwhile; reading again refreshes it.
-            continue
-        return None if trial_id is None else optuna.Trial(study, trial_id)
+            pass  # finished by another process since it was read
     return None
+
+
+def _params(t) -> dict[str, Any]:
+    """A trial's parameters; a queued one has them only as the queue's fixed parameters, which
+    ``Study.enqueue_trial`` keeps in the (undocumented) system attr ``fixed_params``."""
+    return t.params or t.system_attrs.get("fixed_params", {})
 
 
 def _run_trial(study, trial, objective: Callable[[Any], float], heartbeat: float, log) -> None:
@@ -394,11 +424,6 @@ def _first_copy(study, number: int) -> int | None:
 
 def _frozen(study, number: int) -> Any:
     return next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-
-
-def _params(t) -> dict[str, Any]:
-    """A trial's parameters; a queued one has them only as the queue's fixed parameters."""
-    return t.params or t.system_attrs.get("fixed_params", {})
 
 
 def _key(params: dict[str, Any]) -> str:
