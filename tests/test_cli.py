@@ -480,3 +480,238 @@ def test_download_honours_data_dir_and_mirror(tmp_path, capsys):
     rc = main(["download", "fashion-mnist", "--data-dir", str(root), "--mirror", empty.as_uri()])
     _refused(capsys, rc, f"cannot download {empty.as_uri()}/fashion-mnist/")
     assert not [p for p in root.rglob("*") if p.is_file() and "fashion" in str(p)]
+
+
+# ----------------------------------------------------------------------------------- --version
+
+def test_version_is_one_line_naming_falign_torch_and_python():
+    import platform
+
+    from falign import __version__
+
+    proc = falign("--version")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1
+    for version in (__version__, torch.__version__, platform.python_version()):
+        assert version in lines[0], lines[0]
+
+
+# ---------------------------------------------------------------------------------- evaluate
+
+def _evaluated(capsys, argv: list[str]) -> tuple[str, int, int]:
+    """(stdout, correct, total) of ``falign evaluate``."""
+    import re
+
+    from falign.cli.main import main
+
+    assert main(["evaluate", *argv]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    found = re.search(r"^accuracy: (\d+\.\d\d)% \((\d+) / (\d+) correct\)$", out, re.M)
+    assert found, out
+    return out, int(found.group(2)), int(found.group(3))
+
+
+def test_evaluate_best_pt_gives_the_runs_own_test_accuracy(prior_run, capsys):
+    tracking = json.loads((prior_run / "tracking.json").read_text())
+    out, correct, total = _evaluated(capsys, [str(prior_run / "best.pt"), "--device", "cpu"])
+    assert correct / total == tracking["test_acc"]  # exactly: the same float the run recorded
+    assert f"accuracy: {100 * tracking['test_acc']:.2f}%" in out and total == 600
+    matrix = out.split("confusion matrix")[1].split("per-class report")[0].splitlines()[3:13]
+    counts = [[int(c) for c in line.split()[1:]] for line in matrix]
+    assert len(counts) == 10 and sum(map(sum, counts)) == total
+    assert sum(counts[i][i] for i in range(10)) == correct
+    assert "macro avg" in out and "precision" in out
+    # the validation split of the best epoch: the run's best_val_acc (it selected on val)
+    _, correct, total = _evaluated(capsys, [str(prior_run / "best.pt"), "--split", "val", "--device", "cpu"])
+    assert correct / total == tracking["best_val_acc"] and total == 200
+
+
+def _no_val_split(run: Path) -> None:
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["config"]["data"]["val_size"] = 0
+    torch.save(ckpt, run / "best.pt")
+
+
+@pytest.mark.parametrize("name,argv,prepare,fragment", [
+    ("missing", ["nowhere.pt"], None, "checkpoint not found"),
+    ("garbage", ["best.pt"], lambda run: (run / "best.pt").write_bytes(b"not a checkpoint"),
+     "not a readable checkpoint"),
+    ("foreign", ["best.pt"], lambda run: torch.save({"model": {}}, run / "best.pt"),
+     "not a falign checkpoint"),
+    ("split", ["best.pt", "--split", "train"], None, "--split: invalid choice"),
+    ("no_val_split", ["best.pt", "--split", "val"], _no_val_split, "has no validation split"),
+])
+def test_evaluate_bad_checkpoint_or_split_is_one_line(prior_run, tmp_path, capsys, name, argv, prepare,
+                                                      fragment):
+    from falign.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(prior_run, run)
+    if prepare is not None:
+        prepare(run)
+    before = snapshot(run)
+    rc = main(["evaluate", str(run / argv[0]), *argv[1:], "--device", "cpu"])
+    _check_error(rc, capsys.readouterr().err, fragment, before, snapshot(run))
+
+
+# ------------------------------------------------------------------------------ compare --seeds
+
+def test_compare_over_seeds_prints_the_mean_and_std_of_the_runs(data_root, tmp_path, capsys):
+    import statistics
+
+    from falign.cli.main import main
+
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--config", str(_tiny_file(tmp_path)), "--rules", "bp,fa", "--seeds", "0,1",
+               "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    table = {line.split()[0]: line for line in printed.splitlines() if line.split()[:2] in
+             (["bp", "0,1"], ["fa", "0,1"])}
+    assert list(table) == ["bp", "fa"]
+    for rule in ("bp", "fa"):
+        tests = [json.loads((out / rule / f"seed{s}" / "tracking.json").read_text())["test_acc"]
+                 for s in (0, 1)]
+        want = f"{100 * statistics.fmean(tests):.2f} ± {100 * statistics.stdev(tests):.2f}"
+        assert want in table[rule], (want, table[rule])
+    assert (out / "seeds.png").read_bytes()[:4] == b"\x89PNG" and f"figure: {out / 'seeds.png'}" in printed
+
+
+def test_compare_refuses_seed_with_seeds(tmp_path, capsys):
+    from falign.cli.main import main
+
+    out = tmp_path / "cmp"
+    _refused(capsys, main(["compare", "--seed", "1", "--seeds", "0,1", "--out", str(out)]),
+             "--seed and --seeds cannot be combined", out)
+    _refused(capsys, main(["compare", "--seeds", "0,0", "--out", str(out)]), "a seed given twice", out)
+
+
+# ------------------------------------------------------------------------------ compare --help
+
+def test_compare_help_lists_the_choices_and_defaults():
+    from falign import rules
+    from falign.cli.main import COMPARE_DEFAULTS, COMPARE_RULES, build_parser
+    from falign.data import available_datasets
+    from falign.models import available_models
+
+    parser = build_parser()
+    compare = parser._subparsers._group_actions[0].choices["compare"]
+    text = " ".join(compare.format_help().split())  # the help as one line, whatever the width
+    for name in [*rules(), *available_datasets(), *available_models()]:
+        assert f" {name}," in text or f" {name} (" in text, name
+    for default in (f"default {COMPARE_DEFAULTS['dataset']}", f"default {COMPARE_DEFAULTS['model']}",
+                    f"default {COMPARE_RULES}", f"default {COMPARE_DEFAULTS['epochs']}",
+                    f"default {COMPARE_DEFAULTS['batch_size']}", f"default {COMPARE_DEFAULTS['device']}"):
+        assert default in text, default
+
+
+# ------------------------------------------------------------------ missing datasets, --download
+
+@pytest.fixture()
+def fashion_only(tmp_path) -> Path:
+    """A data root holding Fashion-MNIST (linked from the real one) and no MNIST."""
+    real = mnist_or_skip() / "fashion-mnist"
+    if not real.is_dir():
+        pytest.skip(f"{real} not found")
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "fashion-mnist").symlink_to(real)
+    return root
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "reproduce"])
+def test_a_missing_dataset_says_how_to_get_it_and_what_is_there(fashion_only, tmp_path, capsys, command):
+    from falign.cli.main import main
+
+    out = tmp_path / "out"
+    argv = {"train": ["train", str(_tiny_file(tmp_path))],
+            "compare": ["compare", "--config", str(_tiny_file(tmp_path)), "--rules", "bp,fa"],
+            "reproduce": ["reproduce", "lillicrap-2016"]}[command]
+    rc = main([*argv, "--data-dir", str(fashion_only), "--out", str(out)])
+    err = capsys.readouterr().err
+    _check_error(rc, err, f"dataset mnist not found under {fashion_only} (missing mnist/", {}, {})
+    for how in ("`falign download mnist`", "--download", "FALIGN_DATA", "--data-dir",
+                f"datasets found under {fashion_only}: fashion-mnist"):
+        assert how in err, how
+    if command != "reproduce":  # reproduce writes its reproduce.json before the first dataset is read
+        assert not out.exists()
+
+
+def test_download_flag_fetches_the_missing_dataset(fashion_only, tmp_path, capsys, monkeypatch):
+    from falign.cli.main import main
+
+    monkeypatch.setenv("FALIGN_DATA_MIRROR", mnist_or_skip().as_uri())  # a mirror laid out like a data root
+    run = tmp_path / "run"
+    rc = main(["train", str(_tiny_file(tmp_path)), "--data-dir", str(fashion_only), "--download",
+               "--out", str(run)])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (fashion_only / "mnist").iterdir()) == sorted(
+        p.name for p in (mnist_or_skip() / "mnist").glob("*-ubyte.gz"))
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["download"] is True
+
+
+def test_download_flag_reaches_compare_and_reproduce(tmp_path, monkeypatch):
+    import falign.reproduce
+    from falign.cli.main import build_parser
+    from falign.reproduce.targets import Context
+
+    args = build_parser().parse_args(["compare", "--download"])
+    assert args.download is True
+    calls = []
+    monkeypatch.setattr(falign.reproduce, "reproduce", lambda *a, **kw: calls.append(kw))
+    assert build_parser().parse_args(["reproduce", "dfa-mnist", "--download"]).func(
+        build_parser().parse_args(["reproduce", "dfa-mnist", "--download"])) == 0
+    assert calls[0]["download"] is True
+    ctx = Context(out=tmp_path, scale="smoke", resume=False, log=print, download=True)
+    for scale in ("smoke", "full"):
+        ctx.scale = scale
+        assert ctx.config("dfa-mnist", {"train.epochs": 1}).data.download is True
+
+
+# ------------------------------------------------------------------------- the files a run writes
+
+def test_run_files_are_readable_by_the_group(data_root, tmp_path, capsys):
+    from falign.cli.main import main
+
+    old = os.umask(0o002)
+    try:
+        rc = main(["compare", "--config", str(_tiny_file(tmp_path, train={"checkpoint_every_epoch": True})),
+                   "--rules", "fa", "--out", str(tmp_path / "cmp")])
+    finally:
+        os.umask(old)
+    assert rc == 0, capsys.readouterr().err
+    files = {p.relative_to(tmp_path / "cmp").as_posix(): p.stat().st_mode & 0o777
+             for p in (tmp_path / "cmp").rglob("*") if p.is_file()}
+    assert {"compare.json", "fa/tracking.json", "fa/config.yaml", "fa/best.pt", "fa/last.pt",
+            "fa/epoch_000.pt"} <= files.keys()
+    assert {name: mode for name, mode in files.items() if mode != 0o664} == {}
+
+
+def _image_tree(root: Path) -> Path:
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for label in ("a", "b"):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                value = 40 * i + (120 if label == "b" else 0)
+                Image.new("L", (8, 8), color=value).save(folder / f"{i}.png")
+    return root
+
+
+def test_decoded_images_are_cached_in_the_user_cache_not_beside_the_data(tmp_path, capsys, monkeypatch):
+    from falign.cli.main import main
+
+    tree = _image_tree(tmp_path / "data" / "shapes")
+    monkeypatch.setenv("FALIGN_CACHE", str(tmp_path / "cache"))
+    before = sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*"))
+    cfg = _tiny_file(tmp_path, data={"name": "imagefolder", "subset": None, "val_size": 0,
+                                     "options": {"path": str(tree)}},
+                     model={"name": "mlp", "options": {"sizes": [64, 8, 2]}}, train={"batch_size": 4})
+    for run in ("run1", "run2"):  # the second run reads the cache
+        assert main(["train", str(cfg), "--out", str(tmp_path / run)]) == 0, capsys.readouterr().err
+    assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == before
+    caches = list((tmp_path / "cache").glob("*shapes.falign-*.npz"))
+    assert len(caches) == 1 and caches[0].stat().st_size > 0

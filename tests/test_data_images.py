@@ -203,10 +203,10 @@ def test_cifar10_jpeg_reads_the_class_folders(jpeg_root):
     assert x.shape == (25, 3, 24, 24)
 
 
-def test_cifar10_jpeg_second_load_uses_the_cache(jpeg_root, monkeypatch):
+def test_cifar10_jpeg_second_load_uses_the_cache(jpeg_root, monkeypatch, tmp_path):
     first = load_dataset("cifar10-jpeg", jpeg_root, val_size=5)
-    caches = list(jpeg_root.glob("cifar10-jpeg.falign-*.npz"))
-    assert len(caches) == 1
+    caches = list((tmp_path / "user-cache").glob("*cifar10-jpeg.falign-*.npz"))
+    assert len(caches) == 1 and not list(jpeg_root.glob("*.npz"))
     assert not [p for p in jpeg_root.iterdir() if p.name.endswith(".part")]
 
     def no_decoding(*args, **kwargs):

@@ -244,8 +244,10 @@ def test_jpeg_dataset_gets_a_note_and_absent_alignment_is_reported(tmp_path: Pat
     assert "CIFAR-10 (JPEG copy)" in page and 'class="warning"' in page and "lossy JPEG copy" in page
     assert "lossy JPEG copy" in (out / "results.txt").read_text()
     assert page.count("data:image/png;base64,") == 2  # accuracy and loss only
-    assert "Update alignment: not drawn, no alignment record holds a value of update_angle" in page
-    assert "Sign concordance: not drawn" in page
+    # one line for every figure drawn from alignment records, saying how to get them
+    assert page.count("not drawn") == 1
+    assert ("Update alignment, Signal alignment, Feedback alignment, Sign concordance, Sign concordance "
+            "per layer (supplementary): not drawn, no alignment records: set train.alignment_every") in page
     assert not stale.exists()
     assert "<title>falign report: CIFAR-10 (JPEG copy), 45000/5000/10000 / mlp</title>" in page
 
@@ -308,3 +310,175 @@ def test_report_on_a_real_tiny_comparison(tmp_path: Path, monkeypatch) -> None:
     assert "not drawn" not in page
     text = (tmp_path / "out" / "results.txt").read_text()
     assert f"{100 * rows[1].test_acc:.2f}" in text and "12.34" in text
+
+
+# ------------------------------------------------- sweeps, reproductions, seeds, missing sections
+
+def _mean_std(values: list[float]) -> str:
+    import statistics
+
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+def _seed_run(run_dir: Path, rule: str, seed: int, val: list[float], test: float) -> Path:
+    tracking = _tracking(rule, val, test)
+    tracking["config"] = {**tracking["config"], "seed": seed, "name": f"{rule}-final-s{seed}"}
+    return _write(run_dir, tracking)
+
+
+def _seed_table(page: str) -> dict[str, dict[str, str]]:
+    table = next(t for t in _tables(page) if "test % (mean ± std)" in t[0])
+    return {row[0]: dict(zip(table[0], row, strict=True)) for row in table[1:]}
+
+
+SWEEP_TESTS = {"bp": [0.80, 0.83, 0.815], "fa": [0.70, 0.66]}
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    """A finished sweep as ``falign sweep`` leaves it: sweep.json and final/<rule>-seed<k> runs
+    (the run_dir recorded relative to where the sweep was started, not to the sweep)."""
+    root = tmp_path_factory.mktemp("sweep") / "sweep-x"
+    rules = {}
+    for rule, tests in SWEEP_TESTS.items():
+        runs = []
+        for seed, test in enumerate(tests):
+            _seed_run(root / "final" / f"{rule}-seed{seed}", rule, seed, [0.5, test - 0.01], test)
+            runs.append({"seed": seed, "test_acc": test, "status": "completed",
+                         "run_dir": f"elsewhere/sweep-x/final/{rule}-seed{seed}"})
+        trials = [{"number": 0, "params": {"optim.lr": 0.1}, "value": 0.5, "state": "COMPLETE"},
+                  {"number": 1, "params": {"optim.lr": 1.0}, "value": None, "state": "PRUNED"}]
+        rules[rule] = {"trials": trials,
+                       "best_params": {"optim.lr": 0.1},
+                       "final": {"params": {"optim.lr": 0.1}, "runs": runs, "test_acc_mean": 0.0,
+                                 "test_acc_std": 0.0}}
+    rules["kp"] = {"trials": [], "best_params": None}  # no trial completed: no final runs
+    (root / "sweep.json").write_text(json.dumps({"name": "x", "sampler": "grid", "rules": rules}))
+    return root
+
+
+def test_a_sweep_reports_its_final_runs_with_mean_and_std(sweep_dir: Path, tmp_path: Path) -> None:
+    from falign.report import load_sources
+
+    sources = load_sources([sweep_dir])
+    assert [r.path for r in sources.runs] == [sweep_dir / "final" / f"{rule}-seed{s}"
+                                              for rule, tests in SWEEP_TESTS.items()
+                                              for s in range(len(tests))]
+    assert [s.kind for s in sources.sources] == ["sweep"]
+    assert any("'kp' has no final runs" in note for note in sources.notes)
+    write_report([sweep_dir], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    seeds = _seed_table(page)
+    assert list(seeds) == ["bp", "fa"]
+    for rule, tests in SWEEP_TESTS.items():  # computed here from the numbers the runs were given
+        assert seeds[rule]["test % (mean ± std)"] == _mean_std(tests)
+        assert seeds[rule]["seeds"] == ",".join(str(s) for s in range(len(tests)))
+    sweep = next(t for t in _tables(page) if t[0][:3] == ["rule", "trials", "best params"])
+    assert sweep[1][:4] == ["bp", "2 (1 complete, 1 pruned)", "optim.lr=0.1", "0,1,2"]
+    assert sweep[3][0] == "kp" and sweep[3][2] == "-"
+    text = (tmp_path / "out" / "results.txt").read_text()
+    assert _mean_std(SWEEP_TESTS["bp"]) in text and "Mean ± sample std over seeds" in text
+
+
+def test_a_sweep_without_final_runs_says_how_to_finish_it(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    (sweep / "trials" / "x-000").mkdir(parents=True)
+    (sweep / "optuna-journal.log").write_text("")
+    with pytest.raises(ReportError, match=r"has not finished \(no sweep.json yet\); finish it with "
+                                          r"`falign sweep CONFIG --resume"):
+        load_runs([sweep])
+    (sweep / "sweep.json").write_text(json.dumps({"name": "x", "rules": {"fa": {"trials": []}}}))
+    with pytest.raises(ReportError, match="no final runs yet"):
+        write_report([sweep], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_reproduction_reports_every_comparison_sweep_and_run_in_it(sweep_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    repro = tmp_path / "reproduce-x"
+    _write(repro / "compare" / "bp", _tracking("bp", [0.5, 0.6], 0.61))
+    _write(repro / "compare" / "fa", _tracking("fa", [0.4, 0.5], 0.52))
+    (repro / "compare" / "compare.json").write_text(json.dumps({"rules": ["bp", "fa"],
+                                                               "status": "completed"}))
+    _write(repro / "fa-extra", _tracking("fa", [0.45], 0.47))
+    shutil.copytree(sweep_dir, repro / "tuned")
+    _write(repro / "report" / "old", _tracking("bp", [0.1], 0.1))  # the reproduction's own report
+    (repro / "analysis").mkdir()
+    (repro / "reproduce.json").write_text(json.dumps({
+        "name": "sign-tracking", "scale": "smoke", "status": "completed",
+        "extra": [{"method": "fa", "shared_lr_test": 0.52, "tuned_lr": 0.1}]}))
+    runs = load_runs([repro])
+    assert [r.path.relative_to(repro).as_posix() for r in runs] == [
+        "compare/bp", "compare/fa", "fa-extra", *(f"tuned/final/{rule}-seed{s}" for rule, tests
+                                                  in SWEEP_TESTS.items() for s in range(len(tests)))]
+    write_report([repro], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "sign-tracking" in page and "smoke" in page
+    assert ["method", "shared_lr_test", "tuned_lr"] in [t[0] for t in _tables(page)]  # its extra rows
+
+
+def test_a_seeded_comparison_is_expanded_into_every_seed(tmp_path: Path) -> None:
+    cmp = tmp_path / "cmp"
+    tests = {("bp", 0): 0.9, ("bp", 1): 0.92, ("fa", 0): 0.8, ("fa", 1): 0.75}
+    for (rule, seed), test in tests.items():
+        _seed_run(cmp / rule / f"seed{seed}", rule, seed, [0.5], test)
+    (cmp / "compare.json").write_text(json.dumps({
+        "rules": ["bp", "fa"], "seeds": [0, 1], "status": "completed",
+        "runs": [{"rule": rule, "seed": seed, "run_dir": f"{rule}/seed{seed}"} for rule, seed in tests]}))
+    runs = load_runs([cmp])
+    assert [r.label for r in runs] == ["bp (seed0)", "bp (seed1)", "fa (seed0)", "fa (seed1)"]
+    write_report([cmp], tmp_path / "out")
+    seeds = _seed_table((tmp_path / "out" / "report.html").read_text())
+    assert seeds["bp"]["test % (mean ± std)"] == _mean_std([0.9, 0.92])
+    assert seeds["fa"]["test % (mean ± std)"] == _mean_std([0.8, 0.75])
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_not_averaged(tmp_path: Path) -> None:
+    a = _seed_run(tmp_path / "a", "fa", 0, [0.5], 0.5)
+    b = _tracking("fa", [0.5], 0.6)
+    b["config"] = {**b["config"], "seed": 1, "optim": {"name": "sgd", "lr": 0.1, "weight_decay": 0.0}}
+    write_report([a, _write(tmp_path / "b", b)], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "over seeds" not in page and not [t for t in _tables(page) if "test % (mean ± std)" in t[0]]
+
+
+def test_sections_without_data_say_how_to_get_them(tmp_path: Path) -> None:
+    tracking = _tracking("fa", [0.5, 0.6], 0.55)
+    for epoch in tracking["epochs"]:
+        epoch["val_acc"] = epoch["val_loss"] = None
+    write_report([_write(tmp_path / "run", tracking)], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Validation accuracy: not drawn, no run has a validation split: set data.val_size" in page
+    assert "no alignment records: set train.alignment_every" in page
+    assert "add --confusion, --cka or --gradcam LAYER" in page
+
+
+def test_analyses_of_the_best_models(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FALIGN_DATA", str(mnist_or_skip()))
+    from falign.training import parse_config
+    from falign.training.compare import run_compare
+
+    base = parse_config({
+        "name": "tiny", "seed": 0, "device": "cpu",
+        "data": {"name": "mnist", "subset": 600, "val_size": 200},
+        "model": {"name": "mlp", "options": {"sizes": [784, 16, 10]}},
+        "optim": {"name": "sgd", "lr": 0.05}, "train": {"epochs": 1, "batch_size": 50},
+    })
+    rows = run_compare(base, ["bp", "fa"], tmp_path / "cmp", log=lambda s: None)
+    with pytest.raises(ReportError, match=r"--gradcam layer0: no layer 'layer0' in the model of bp .*"
+                                          r"did you mean 'layers.0'\?"):
+        write_report([tmp_path / "cmp"], tmp_path / "bad", gradcam="layer0")
+    assert not (tmp_path / "bad").exists()
+
+    write_report([tmp_path / "cmp"], tmp_path / "out", confusion=True, cka=True, gradcam="layers.1")
+    page = (tmp_path / "out" / "report.html").read_text()
+    for title in ("Confusion matrix: bp", "Confusion matrix: fa", "CKA vs BP: all", "Exemplars"):
+        assert f"<h3>{title}</h3>" in page
+    assert "add --confusion" not in page
+    for row in rows:  # the per-class report's accuracy is the run's own test accuracy
+        text = (tmp_path / "out" / "figures" / f"classification-{row.label}.txt").read_text()
+        accuracy = next(line for line in text.splitlines() if line.strip().startswith("accuracy"))
+        assert accuracy.split()[1] == f"{row.test_acc:.2f}" and accuracy.split()[2] == "600"
+    notes = re.findall(r"<p>(CKA diagonal, all, fa vs bp: [^<]*)</p>", page)
+    assert len(notes) == 1 and "layers.0" in notes[0] and "layers.1" in notes[0]

@@ -194,3 +194,116 @@ def test_a_bad_per_method_value_writes_nothing(tmp_path):
         run_compare(base_config(), ["bp", {"label": "slow", "rule": "fa", "set": {"optim.lr": 0.0}}],
                     out, log=lambda s: None)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------ several seeds per rule
+
+SEEDS = [0, 1]
+
+
+def _stats(values):
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+@pytest.fixture(scope="module")
+def seeded(data_root, tmp_path_factory):
+    from falign.training.compare import run_compare_seeds
+
+    out = tmp_path_factory.mktemp("seeds") / "cmp"
+    base = base_config()
+    base.train.epochs = 1
+    lines: list[str] = []
+    groups = run_compare_seeds(base, RULES, SEEDS, out, log=lines.append)
+    return base, out, groups, lines
+
+
+def test_every_rule_on_every_seed_in_its_own_run(seeded):
+    base, out, groups, _ = seeded
+    assert [g.label for g in groups] == RULES and all(g.seeds == SEEDS for g in groups)
+    for group in groups:
+        tests = []
+        for seed, row in zip(SEEDS, group.rows, strict=True):
+            tracking = json.loads((out / group.label / f"seed{seed}" / "tracking.json").read_text())
+            assert tracking["config"]["seed"] == seed and tracking["config"]["rule"]["name"] == group.label
+            assert row.test_acc == tracking["test_acc"] and row.best_val_acc == tracking["best_val_acc"]
+            tests.append(tracking["test_acc"])
+        assert tests[0] != tests[1]  # the seed did change the run
+    # the seed changes only the seed: the same data, model and optimiser otherwise
+    a = json.loads((out / "fa" / "seed0" / "tracking.json").read_text())["config"]
+    b = json.loads((out / "fa" / "seed1" / "tracking.json").read_text())["config"]
+    assert {k for k in a if a[k] != b[k]} == {"seed", "name"}
+
+
+def test_the_table_is_mean_and_std_of_the_runs_own_records(seeded):
+    _, out, _, lines = seeded
+    table = next(entry for entry in lines if "test % (mean ± std)" in entry)
+    rows = {line.split()[0]: line for line in table.splitlines()[3:]}
+    assert list(rows) == RULES
+    for rule in RULES:
+        records = [json.loads((out / rule / f"seed{s}" / "tracking.json").read_text()) for s in SEEDS]
+        for key in ("test_acc", "best_val_acc"):
+            mean, std = _stats([r[key] for r in records])
+            assert f"{100 * mean:.2f} ± {100 * std:.2f}" in rows[rule], (key, rows[rule])
+    md = (out / "summary.md").read_text()
+    assert all(f"| {rule} | 0,1 |" in md for rule in RULES) and "seeds.png" in md
+
+
+def test_compare_json_records_every_seed_and_the_means(seeded):
+    _, out, groups, _ = seeded
+    marker = json.loads((out / "compare.json").read_text())
+    assert marker["status"] == "completed" and marker["seeds"] == SEEDS and marker["rules"] == RULES
+    runs = marker["runs"]
+    assert [(r["rule"], r["seed"], r["run_dir"]) for r in runs] == [
+        (rule, s, f"{rule}/seed{s}") for rule in RULES for s in SEEDS]
+    for r in runs:
+        assert r["test_acc"] == json.loads((out / r["run_dir"] / "tracking.json").read_text())["test_acc"]
+    for entry, group in zip(marker["summary"], groups, strict=True):
+        mean, std = _stats([r["test_acc"] for r in runs if r["rule"] == group.label])
+        assert entry["rule"] == group.label and entry["n"] == 2
+        assert entry["test_acc_mean"] == pytest.approx(mean) and entry["test_acc_std"] == pytest.approx(std)
+
+
+def test_resume_with_another_seed_trains_only_that_seed(seeded, tmp_path):
+    import shutil
+
+    from falign.training.compare import run_compare_seeds
+
+    base, out, _, _ = seeded
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy)
+    stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*.pt")}
+    with pytest.raises(RunDirError, match="holds another comparison"):
+        run_compare_seeds(base, RULES, [0, 1, 2], copy, log=lambda s: None)
+    lines: list[str] = []
+    groups = run_compare_seeds(base, RULES, [0, 1, 2], copy, resume=True, log=lines.append)
+    assert sum("already complete" in line for line in lines) == 4
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # seeds 0 and 1 were not trained again
+    assert all((copy / rule / "seed2" / "best.pt").exists() for rule in RULES)
+    assert [len(g.rows) for g in groups] == [3, 3]
+    assert json.loads((copy / "compare.json").read_text())["seeds"] == [0, 1, 2]
+
+
+def test_seeded_and_single_seed_comparisons_do_not_resume_each_other(seeded, compared):
+    from falign.training.compare import run_compare_seeds
+
+    base, seeded_out, _, _ = seeded
+    single_out, _, _ = compared
+    with pytest.raises(RunDirError, match="resume it with --seeds 0,1"):
+        run_compare(base, RULES, seeded_out, resume=True, log=lambda s: None)
+    with pytest.raises(RunDirError, match="one seed per rule"):
+        run_compare_seeds(base, RULES, [0], single_out, resume=True, log=lambda s: None)
+    with pytest.raises(ValueError, match="more than once"):
+        run_compare_seeds(base, RULES, [1, 1], single_out / "never", log=lambda s: None)
+    assert not (single_out / "never").exists()
+
+
+def test_the_figure_with_error_bars(seeded, tmp_path):
+    from falign.plots import NothingToPlot, plot_seed_summary
+
+    _, _, groups, _ = seeded
+    png, pdf = plot_seed_summary({g.label: g.rows for g in groups}, tmp_path / "seeds")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
+    with pytest.raises(NothingToPlot):
+        plot_seed_summary({"bp": []}, tmp_path / "none")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -72,11 +74,76 @@ def _data_dir(args, cfg=None):
     return cfg
 
 
+def _download(args, cfg):
+    """``--download``: fetch the config's dataset when it is missing (``data.download``)."""
+    if getattr(args, "download", False):
+        cfg.data.download = True
+    return cfg
+
+
+def _missing_files(name: str, root: Path) -> list[str]:
+    """The files of a downloadable dataset that ``root`` lacks (none: it is there)."""
+    from ..data.fetch import REMOTES
+
+    return [r.path for r in REMOTES.get(name, ())
+            if not any((root / p).exists() for p in (r.path, *r.present_if))]
+
+
+def _missing_data(name: str, root: Path) -> str:
+    """One line: the dataset ``name`` is not under ``root``, how to get it, and what is there."""
+    from ..data.fetch import REMOTES
+    from ..data.text import DEFAULT_TEXT
+
+    found = [n for n in REMOTES if not _missing_files(n, root)]
+    if (root / DEFAULT_TEXT).is_file():
+        found.append("text")
+    if all(r.url for r in REMOTES[name]):
+        how = f"get it with `falign download {name}` or add --download (online)"
+    else:
+        how = (f"{name} has no official download location: copy it there, or add --download with "
+               "FALIGN_DATA_MIRROR set to a mirror that has it")
+    return (f"dataset {name} not found under {root} (missing {', '.join(_missing_files(name, root))}); "
+            f"{how}, or point FALIGN_DATA or --data-dir at a folder that has it; datasets found under "
+            f"{root}: {', '.join(found) if found else 'none'}")
+
+
+def _require_data(cfg) -> None:
+    """The dataset of ``cfg`` is under its data root, or ``data.download`` fetches it; checked
+    before anything is written."""
+    from ..data import DatasetError, data_root
+    from ..data.fetch import REMOTES
+    from ..data.registry import _canonical as dataset_key
+
+    key = dataset_key(cfg.data.name)
+    if cfg.data.download or key not in REMOTES:
+        return
+    root = data_root(cfg.data.root)
+    if _missing_files(key, root):
+        raise DatasetError(_missing_data(key, root))
+
+
+def _explain_missing(err: Exception, root: Path) -> Exception:
+    """A loader's error about a dataset missing under ``root`` as the line `_missing_data`
+    gives; any other error as it is."""
+    from ..data import DatasetError
+    from ..data.fetch import REMOTES
+
+    text = str(err)
+    named = re.search(r"falign download ([\w-]+)", text)
+    candidates = [named.group(1)] if named and named.group(1) in REMOTES else []
+    candidates += [n for n in REMOTES if any(Path(r.path).name in text for r in REMOTES[n])]
+    for name in candidates:
+        if _missing_files(name, root):
+            return DatasetError(_missing_data(name, root))
+    return err
+
+
 def cmd_train(args) -> int:
     from ..training.config import load_config
     from ..training.loop import train
 
-    cfg = _data_dir(args, load_config(args.config, args.set))
+    cfg = _download(args, _data_dir(args, load_config(args.config, args.set)))
+    _require_data(cfg)
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     record = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
@@ -134,10 +201,12 @@ def _check_names(cfg, rules) -> None:
 
 
 def cmd_compare(args) -> int:
-    from ..plots import NothingToPlot, plot_val_curves
-    from ..training.compare import run_compare
+    from ..plots import plot_seed_summary, plot_val_curves
+    from ..training.compare import compare_configs, run_compare, run_compare_seeds
     from ..training.config import load_config
 
+    if args.seeds is not None and args.seed is not None:
+        raise UsageError("--seed and --seeds cannot be combined (--seeds 3 trains on seed 3 alone)")
     if args.config:
         clash = [flag for flag, value in (("--dataset", args.dataset), ("--model", args.model))
                  if value is not None]
@@ -150,18 +219,34 @@ def cmd_compare(args) -> int:
     else:
         base = compare_base(args)
         rules = _rule_list(args.rules or COMPARE_RULES)
-    base = _data_dir(args, base)
+    base = _download(args, _data_dir(args, base))
     out = Path(args.out) if args.out else Path("runs") / base.name
     _check_names(base, rules)
-    rows = run_compare(base, rules, out, resume=args.resume, overwrite=args.overwrite)
-    try:
-        figure = plot_val_curves(rows, out / "val_acc", title=f"{base.data.name} / {base.model.name}: "
-                                 "validation accuracy")[0]
-    except NothingToPlot:
-        print(f"summary: {out / 'summary.md'}; no figure (no run recorded a validation accuracy)")
+    for cfg in compare_configs(base, rules).values():
+        _require_data(cfg)
+    setting = f"{base.data.name} / {base.model.name}"
+    if args.seeds is not None:
+        groups = run_compare_seeds(base, rules, args.seeds, out, resume=args.resume,
+                                   overwrite=args.overwrite)
+        statuses = [r.status for g in groups for r in g.rows]
+        figure = _draw(plot_seed_summary, {g.label: g.rows for g in groups}, out / "seeds",
+                       title=f"{setting}: mean ± std over seeds")
     else:
-        print(f"summary: {out / 'summary.md'}; figure: {figure}")
-    return 0 if all(r.status == "completed" for r in rows) else 1
+        rows = run_compare(base, rules, out, resume=args.resume, overwrite=args.overwrite)
+        statuses = [r.status for r in rows]
+        figure = _draw(plot_val_curves, rows, out / "val_acc", title=f"{setting}: validation accuracy")
+    print(f"summary: {out / 'summary.md'}; {figure}")
+    return 0 if all(s == "completed" for s in statuses) else 1
+
+
+def _draw(plot, *args, **kwargs) -> str:
+    """"figure: PATH" of a `falign.plots` function's PNG, or why it drew none."""
+    from ..plots import NothingToPlot
+
+    try:
+        return f"figure: {plot(*args, **kwargs)[0]}"
+    except NothingToPlot as err:
+        return f"no figure ({err})"
 
 
 def cmd_sweep(args) -> int:
@@ -215,21 +300,63 @@ def _published(path: str, run_dirs: list[str]) -> dict:
 
 
 def cmd_report(args) -> int:
+    from ..data import DatasetError, data_root
     from ..report import write_report
 
     published = _published(args.published, args.runs) if args.published else None
-    path = write_report(args.runs, Path(args.out), title=args.title, published=published,
-                        notes=args.note)
+    try:
+        path = write_report(args.runs, Path(args.out), title=args.title, published=published,
+                            notes=args.note, confusion=args.confusion, cka=args.cka,
+                            gradcam=args.gradcam, device=args.device)
+    except DatasetError as err:  # the analyses rebuild each run's dataset
+        raise _explain_missing(err, data_root()) from None
     print(f"report: {path}")
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from ..data import DatasetError, data_root
+    from ..report.analyses import evaluate_checkpoint
+    from ..training.results import format_table
+
+    _data_dir(args)
+    root = str(Path(args.data_dir).resolve()) if args.data_dir else None
+    try:
+        result = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, data_root=root)
+    except DatasetError as err:
+        raise _explain_missing(err, data_root(root)) from None
+    report = result.report  # a ClassificationReport
+    total = int(report.support.sum())
+    correct = int(report.confusion.diagonal().sum())
+    epoch = "" if result.epoch is None else f" (epoch {result.epoch})"
+    print(f"checkpoint: {result.path}{epoch}")
+    print(f"data: {result.dataset}; {result.split} split, {total} examples")
+    print(f"accuracy: {100 * result.accuracy:.2f}% ({correct} / {total} correct)")
+    print(f"loss: {result.loss:.4f} (mean per example)")
+    if report.num_classes <= 30:
+        names = report.class_names
+        cells = [[name, *(str(int(v)) for v in row)] for name, row in zip(names, report.confusion.tolist(),
+                                                                          strict=True)]
+        print("\nconfusion matrix (rows: true class, columns: predicted class):")
+        print(format_table(["true \\ predicted", *names], cells))
+    else:
+        print(f"\nconfusion matrix: {report.num_classes} classes, not printed (falign report --confusion "
+              "draws it)")
+    print("\nper-class report:")
+    print(report.to_text().rstrip())
+    return 0
+
+
 def cmd_reproduce(args) -> int:
+    from ..data import DatasetError, data_root
     from ..reproduce import reproduce
 
     _data_dir(args)
-    reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
-              overwrite=args.overwrite)
+    try:
+        reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
+                  overwrite=args.overwrite, download=args.download)
+    except DatasetError as err:
+        raise _explain_missing(err, data_root()) from None
     return 0
 
 
@@ -269,14 +396,61 @@ count = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 
 
+def seed_list(text: str) -> list[int]:
+    """``0,1,2``: distinct integer seeds."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed, e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"a seed given twice in {text!r}")
+    return seeds
+
+
+def version_line() -> str:
+    """falign's version, torch's and Python's, one line."""
+    import torch
+
+    from .. import __version__
+
+    return f"falign {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
+class _Version(argparse.Action):
+    """``--version``: the line of `version_line`, then exit 0."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def _names(names) -> str:
+    return ", ".join(names)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from ..data import available_datasets
+    from ..models import available_models
+    from ..reproduce import TARGETS
+    from ..rules import rules
+
     ap = _Parser(prog="falign", description="Learning rules without weight transport: train, "
                  "compare, sweep, analyse.")
+    ap.add_argument("--version", action=_Version, help="print falign's, torch's and Python's versions")
     sub = ap.add_subparsers(dest="command", required=True)
 
     def data_dir(p, config=True):
         also = "; replaces the config's own data.root" if config else ""
         p.add_argument("--data-dir", help=f"dataset root (else $FALIGN_DATA, else ./data){also}")
+
+    def download(p):
+        p.add_argument("--download", action="store_true",
+                       help="fetch a missing dataset first (online; checksummed; sets data.download)")
 
     def overrides(p):
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -291,24 +465,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train one configuration")
     p.add_argument("config", help="YAML experiment config, or the name of a shipped one")
     data_dir(p)
+    download(p)
     overrides(p)
     out_dir(p)
     p.set_defaults(func=cmd_train)
 
-    # Defaults None: a flag given replaces the --config's value, a flag not given leaves it.
+    # Defaults None: a flag given replaces the --config's value, a flag not given leaves it.  The
+    # defaults shown are those without --config.
+    d = COMPARE_DEFAULTS
     p = sub.add_parser("compare", help="train several rules on identical data and seeds")
     p.add_argument("--config", help="YAML experiment config (or shipped name) to use as the base; "
                    "its 'compare' list gives the rules, the flags below replace its values")
-    p.add_argument("--dataset", help=f"without --config (default {COMPARE_DEFAULTS['dataset']})")
-    p.add_argument("--model", help=f"without --config (default {COMPARE_DEFAULTS['model']})")
-    p.add_argument("--rules", default=None, help=f"comma-separated (default {COMPARE_RULES})")
-    p.add_argument("--epochs", type=count, help=f"default {COMPARE_DEFAULTS['epochs']}")
-    p.add_argument("--seed", type=int, help=f"default {COMPARE_DEFAULTS['seed']}")
-    p.add_argument("--batch-size", type=positive_int,
-                   help=f"default {COMPARE_DEFAULTS['batch_size']}")
-    p.add_argument("--subset", type=positive_int, help="use only N examples per split")
-    p.add_argument("--device", help=f"auto, cpu, cuda, cuda:N, mps (default {COMPARE_DEFAULTS['device']})")
+    p.add_argument("--dataset", metavar="NAME",
+                   help=f"one of: {_names(available_datasets())} (default {d['dataset']}; not with --config)")
+    p.add_argument("--model", metavar="NAME",
+                   help=f"one of: {_names(available_models())} (default {d['model']}; not with --config)")
+    p.add_argument("--rules", default=None, metavar="RULE,...",
+                   help=f"comma-separated, each one of: {_names(rules())}, or a variant such as "
+                   f"fa:dense (default {COMPARE_RULES}; with --config, the config's compare list)")
+    p.add_argument("--epochs", type=count, metavar="N", help=f"default {d['epochs']}")
+    p.add_argument("--seed", type=int, help=f"default {d['seed']}")
+    p.add_argument("--seeds", type=seed_list, metavar="S,S,...",
+                   help="train every rule on each of these seeds (runs OUT/RULE/seedS) and report "
+                   "mean ± std over them, with a figure with error bars (not with --seed)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help=f"default {d['batch_size']}")
+    p.add_argument("--subset", type=positive_int, metavar="N", help="use only N examples per split")
+    p.add_argument("--device", metavar="DEVICE",
+                   help=f"one of: auto, cpu, cuda, cuda:N, mps (default {d['device']})")
     data_dir(p)
+    download(p)
     overrides(p)
     out_dir(p, "comparison")
     p.set_defaults(func=cmd_compare)
@@ -323,25 +508,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a worker runs at most N trials (TPE: N new ones); else the TPE budget")
     p.add_argument("--heartbeat", type=positive_float, default=10.0, metavar="SECONDS",
                    help="a running trial beats every SECONDS; one silent for 6 beats is taken "
-                   "for a dead worker's, failed and queued again (default 10)")
+                   "for a dead worker's, failed and queued again (default %(default)g)")
     data_dir(p)
     overrides(p)
     out_dir(p, "sweep")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("report", help="HTML report + results table of runs or comparisons")
-    p.add_argument("runs", nargs="+", help="run directories or comparison directories")
-    p.add_argument("--out", default="report", help="output directory (default: ./report)")
+    p = sub.add_parser("evaluate", help="a checkpoint's accuracy, loss, confusion matrix and "
+                       "per-class report on its run's data")
+    p.add_argument("checkpoint", help="any falign checkpoint (best.pt, last.pt, epoch_NNN.pt); the "
+                   "dataset is rebuilt from the config it holds")
+    p.add_argument("--split", choices=["test", "val"], default="test", help="default %(default)s")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="one of: auto, cpu, cuda, cuda:N, mps (default %(default)s)")
+    data_dir(p)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="HTML report + results table of runs, comparisons, sweeps "
+                       "or reproductions")
+    p.add_argument("runs", nargs="+", help="run, comparison, sweep or reproduction directories")
+    p.add_argument("--out", default="report", help="output directory (default ./%(default)s)")
     p.add_argument("--title", help="page title (default: from the runs' dataset and model)")
     p.add_argument("--published", help="YAML: {test_acc: {method: percent}}")
     p.add_argument("--note", action="append", default=[], help="a note for the page (repeatable)")
+    p.add_argument("--confusion", action="store_true",
+                   help="confusion matrix and per-class report of each run's best model (test split)")
+    p.add_argument("--cka", action="store_true",
+                   help="CKA between the layers of each run's best model and the bp run's")
+    p.add_argument("--gradcam", metavar="LAYER",
+                   help="Grad-CAM: the most important channels of LAYER and their top test images")
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help="where the analyses run (default %(default)s)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("reproduce", help="one published result end to end, ending with the report")
-    p.add_argument("name", help="lance-kieu-2026, biotorch-lenet, dfa-mnist, lillicrap-2016, "
-                   "sign-tracking")
-    p.add_argument("--scale", choices=["smoke", "full"], default="smoke")
+    p.add_argument("name", metavar="NAME", help=f"one of: {_names(TARGETS)}")
+    p.add_argument("--scale", choices=["smoke", "full"], default="smoke", help="default %(default)s")
     data_dir(p, config=False)
+    download(p)
     out_dir(p, "reproduction")
     p.set_defaults(func=cmd_reproduce)
 
@@ -349,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rules)
 
     p = sub.add_parser("download", help="download datasets (checksums verified)")
-    p.add_argument("names", nargs="+")
+    p.add_argument("names", nargs="+", metavar="NAME",
+                   help="one of: mnist, fashion-mnist, cifar10, cifar10-jpeg (a mirror only)")
     data_dir(p, config=False)
     p.add_argument("--mirror", help="base URL of a mirror")
     p.set_defaults(func=cmd_download)

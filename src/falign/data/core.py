@@ -197,16 +197,16 @@ def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def cache_dir() -> Path:
-    """Where decoded-image caches go when the data directory is read-only.
-
-    ``$FALIGN_CACHE``, else ``$XDG_CACHE_HOME/falign``, else ``~/.cache/falign``.
+    """Where decoded-image caches go (the image folders' and the CIFAR JPEG copy's), never
+    beside the data: ``$FALIGN_CACHE``, else ``$XDG_CACHE_HOME/falign``, else
+    ``~/.cache/falign``; made absolute, like `data_root`.
     """
     env = os.environ.get("FALIGN_CACHE")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().absolute()
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "falign"
+    return base.absolute() / "falign"
 
 
 def is_writable_dir(path: Path) -> bool:

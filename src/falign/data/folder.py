@@ -5,9 +5,11 @@ possibly under one top folder inside an archive. Classes are the sorted folder n
 ``train/``; samples are ordered by class, then file name.
 
 Decoding tens of thousands of small images with PIL takes seconds, so the decoded uint8 arrays
-are cached in an ``.npz`` beside the source (``<name>.falign-v1-s<size>-c<channels>.npz``) or,
-where that directory is read-only, in `cache_dir()`. The cache records the source's size and
-modification time (for a directory: those of every image) and is rebuilt when they change.
+are cached in an ``.npz`` in the user's cache directory, `cache_dir()`
+(``<hash of the source path>-<name>.falign-v1-s<size>-c<channels>.npz``), never beside the data:
+a data folder holds only what its owner put there, and may be shared or read-only. The cache
+records the source's size and modification time (for a directory: those of every image) and is
+rebuilt when they change.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-from .core import DatasetError, Loaded, Split, atomic_write, cache_dir, is_writable_dir
+from .core import DatasetError, Loaded, Split, atomic_write, cache_dir
 from .transforms import ImageTransform
 
 __all__ = ["ImageTree", "channel_stats", "load_image_tree", "resolve_source"]
@@ -204,10 +206,10 @@ def _fingerprint(source: Path) -> str:
     return f"dir:{h.hexdigest()}"
 
 
-def _cache_paths(source: Path, size: int | None, channels: int | None) -> list[Path]:
+def _cache_path(source: Path, size: int | None, channels: int | None) -> Path:
     name = f"{_stem(source)}.falign-v{CACHE_VERSION}-s{size or 'orig'}-c{channels or 'auto'}.npz"
     tag = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
-    return [source.parent / name, cache_dir() / f"{tag}-{name}"]
+    return cache_dir() / f"{tag}-{name}"
 
 
 def _read_cache(path: Path, meta: dict) -> ImageTree | None:
@@ -247,21 +249,18 @@ def load_image_tree(
         "size": size,
         "channels": channels,
     }
-    beside, fallback = _cache_paths(source, size, channels)
-    for path in (beside, fallback):
-        tree = _read_cache(path, meta)
-        if tree is not None:
-            log.debug("decoded images of %s read from %s", source, path)
-            return tree
+    path = _cache_path(source, size, channels)
+    tree = _read_cache(path, meta)
+    if tree is not None:
+        log.debug("decoded images of %s read from %s", source, path)
+        return tree
     log.info("decoding the images of %s (once; cached afterwards)", source)
     tree = _decode_tree(source, size, channels)
-    for path in (beside, fallback) if is_writable_dir(beside.parent) else (fallback,):
-        try:
-            _write_cache(path, meta, tree)
-            log.info("cached decoded images of %s in %s", source, path)
-            break
-        except OSError as e:
-            log.warning("cannot write cache %s (%s)", path, e)
+    try:
+        _write_cache(path, meta, tree)
+        log.info("cached decoded images of %s in %s", source, path)
+    except OSError as e:
+        log.warning("cannot write cache %s (%s); set FALIGN_CACHE to a writable folder", path, e)
     return tree
 
 

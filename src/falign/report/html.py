@@ -2,6 +2,10 @@
 
     from falign.report import write_report
     write_report(["runs/compare-mnist"], Path("report"), published={"test_acc": {"bp": 98.2}})
+    write_report(["runs/sweep-x"], Path("report"), confusion=True, cka=True, gradcam="conv2")
+
+A figure or section without data says how to get it (``train.alignment_every`` for the
+alignment figures, ``--confusion`` for the confusion matrices, ...).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +31,8 @@ from ..plots.training import (
 )
 from ..training.record import RunRecord
 from ..training.results import RESULT_COLUMNS, numeric_columns, result_cells
-from .runs import Run, load_runs, published_columns, summary
+from .analyses import Section, analyse
+from .runs import Run, Sources, load_sources, published_columns, seed_groups, summary
 from .text import (
     JPEG_NOTE,
     config_summary,
@@ -48,12 +54,22 @@ class FigureSpec:
     title: str
     caption: str
     draw: Callable[[Runs, Path, dict[str, float]], list[Path]]
+    needs: str = ""  # drawn from: "val" (a validation split), "alignment" (train.alignment_every)
+
+
+#: how to get the data of a figure that could not be drawn, by what it needs
+HOW_TO_GET = {
+    "val": "no run has a validation split: set data.val_size (e.g. --set data.val_size=5000) and "
+           "train again",
+    "alignment": "no alignment records: set train.alignment_every (e.g. --set "
+                 "train.alignment_every=10) and train again",
+}
 
 
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("val_accuracy", "Validation accuracy",
                "Validation accuracy after each epoch. Dashed lines, where shown: published test accuracy.",
-               lambda runs, stem, refs: plot_val_accuracy(runs, stem, references=refs)),
+               lambda runs, stem, refs: plot_val_accuracy(runs, stem, references=refs), "val"),
     FigureSpec("loss_curves", "Loss curves",
                "Training loss (solid; mean over the epoch's minibatches while the weights moved) and "
                "validation loss (dashed; measured after the epoch).",
@@ -61,22 +77,22 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("update_angle", "Update alignment",
                "Angle between each layer's weight update and the true backprop gradient on the same "
                "batch; 0 degrees is backprop, 90 degrees is no alignment.",
-               lambda runs, stem, refs: plot_alignment(runs, stem, "update_angle")),
+               lambda runs, stem, refs: plot_alignment(runs, stem, "update_angle"), "alignment"),
     FigureSpec("signal_angle", "Signal alignment",
                "Angle between the signal a layer sends to its input and backprop's signal at the same "
                "point (for DFA: the injected B e against backprop's signal there).",
-               lambda runs, stem, refs: plot_alignment(runs, stem, "signal_angle")),
+               lambda runs, stem, refs: plot_alignment(runs, stem, "signal_angle"), "alignment"),
     FigureSpec("feedback_angle", "Feedback alignment",
                "Angle between the effective feedback matrix B and the weights W (undefined, so absent, "
                "where B does not have W's shape: DFA, dense convolutional FA).",
-               lambda runs, stem, refs: plot_alignment(runs, stem, "feedback_angle")),
+               lambda runs, stem, refs: plot_alignment(runs, stem, "feedback_angle"), "alignment"),
     FigureSpec("sign_concordance", "Sign concordance",
                "Fraction of weights with sign(B) = sign(W) (left) and with sign(update) = sign(backprop "
                "gradient) (right), averaged over the layers that report it. 0.5 is chance.",
-               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=False)),
+               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=False), "alignment"),
     FigureSpec("sign_concordance_per_layer", "Sign concordance per layer (supplementary)",
                "As above, one panel per layer: B vs W solid, update vs gradient dashed.",
-               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=True)),
+               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=True), "alignment"),
 )
 
 _CSS = """
@@ -148,9 +164,19 @@ def _shared_line(name: str, items: list[tuple[str | None, str]]) -> list[str]:
             *(f"<li>{e(label)}: {e(text)}</li>" for label, text in items), "</ul>"]
 
 
+def _missing(spec: FigureSpec, runs: Sequence[Run], err: NothingToPlot) -> str:
+    """Why a figure was not drawn, and how to get its data where a config key makes it."""
+    if spec.needs == "alignment" and not any(run.record.alignment for run in runs):
+        return HOW_TO_GET["alignment"]
+    if spec.needs == "val" and not any(run.record.val_curve for run in runs):
+        return HOW_TO_GET["val"]
+    return str(err)
+
+
 def _figures(runs: Sequence[Run], folder: Path, references: dict[str, float]) -> list[str]:
     data = {run.label: run.record for run in runs}
     out = []
+    said: set[str] = set()  # one line for all the figures that lack the same data
     for spec in FIGURES:
         stem = folder / spec.name
         try:
@@ -158,10 +184,85 @@ def _figures(runs: Sequence[Run], folder: Path, references: dict[str, float]) ->
         except NothingToPlot as err:
             for stale in (stem.with_suffix(".png"), stem.with_suffix(".pdf")):
                 stale.unlink(missing_ok=True)  # from an earlier report into the same folder
-            out.append(f'<p class="skipped">{e(spec.title)}: not drawn, {e(err)}.</p>')
+            why = _missing(spec, runs, err)
+            if why in HOW_TO_GET.values():
+                if why not in said:
+                    titles = [f.title for f in FIGURES if f.needs == spec.needs]
+                    out.append(f'<p class="skipped">{e(", ".join(titles))}: not drawn, {e(why)}.</p>')
+                said.add(why)
+                continue
+            out.append(f'<p class="skipped">{e(spec.title)}: not drawn, {e(why)}.</p>')
             continue
         out += _figure_html(spec.title, png, f"{spec.caption} Files: figures/{png.name}, "
                             f"figures/{pdf.name}.")
+    return out
+
+
+def _seed_table(groups) -> list[str]:
+    from ..training.compare import seed_cells
+
+    return [*_table(*seed_cells(groups, label="method")),
+            "<p>Runs whose configs differ only in the seed, grouped: mean &plusmn; sample standard "
+            "deviation (n &minus; 1) over the seeds listed.</p>"]
+
+
+def _sweep_html(sources: Sources) -> list[str]:
+    """Per sweep: each rule's trials, best parameters and final runs (mean ± std)."""
+    from ..training.compare import pct_pm
+
+    out = []
+    for source in sources.of_kind("sweep"):
+        rules = source.marker.get("rules") or {}
+        cells = []
+        for label, entry in rules.items():
+            entry = entry if isinstance(entry, dict) else {}
+            trials = entry.get("trials") or []
+            states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(
+                Counter(str(t.get("state", "?")) for t in trials if isinstance(t, dict)).items()))
+            params = ", ".join(f"{k}={v}" for k, v in (entry.get("best_params") or {}).items())
+            fin = entry.get("final") or {}
+            seeds = ",".join(str(r.get("seed")) for r in fin.get("runs") or [] if isinstance(r, dict))
+            cells.append([str(label), f"{len(trials)} ({states})" if states else str(len(trials)),
+                          params or "-", seeds or "-",
+                          pct_pm(fin.get("test_acc_mean"), fin.get("test_acc_std"))])
+        out += [f"<h3>Sweep {e(source.path)}</h3>",
+                f"<p>Sampler: {e(source.marker.get('sampler', '?'))}; the best parameters of each rule "
+                "(best validation accuracy of its short trials) trained on the final seeds.</p>",
+                *_table(["rule", "trials", "best params", "final seeds", "final test % (mean ± std)"],
+                        cells)]
+    return out
+
+
+def _reproduce_html(sources: Sources) -> list[str]:
+    out = []
+    for source in sources.of_kind("reproduce"):
+        m = source.marker
+        out.append(f"<p><strong>Reproduction</strong> {e(m.get('name', '?'))}, {e(m.get('scale', '?'))} "
+                   f"scale, {e(m.get('status', '?'))}: {e(source.path)}</p>")
+        extra = [row for row in m.get("extra") or [] if isinstance(row, dict)]
+        if extra:
+            keys = list(dict.fromkeys(k for row in extra for k in row))
+            out += _table(keys, [["-" if row.get(k) is None else
+                                  f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k])
+                                  for k in keys] for row in extra])
+    return out
+
+
+def _analyses_html(sections: Sequence[tuple[str, Section]], asked: bool) -> list[str]:
+    if not asked:
+        return ["<h2>Analyses</h2>",
+                '<p class="skipped">Confusion matrices, CKA between the runs\' layers and Grad-CAM '
+                "exemplars of their best models: add --confusion, --cka or --gradcam LAYER to "
+                "<code>falign report</code>.</p>"]
+    out = ["<h2>Analyses</h2>", "<p>Each run's best model (best.pt) on the test split of its own "
+           "dataset, evaluation transform.</p>"]
+    for title, section in sections:
+        out.append(f"<h3>{e(title)}</h3>")
+        out += [f"<p>{e(note)}</p>" for note in section.notes]
+        for fig_title, png, caption in section.figures:
+            out += _figure_html(fig_title, png, f"{caption} File: figures/{png.name}.")
+        for heading, text in section.texts:
+            out += [f"<details><summary>{e(heading)}</summary>", f"<pre>{e(text)}</pre></details>"]
     return out
 
 
@@ -188,31 +289,47 @@ def write_report(
     published: Mapping[str, Mapping[str, float]] | None = None,
     notes: Sequence[str] = (),
     extra_figures: Sequence[tuple[str, str | os.PathLike[str], str]] = (),
+    confusion: bool = False,
+    cka: bool = False,
+    gradcam: str | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """Report on the runs in ``run_dirs`` (run directories, or comparison directories whose runs
-    are all included) into ``out``: ``report.html``, ``results.txt`` and ``figures/*.png|pdf``.
+    """Report on the runs in ``run_dirs`` into ``out``: ``report.html``, ``results.txt`` and
+    ``figures/*.png|pdf``.  A path is a run directory, a comparison (all its runs, every seed), a
+    sweep (its final runs, and a table of its trials) or a reproduction (every comparison, sweep
+    and run in it).  Runs whose configs differ only in the seed get a mean ± std row.
 
     ``published`` maps a metric (``test_acc``, ``best_val_acc``) to {method label or rule: accuracy
     in %}; it adds a "published" column and dashed reference lines. ``notes`` are shown verbatim
     (escaped). ``extra_figures`` are (title, PNG path, caption) drawn elsewhere (CKA heatmaps,
-    exemplar grids, confusion matrices), embedded after the training figures. Returns the path
-    of ``report.html``. Raises `ReportError` for a path that is not a run or comparison directory.
+    exemplar grids, confusion matrices), embedded after the training figures.  ``confusion``,
+    ``cka`` and ``gradcam`` (a layer name) analyse each run's best model on ``device``
+    (:func:`falign.report.analyses.analyse`).  Returns the path of ``report.html``.  Raises
+    `ReportError` for a path that is none of these, or an analysis that cannot be made, before
+    anything is written.
     """
-    runs = load_runs([Path(p) for p in run_dirs])
+    sources = load_sources([Path(p) for p in run_dirs])
+    runs = sources.runs
     out = Path(out)
+    asked = bool(confusion or cka or gradcam)
+    sections = analyse(runs, out / "figures", confusion=confusion, cka=cka, gradcam=gradcam,
+                       device=device)
     out.mkdir(parents=True, exist_ok=True)
     title = title or _default_title(runs)
     columns = published_columns(runs, published)
     references = published_columns(runs, {"test_acc": (published or {}).get("test_acc") or {}})
     references_pct = next(iter(references.values()), {})
+    groups = seed_groups(runs)
+    notes = [*notes, *sources.notes]
 
-    (out / "results.txt").write_text(results_txt(runs, title, columns, notes), encoding="utf-8")
+    (out / "results.txt").write_text(results_txt(runs, title, columns, notes, groups), encoding="utf-8")
 
     datasets = shared_or_each(runs, lambda r: r.record.dataset or "unknown")
     page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
             f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
             f"<h1>{e(title)}</h1>",
             f"<p>{len(runs)} run{'s' if len(runs) != 1 else ''}; generated by falign {e(__version__)}.</p>"]
+    page += _reproduce_html(sources)
     page += _shared_line("Dataset", datasets)
     if any(is_jpeg(text) for _, text in datasets):
         page.append(f'<p class="warning"><strong>JPEG copy:</strong> {e(JPEG_NOTE)}</p>')
@@ -220,10 +337,16 @@ def write_report(
     if notes:
         page += ["<h2>Notes</h2>", "<ul>", *(f"<li>{e(note)}</li>" for note in notes), "</ul>"]
     page += ["<h2>Results</h2>", *_results_table(runs, columns)]
+    if groups:
+        page += ["<h2>Mean &plusmn; std over seeds</h2>", *_seed_table(groups)]
+    if sources.of_kind("sweep"):
+        page += ["<h2>Sweeps</h2>", *_sweep_html(sources)]
     page += ["<h2>Setup</h2>", *_setup_table(runs)]
     page += ["<h2>Figures</h2>", *_figures(runs, out / "figures", references_pct)]
     for fig_title, png, caption in extra_figures:
         page += _figure_html(fig_title, Path(png), caption)
+    if not extra_figures or asked:
+        page += _analyses_html(sections, asked)
     page += ["<h2>Configurations</h2>"]
     for run in runs:
         text = yaml.safe_dump(run.config, sort_keys=False)

@@ -7,12 +7,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..training.record import RecordError, RunRecord
 from ..training.results import ResultRow
 
-__all__ = ["ReportError", "Run", "load_runs", "published_columns", "summary"]
+if TYPE_CHECKING:
+    from ..training.compare import SeedRuns
+
+__all__ = ["ReportError", "Run", "Source", "Sources", "load_runs", "load_sources", "published_columns",
+           "seed_groups", "summary"]
 
 # published metric -> column title; any other key is shown as "published <key>".
 PUBLISHED_TITLES: dict[str, str] = {
@@ -23,7 +27,8 @@ PUBLISHED_TITLES: dict[str, str] = {
 
 
 class ReportError(ValueError):
-    """A path given to the report is not a run or comparison directory, or its files are unreadable."""
+    """A path given to the report is not a run, comparison, sweep or reproduction directory, or its
+    files are unreadable; an analysis asked of the report cannot be made."""
 
 
 @dataclass
@@ -52,17 +57,107 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _run_dirs(path: Path) -> list[Path]:
-    """``path`` itself for a run directory; its runs, in the comparison's order, for a comparison."""
+@dataclass
+class Source:
+    """A directory given to the report that is not one run: a comparison (``compare.json``), a
+    sweep (``sweep.json``) or a reproduction (``reproduce.json``), with its marker's contents."""
+
+    kind: str  # "compare", "sweep" or "reproduce"
+    path: Path
+    marker: dict[str, Any]
+
+
+@dataclass
+class Sources:
+    """Everything under the paths given to the report: the runs, the comparisons, sweeps and
+    reproductions they came from, and notes on what is missing (with how to get it)."""
+
+    runs: list[Run]
+    sources: list[Source]
+    notes: list[str]
+
+    def of_kind(self, kind: str) -> list[Source]:
+        return [s for s in self.sources if s.kind == kind]
+
+
+# the folders of a reproduction that hold its report and analyses, not runs
+_NOT_RUNS = ("report", "analysis")
+
+
+def _compare_dirs(path: Path, marker: dict[str, Any]) -> list[Path]:
+    from ..training.compare import run_label
+
+    runs = marker.get("runs")
+    if isinstance(runs, list) and runs:  # over several seeds: every run is listed
+        dirs = [r.get("run_dir") for r in runs if isinstance(r, dict)]
+        if not all(isinstance(d, str) and d for d in dirs):
+            raise ReportError(f"{path / 'compare.json'}: a run without its run_dir")
+        return [path / d for d in dirs]
+    rules = marker.get("rules")
+    if not isinstance(rules, list) or not rules:
+        raise ReportError(f"{path / 'compare.json'}: lists no rules")
+    return [path / run_label(str(rule)) for rule in rules]
+
+
+def _sweep_dirs(path: Path, marker: dict[str, Any], notes: list[str]) -> list[Path]:
+    rules = marker.get("rules")
+    if not isinstance(rules, dict):
+        raise ReportError(f"{path / 'sweep.json'}: lists no rules")
+    dirs = []
+    for label, entry in rules.items():
+        final = (entry or {}).get("final") if isinstance(entry, dict) else None
+        runs = [r for r in (final or {}).get("runs") or [] if isinstance(r, dict) and r.get("run_dir")]
+        if not runs:
+            notes.append(f"sweep {path}: '{label}' has no final runs (no trial of it completed); the "
+                         f"other rules are reported")
+        # by name under final/: the recorded path is relative to where the sweep was started
+        dirs += [path / "final" / Path(str(r["run_dir"])).name for r in runs]
+    if not dirs:
+        raise ReportError(f"{path}: the sweep has no final runs yet (a trial must complete first; "
+                          f"finish it with `falign sweep CONFIG --resume --out {path}`)")
+    return dirs
+
+
+def _expand(path: Path, sources: list[Source], notes: list[str]) -> list[Path]:
+    """``path`` itself for a run directory; its runs for a comparison (``compare.json``), a sweep
+    (``sweep.json``: the final runs of every rule) or a reproduction (``reproduce.json``: every
+    comparison, sweep and run directory in it)."""
     if not path.is_dir():
         raise ReportError(f"{path}: no such directory")
-    marker = path / "compare.json"
-    if marker.is_file() and not (path / "tracking.json").exists():
-        rules = _read_json(marker).get("rules")
-        if not isinstance(rules, list) or not rules:
-            raise ReportError(f"{marker}: lists no rules")
-        return [path / str(rule).replace(":", "-") for rule in rules]
-    return [path]
+    if (path / "tracking.json").exists():
+        return [path]
+    for kind in ("compare", "sweep", "reproduce"):
+        marker = path / f"{kind}.json"
+        if marker.is_file():
+            data = _read_json(marker)
+            sources.append(Source(kind, path, data))
+            break
+    else:
+        if (path / "optuna-journal.log").exists() or (path / "trials").is_dir():
+            raise ReportError(f"{path}: a sweep that has not finished (no sweep.json yet); finish it "
+                              f"with `falign sweep CONFIG --resume --out {path}`, or report on "
+                              "the trial runs under trials/")
+        return [path]  # "no tracking.json" is said where the runs are read
+    if kind == "compare":
+        if data.get("status") == "running":
+            notes.append(f"comparison {path} has not finished (resume it with `falign compare ... "
+                         f"--resume --out {path}`)")
+        return _compare_dirs(path, data)
+    if kind == "sweep":
+        return _sweep_dirs(path, data, notes)
+    if data.get("status") != "completed":
+        notes.append(f"reproduction {path} has not finished (resume it with `falign reproduce "
+                     f"{data.get('name', 'NAME')} --resume --out {path}`)")
+    dirs = []
+    for child in sorted(p for p in path.iterdir() if p.is_dir() and p.name not in _NOT_RUNS):
+        if any((child / f).exists() for f in ("tracking.json", "compare.json", "sweep.json")):
+            try:
+                dirs += _expand(child, sources, notes)
+            except ReportError as err:  # a part not run yet: the others are reported
+                notes.append(str(err))
+    if not dirs:
+        raise ReportError(f"{path}: the reproduction holds no runs yet")
+    return dirs
 
 
 def rule_label(config: Mapping[str, Any], fallback: str) -> str:
@@ -91,12 +186,15 @@ def _disambiguate(bases: list[str], paths: list[Path]) -> list[str]:
     return out
 
 
-def load_runs(paths: Sequence[str | Path]) -> list[Run]:
-    """Every run under ``paths`` (run directories, or comparison directories expanded into their
-    runs), each labelled by its rule and disambiguated by its directory name."""
+def load_sources(paths: Sequence[str | Path]) -> Sources:
+    """Every run under ``paths`` (run directories, comparisons, sweeps and reproductions, expanded
+    into their runs), each labelled by its rule and disambiguated by its directory name, with
+    the comparisons, sweeps and reproductions themselves."""
     dirs: list[Path] = []
+    sources: list[Source] = []
+    notes: list[str] = []
     for given in paths:
-        for run_dir in _run_dirs(Path(given)):
+        for run_dir in _expand(Path(given), sources, notes):
             if run_dir.resolve() not in {d.resolve() for d in dirs}:
                 dirs.append(run_dir)
     if not dirs:
@@ -112,12 +210,43 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
             raise ReportError(str(err)) from None
     bases = [rule_label(r.config, d.name) for r, d in zip(records, dirs, strict=True)]
     labels = _disambiguate(bases, dirs)
-    return [Run(label, base, d, r) for label, base, d, r in zip(labels, bases, dirs, records, strict=True)]
+    runs = [Run(label, base, d, r) for label, base, d, r in zip(labels, bases, dirs, records, strict=True)]
+    return Sources(runs, sources, notes)
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[Run]:
+    """Every run under ``paths`` (see :func:`load_sources`)."""
+    return load_sources(paths).runs
 
 
 def summary(run: Run) -> ResultRow:
     """The numbers of a run's results row (accuracies as fractions, None when absent)."""
     return ResultRow.of(run.label, run.record)
+
+
+#: config keys that may differ between runs of one experiment repeated over seeds
+_PER_SEED = ("seed", "name")
+
+
+def _without_seed(config: Mapping[str, Any]) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in _PER_SEED}, sort_keys=True,
+                      default=str)
+
+
+def seed_groups(runs: Sequence[Run]) -> list[SeedRuns]:
+    """The runs whose configs differ only in the seed (and name), two or more of different
+    seeds: one :class:`~falign.training.compare.SeedRuns` each (mean ± std), labelled by the
+    rule, plus the folder above the runs where two groups share a rule."""
+    from ..training.compare import SeedRuns
+
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(_without_seed(run.config), []).append(run)
+    chosen = [g for g in groups.values()
+              if len(g) > 1 and len({r.config.get("seed") for r in g}) == len(g)]
+    labels = _disambiguate([g[0].rule for g in chosen], [g[0].path.parent for g in chosen])
+    return [SeedRuns(label, [r.config.get("seed") for r in g], [summary(r) for r in g])
+            for label, g in zip(labels, chosen, strict=True)]
 
 
 def published_columns(runs: Sequence[Run],

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..rules import rule_spec
 from ..training.results import Column, by_label, format_results
 from .runs import Run, summary
+
+if TYPE_CHECKING:
+    from ..training.compare import SeedRuns
 
 __all__ = ["JPEG_NOTE", "config_summary", "is_jpeg", "model_text", "published_cells", "results_txt",
            "shared_or_each"]
@@ -51,8 +54,9 @@ def model_text(run: Run) -> str:
 
 
 def results_txt(runs: Sequence[Run], title: str, published: Mapping[str, Mapping[str, float]],
-                notes: Sequence[str] = ()) -> str:
-    """The whole of ``results.txt``; ``published`` is title -> {label: %} (see published_columns)."""
+                notes: Sequence[str] = (), seed_groups: Sequence[SeedRuns] = ()) -> str:
+    """The whole of ``results.txt``; ``published`` is title -> {label: %} (see published_columns);
+    ``seed_groups`` the runs that differ only in the seed (a table of mean ± std)."""
     out = [title, "=" * len(title), ""]
     for name, describe in (("dataset", lambda r: r.record.dataset or "unknown"),
                            ("model", model_text), ("seed", lambda r: _g(r.config.get("seed")))):
@@ -73,6 +77,11 @@ def results_txt(runs: Sequence[Run], title: str, published: Mapping[str, Mapping
     if on_test:
         out += ["", "best epoch chosen on the test set (no validation split), so 'best val %' is a test "
                 f"accuracy for: {', '.join(on_test)}"]
+    if seed_groups:
+        from ..training.compare import format_seed_results
+
+        out += ["", "Mean ± sample std over seeds (runs whose configs differ only in the seed):",
+                format_seed_results(seed_groups, label="method")]
     if notes:
         out += ["", "Notes:", *(f"- {note}" for note in notes)]
     out += ["", "Runs:", *(f"- {run.label}: {run.path}" for run in runs)]

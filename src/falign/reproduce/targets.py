@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ..report.analyses import cka_vs_reference, confusion_matrices, exemplar_grid
+from ..report.analyses import predictions as predictions  # its home before report/analyses.py
 from ..training.compare import method, run_compare, run_label
 from ..training.config import ExperimentConfig, load_config, parse_config, set_values
 from ..training.loop import RunDirError, train
@@ -36,6 +38,7 @@ class Context:
     scale: str
     resume: bool
     log: Callable[[str], None]
+    download: bool = False  # fetch missing datasets (data.download in every config)
 
     @property
     def smoke(self) -> bool:
@@ -44,10 +47,11 @@ class Context:
     def config(self, name: str, smoke: dict[str, Any]) -> ExperimentConfig:
         """A shipped config, shrunk for the smoke scale (dotted keys -> values)."""
         cfg = load_config(name)
-        if not self.smoke:
+        values = {**(smoke if self.smoke else {}), **({"data.download": True} if self.download else {})}
+        if not values:
             return cfg
-        data = set_values(cfg.to_dict(), smoke, where=f"{name} (smoke scale)")
-        return parse_config(data, where=f"{name} (smoke scale)")
+        where = f"{name} (smoke scale)" if self.smoke else name
+        return parse_config(set_values(cfg.to_dict(), values, where=where), where=where)
 
     def compare(self, cfg: ExperimentConfig, rules, sub: str) -> tuple[Path, list[ResultRow]]:
         """``run_compare`` into ``out/sub`` (resumed), with its validation-accuracy figure."""
@@ -85,37 +89,14 @@ def _test_data(cfg: ExperimentConfig, device: torch.device):
     return build_dataset(cfg, device)
 
 
-@torch.no_grad()
-def predictions(model, split, transform, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..data import batches
-
-    model.eval()
-    preds, labels = [], []
-    for x, y in batches(split, batch_size, transform=transform, shuffle=False):
-        preds.append(model(x).argmax(1).cpu())
-        labels.append(y.cpu())
-    return torch.cat(preds), torch.cat(labels)
-
-
 def confusion_figures(ctx: Context, runs: dict[str, Path], cfg: ExperimentConfig,
                       outcome: Outcome) -> None:
     """Confusion matrix and per-class precision / recall / F1 of each run's best model."""
-    from ..analysis.classification import classification_report
-    from ..plots import plot_confusion_matrix
-
     device = torch.device("cpu")
-    data = _test_data(cfg, device)
-    for label, run_dir in runs.items():
-        preds, labels = predictions(_best_model(run_dir, device), data.test, data.eval_transform)
-        report = classification_report(labels, preds, num_classes=data.num_classes,
-                                       class_names=data.classes)
-        stem = ctx.out / "analysis" / f"confusion-{run_label(label)}"
-        paths = plot_confusion_matrix(report, data.classes, stem, title=f"{label}: confusion matrix")
-        (ctx.out / "analysis" / f"classification-{run_label(label)}.txt").write_text(report.to_text())
-        outcome.figures.append((f"Confusion matrix: {label}", paths[0],
-                                "Rows: true class; columns: predicted class (test set)."))
-        outcome.notes.append(f"{label}: per-class precision / recall / F1 (test set)\n"
-                             + report.to_text())
+    models = {label: _best_model(run_dir, device) for label, run_dir in runs.items()}
+    section = confusion_matrices(models, _test_data(cfg, device), ctx.out / "analysis")
+    outcome.figures += section.figures
+    outcome.notes += [f"{heading}\n{text}" for heading, text in section.texts]
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -280,69 +261,18 @@ def fixed_feedback_check(runs: dict[str, Path]) -> list[str]:
 
 def cka_and_exemplars(ctx: Context, cfg: ExperimentConfig, runs: dict[str, Path],
                       outcome: Outcome) -> None:
-    from ..analysis.cka import DEFAULT_MINIBATCH_SIZE, cka_subsets
-    from ..analysis.gradcam import exemplars
-    from ..plots import plot_cka_heatmaps, plot_exemplar_grid
-
     device = torch.device("cpu")
     data = _test_data(cfg, device)
     x = data.eval_transform(data.test.x)
     y = data.test.y
     models = {label: _best_model(d, device) for label, d in runs.items()}
-    ref = models.get("bp")
-    if ref is not None:
-        # Unbiased minibatch CKA: its value does not depend on a subset's size, so the three
-        # subsets (of different sizes) are comparable; the biased full-batch one rises as n falls.
-        estimator, minibatch_size, seed = "minibatch", DEFAULT_MINIBATCH_SIZE, 0
-        per_subset: dict[str, dict[str, Any]] = {}
-        sizes: list[str] = []
-
-        def size(r) -> str:
-            total = r.n + r.dropped
-            if r.skipped:
-                return f"n={total} (skipped)"
-            if r.minibatch_size != minibatch_size:
-                return f"n={total} (one minibatch of all {r.n})"
-            return f"n={total} ({r.n} used)"
-
-        for label, model in models.items():
-            if label == "bp":
-                continue
-            subsets = cka_subsets(ref, model, x, y, ARCH1_LAYERS, ARCH1_LAYERS, estimator=estimator,
-                                  minibatch_size=minibatch_size, seed=seed)
-            for subset, result in subsets.items():
-                per_subset.setdefault(subset, {})[f"{label} vs bp"] = result
-            sizes.append(f"{label} vs bp: " + ", ".join(f"{subset} {size(r)}"
-                                                       for subset, r in subsets.items()))
-        if sizes:
-            outcome.notes.append(
-                f"CKA estimator: unbiased minibatch linear CKA (Nguyen et al. 2021; mean unbiased "
-                f"HSIC_1 of Song et al. 2012 over minibatches of {minibatch_size} test images in a "
-                f"seeded random order, seed {seed}; the final partial minibatch is dropped, a subset "
-                f"of fewer than {minibatch_size} images is one minibatch, fewer than 4 is skipped); "
-                "its value does not depend on n, so the subsets are comparable, and it can be "
-                "slightly negative. Subset sizes: " + "; ".join(sizes) + ".")
-        for subset, results in per_subset.items():
-            stem = ctx.out / "analysis" / f"cka-{subset}"
-            paths = plot_cka_heatmaps(results, stem,
-                                      title=f"Unbiased minibatch linear CKA vs BP ({subset})")
-            outcome.figures.append((f"CKA vs BP: {subset}", paths[0],
-                                    "Linear CKA (unbiased minibatch estimator, minibatches of "
-                                    f"{minibatch_size}) between each layer of a method (columns) "
-                                    "and of BP (rows), on the test images of this subset."))
-            for name, r in results.items():
-                diag = ", ".join(f"{lay} {v:.2f}" for lay, v in zip(r.layers_a, r.diagonal().tolist(),
-                                                                     strict=True))
-                outcome.notes.append(f"CKA diagonal, {subset}, {name}: {diag}")
-    sets = {label: exemplars(model, "conv2", x, y, k=3 if ctx.smoke else 5, n=6 if ctx.smoke else 9,
-                             gradient="true", label=label) for label, model in models.items()}
-    mean = torch.tensor((0.4914, 0.4822, 0.4465)).view(3, 1, 1)
-    std = torch.tensor((0.2470, 0.2435, 0.2616)).view(3, 1, 1)
-    paths = plot_exemplar_grid(sets, ctx.out / "analysis" / "exemplars", mean=mean, std=std,
-                               title="conv2: top Grad-CAM channels and their top-activating test images")
-    outcome.figures.append(("Exemplars", paths[0], "For each method, the conv2 channels with the "
-                            "largest mean |Grad-CAM importance| (true gradient) and the test images "
-                            "that activate each most."))
+    folder = ctx.out / "analysis"
+    cka = cka_vs_reference(models, x, y, folder, layers=ARCH1_LAYERS, reference="bp")
+    grid = exemplar_grid(models, "conv2", x, y, folder, k=3 if ctx.smoke else 5, n=6 if ctx.smoke else 9,
+                         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+    for section in (cka, grid):
+        outcome.figures += section.figures
+        outcome.notes += section.notes
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
@@ -361,8 +291,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 
 
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None, resume: bool = False,
-              overwrite: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Run target ``name`` at ``scale`` into ``out``; returns the path of the HTML report."""
+              overwrite: bool = False, download: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Run target ``name`` at ``scale`` into ``out``; returns the path of the HTML report.
+    ``download`` fetches the datasets it needs when they are missing (``data.download``)."""
     if name not in TARGETS:
         import difflib
 
@@ -388,7 +319,7 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "running"})
-    ctx = Context(out=out, scale=scale, resume=resume, log=log)
+    ctx = Context(out=out, scale=scale, resume=resume, log=log, download=download)
     log(f"== reproduce {name} ({scale} scale) into {out}")
     outcome = target.run(ctx)
 

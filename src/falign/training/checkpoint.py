@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from .record import new_file_mode
+
 FORMAT = "falign-checkpoint"
 VERSION = 1
 
@@ -34,6 +36,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     data = {"format": FORMAT, "version": VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, new_file_mode())  # mkstemp makes it private
         with os.fdopen(fd, "wb") as f:
             torch.save(data, f)
             f.flush()

@@ -1,11 +1,19 @@
 """Train several rules on identical data, model and seed; one table, one summary, the rows back.
 
-The validation-accuracy figure is drawn by the caller (``falign compare``, ``falign reproduce``)
-from the returned rows: ``falign.training`` imports no plotting code.
+``run_compare`` trains each method once, into ``out/<label>``; ``run_compare_seeds`` trains each
+on every seed, into ``out/<label>/seed<k>``, and reports the mean and standard deviation over the
+seeds (:class:`SeedRuns`).  The figures are drawn by the caller (``falign compare``,
+``falign reproduce``) from the returned rows: ``falign.training`` imports no plotting code.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +21,7 @@ from ..rules import parse_rule
 from .config import CompareEntry, ExperimentConfig, parse_config, set_values
 from .loop import RunDirError, train
 from .record import RunRecord, write_json
-from .results import ResultRow, format_results
+from .results import ResultRow, format_results, format_table, seconds
 
 
 def method(entry: str | CompareEntry | dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -70,29 +78,208 @@ def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: st
     """
     out = Path(out)
     marker = out / "compare.json"
-    if marker.exists() and not (resume or overwrite):
-        raise RunDirError(f"{out}: holds another comparison (use --resume to continue it or "
-                          "--overwrite to replace it)")
+    _check_marker(out, None, resume=resume, overwrite=overwrite)
     configs = compare_configs(base, rules)  # every method's config is valid before any file
     out.mkdir(parents=True, exist_ok=True)
     labels = list(configs)
     write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "running"})
     rows = []
     for label, cfg in configs.items():
-        run_dir = out / run_label(label)
-        done = run_dir / "tracking.json"
-        record = RunRecord.read(done) if resume and done.exists() else None
-        if record is not None and record.finished:
-            log(f"== {label}: already complete, reusing {run_dir}")
-        else:
-            log(f"== {label}")
-            record = train(cfg, run_dir, resume=resume, overwrite=overwrite, log=log)
+        record = _train_once(cfg, out / run_label(label), label, resume=resume, overwrite=overwrite,
+                             log=log)
         rows.append(ResultRow.of(label, record))
     log(compare_table(rows, base))
     (out / "summary.md").write_text(summary_markdown(rows, base))
     write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "completed",
                         "rows": [_marker_row(r) for r in rows]})
     return rows
+
+
+def _train_once(cfg: ExperimentConfig, run_dir: Path, title: str, *, resume: bool, overwrite: bool,
+                log) -> RunRecord:
+    """The run of ``cfg`` in ``run_dir``: read back when ``resume`` finds it finished, else
+    trained (continued, with ``resume``)."""
+    done = run_dir / "tracking.json"
+    record = RunRecord.read(done) if resume and done.exists() else None
+    if record is not None and record.finished:
+        log(f"== {title}: already complete, reusing {run_dir}")
+        return record
+    log(f"== {title}")
+    return train(cfg, run_dir, resume=resume, overwrite=overwrite, log=log)
+
+
+def _check_marker(out: Path, seeds: Sequence[int] | None, *, resume: bool, overwrite: bool) -> None:
+    """``out`` holds no comparison, or one that ``resume`` / ``overwrite`` may take over: a
+    comparison over seeds resumes only as one over seeds (its runs are ``<label>/seed<k>``)."""
+    marker = out / "compare.json"
+    if not marker.exists():
+        return
+    if not (resume or overwrite):
+        raise RunDirError(f"{out}: holds another comparison (use --resume to continue it or "
+                          "--overwrite to replace it)")
+    if not resume:
+        return
+    try:
+        old = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise RunDirError(f"{marker}: cannot be read; use --overwrite to replace the comparison") from None
+    old_seeds = old.get("seeds") if isinstance(old, dict) else None
+    if old_seeds is not None and seeds is None:
+        raise RunDirError(f"{out}: holds a comparison over seeds {_seed_text(old_seeds)}; resume it "
+                          f"with --seeds {_seed_text(old_seeds)}")
+    if old_seeds is None and seeds is not None:
+        raise RunDirError(f"{out}: holds a comparison of one seed per rule; --seeds needs another "
+                          "--out (or --overwrite)")
+
+
+def _seed_text(seeds: Sequence[Any]) -> str:
+    return ",".join(str(s) for s in seeds)
+
+
+def seed_configs(base: ExperimentConfig, rules: list[str | CompareEntry],
+                 seeds: Sequence[int]) -> dict[str, dict[int, ExperimentConfig]]:
+    """label -> seed -> config: :func:`compare_configs` with ``seed`` (the initial weights, the
+    feedback matrices and the data order) set to each of ``seeds``."""
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    repeated = sorted(s for s, n in Counter(seeds).items() if n > 1)
+    if repeated:
+        raise ValueError(f"seeds: {_seed_text(repeated)} given more than once")
+    out: dict[str, dict[int, ExperimentConfig]] = {}
+    for label, cfg in compare_configs(base, rules).items():
+        where = f"compare entry '{label}'"
+        out[label] = {}
+        for seed in seeds:
+            values = {"seed": seed, "name": f"{cfg.name}-seed{seed}"}
+            out[label][seed] = parse_config(set_values(cfg.to_dict(), values, where=where), where=where)
+    return out
+
+
+def seed_run_dir(label: str, seed: int) -> str:
+    """The run directory of one method and seed, relative to the comparison's."""
+    return f"{run_label(label)}/seed{seed}"
+
+
+def run_compare_seeds(base: ExperimentConfig, rules: list[str | CompareEntry], seeds: Sequence[int],
+                      out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                      log=print) -> list[SeedRuns]:
+    """Train every method of ``rules`` on every seed of ``seeds`` into ``out/<label>/seed<k>``;
+    log the table of means and standard deviations over the seeds, write ``summary.md`` and
+    ``compare.json`` (every seed's numbers and run directory, then the means); return one
+    :class:`SeedRuns` per method.  With ``resume``, finished runs are read back and the others
+    continued, so a comparison stopped at any point (or given more seeds) goes on where it was.
+    """
+    out = Path(out)
+    seeds = [int(s) for s in seeds]
+    _check_marker(out, seeds, resume=resume, overwrite=overwrite)
+    configs = seed_configs(base, rules, seeds)  # every config is valid before any file
+    out.mkdir(parents=True, exist_ok=True)
+    labels = list(configs)
+    planned = [{"rule": label, "seed": seed, "run_dir": seed_run_dir(label, seed)}
+               for label in labels for seed in seeds]
+    marker = {"rules": labels, "seeds": seeds, "base": base.to_dict(), "status": "running",
+              "runs": planned}
+    write_json(out / "compare.json", marker)
+    groups = []
+    for label, by_seed in configs.items():
+        rows = []
+        for seed, cfg in by_seed.items():
+            record = _train_once(cfg, out / seed_run_dir(label, seed), f"{label}, seed {seed}",
+                                 resume=resume, overwrite=overwrite, log=log)
+            rows.append(ResultRow.of(label, record))
+        groups.append(SeedRuns(label, list(seeds), rows))
+    log(seed_table(groups, base))
+    (out / "summary.md").write_text(seed_summary_markdown(groups, base))
+    marker.update(status="completed", runs=[
+        {**plan, **_marker_row(row)} for plan, row in zip(planned, (r for g in groups for r in g.rows),
+                                                            strict=True)],
+        summary=[g.to_dict() for g in groups])
+    write_json(out / "compare.json", marker)
+    return groups
+
+
+# -- several seeds: mean ± std ----------------------------------------------------------------------
+
+def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1; 0 for one value) of the finite values;
+    (None, None) when there are none.  The sweep's final runs report the same."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None, None
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+
+
+def pct_pm(mean: float | None, std: float | None) -> str:
+    """A mean ± std of fractions as percentages with two decimals; "-" when absent."""
+    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
+
+
+@dataclass
+class SeedRuns:
+    """One method trained on several seeds: its results row for each seed (in ``seeds`` order)
+    and their mean ± standard deviation (:func:`mean_std`)."""
+
+    label: str
+    seeds: list[int]
+    rows: list[ResultRow]
+
+    def mean_std(self, key: str) -> tuple[float | None, float | None]:
+        """Of a row attribute: ``test_acc``, ``best_val_acc``, ``sec_per_epoch``."""
+        return mean_std([getattr(r, key) for r in self.rows])
+
+    @property
+    def status(self) -> str:
+        """"completed" when every seed's run is; else the count of each status."""
+        counts = Counter(r.status for r in self.rows)
+        if set(counts) == {"completed"}:
+            return "completed"
+        return ", ".join(f"{n} {status}" for status, n in counts.items())
+
+    @property
+    def epochs(self) -> str:
+        counts = sorted({r.epochs for r in self.rows})
+        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        test, val = self.mean_std("test_acc"), self.mean_std("best_val_acc")
+        return {"rule": self.label, "seeds": list(self.seeds), "n": len(self.rows),
+                "test_acc_mean": test[0], "test_acc_std": test[1],
+                "best_val_acc_mean": val[0], "best_val_acc_std": val[1], "status": self.status}
+
+
+#: the columns of the table over seeds (after the method's label)
+SEED_COLUMNS = ("seeds", "best val % (mean ± std)", "test % (mean ± std)", "epochs", "s/epoch", "status")
+
+
+def seed_cells(groups: Sequence[SeedRuns], *, label: str = "rule") -> tuple[list[str], list[list[str]]]:
+    """(headers, cells) of the table over seeds: one row per method."""
+    cells = [[g.label, _seed_text(g.seeds), pct_pm(*g.mean_std("best_val_acc")),
+              pct_pm(*g.mean_std("test_acc")), g.epochs, seconds(g.mean_std("sec_per_epoch")[0]),
+              g.status] for g in groups]
+    return [label, *SEED_COLUMNS], cells
+
+
+def format_seed_results(groups: Sequence[SeedRuns], *, label: str = "rule", style: str = "text") -> str:
+    return format_table(*seed_cells(groups, label=label), style=style)
+
+
+def seed_table(groups: Sequence[SeedRuns], base: ExperimentConfig) -> str:
+    """The table ``run_compare_seeds`` logs: a line naming the setting, then one row per method."""
+    seeds = groups[0].seeds if groups else []
+    return (f"{base.data.name} / {base.model.name}, seeds {_seed_text(seeds)} "
+            f"(mean ± sample std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})\n"
+            + format_seed_results(groups))
+
+
+def seed_summary_markdown(groups: Sequence[SeedRuns], base: ExperimentConfig) -> str:
+    seeds = groups[0].seeds if groups else []
+    md = [f"# falign compare: {base.data.name} / {base.model.name}", "",
+          f"Seeds {_seed_text(seeds)} (mean ± sample standard deviation over the seeds), "
+          f"{base.train.epochs} epochs, optimiser {base.optim.name} lr {base.optim.lr}, "
+          f"batch {base.train.batch_size}.", "",
+          format_seed_results(groups, style="markdown"), "",
+          "![mean and standard deviation over seeds](seeds.png)", ""]
+    return "\n".join(md)
 
 
 #: the columns of a comparison's table (after the method's label)
