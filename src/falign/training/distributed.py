@@ -8,6 +8,14 @@ per-step state (brsf redraws from (seed, step), sign-tracking copies of the all-
 decay) stays identical too.  Each global batch is drawn and augmented identically on every
 rank and split into equal per-rank shares, so N processes compute what one process computes on
 the same global batch.
+
+Elastic restarts (``torchrun --max-restarts N ... --resume``): torchrun's agent keeps one
+key-value store for the whole job and, with its static rendezvous (``--master_port``), hands
+the restarted processes that same store with no per-attempt prefix, so a restarted rank can
+read the addresses the killed group published and fail to connect ("Gloo connectFullMesh
+failed ... Connection refused") or wait on a dead peer.  ``setup`` therefore joins the group
+through the agent's store under a prefix of its own for each restart
+(``TORCHELASTIC_RESTART_COUNT``), with PyTorch's public ``TCPStore`` / ``PrefixStore``.
 """
 
 from __future__ import annotations
@@ -43,9 +51,28 @@ def setup(device: torch.device) -> DistInfo:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+        store = _attempt_store()
+        if store is None:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                    world_size=world)
         owns = True
     return DistInfo(True, dist.get_rank(), dist.get_world_size(), local_rank, owns)
+
+
+def _attempt_store():
+    """Under a torchrun agent's store: that store, prefixed by this restart's number (None
+    otherwise: ``init_process_group`` reads the environment as usual)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from datetime import timedelta
+
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    timeout = timedelta(seconds=float(os.environ.get("FALIGN_DIST_TIMEOUT", "1800")))
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          is_master=False, timeout=timeout)
+    return dist.PrefixStore(f"falign/attempt_{attempt}", store)
 
 
 def device_for(info: DistInfo, device: torch.device) -> torch.device:
@@ -67,6 +94,18 @@ def all_sum(info: DistInfo, *values: float) -> list[float]:
         t = t.cuda()
     dist.all_reduce(t)
     return t.cpu().tolist()
+
+
+def all_gather(info: DistInfo, *values: float) -> list[list[float]]:
+    """Every process's ``values``, in rank order (float64: counts up to 2**53 stay exact)."""
+    if not info.enabled:
+        return [list(values)]
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    out = [torch.empty_like(t) for _ in range(info.world)]
+    dist.all_gather(out, t)
+    return [o.cpu().tolist() for o in out]
 
 
 def shard(info: DistInfo, *tensors: torch.Tensor) -> list[torch.Tensor]:

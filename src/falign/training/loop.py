@@ -244,6 +244,20 @@ def default_threads() -> int:
     return max(1, min(8, cpus // 2))
 
 
+def _partial_counts(partial: dict[str, Any], ddp) -> tuple[int, int, float]:
+    """This process's running (examples, correct, loss sum) of an epoch a mid-epoch checkpoint
+    left unfinished: its own, when the process count is the checkpoint's; else the first
+    process takes the totals (the epoch's sums are equal; the float order of the loss is not)."""
+    n, correct, loss = partial["n"], partial["correct"], partial["loss"]
+    if not isinstance(n, list):  # one process wrote it
+        n, correct, loss = [n], [correct], [loss]
+    if len(n) == ddp.world:
+        return n[ddp.rank], correct[ddp.rank], loss[ddp.rank]
+    if ddp.rank == 0:
+        return sum(n), sum(correct), math.fsum(loss)
+    return 0, 0, 0.0
+
+
 def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = print,
           stop_after: int | None = None, threads: int | None = None,
@@ -368,7 +382,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 # the generator as it was at the epoch's start; the batches done are drawn again
                 # and skipped, then the random state of the checkpoint takes over
                 gen.set_state(partial["gen"])
-                n, correct, loss_sum = partial["n"], partial["correct"], partial["loss"]
+                n, correct, loss_sum = _partial_counts(partial, ddp)
                 skip = partial["batches"]
                 t0 -= partial["seconds"]
             epoch_gen = gen.get_state()
@@ -420,8 +434,11 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                         t.step(step, {"loss": float(loss.detach())})
                 if cfg.train.checkpoint_steps and step % cfg.train.checkpoint_steps == 0 and \
                         k + 1 < steps_per_epoch:
-                    part = {"epoch": epoch, "batches": k + 1, "gen": epoch_gen, "n": n, "correct": correct,
-                            "loss": loss_sum, "seconds": time.perf_counter() - t0,
+                    # each process's own running counts (they are summed at the epoch's end)
+                    counts = distributed.all_gather(ddp, float(n), float(correct), loss_sum)
+                    part = {"epoch": epoch, "batches": k + 1, "gen": epoch_gen,
+                            "n": [int(c[0]) for c in counts], "correct": [int(c[1]) for c in counts],
+                            "loss": [c[2] for c in counts], "seconds": time.perf_counter() - t0,
                             "rng": rng_state(None)}
                     if main:
                         checkpoint(epoch - 1, part)
