@@ -354,6 +354,19 @@ def test_text_dataset_windows_contiguous_blocks_and_vocabulary(tmp_path) -> None
     assert data.test.x[0].tolist() == ids[9500:9520]  # the last block, unseen in training
 
 
+def test_text_limit_cuts_the_text_but_keeps_the_whole_vocabulary(tmp_path) -> None:
+    from falign.data import DatasetError, load_dataset
+
+    text = "ab" * 2000 + "xyz"  # x, y, z only past the limit
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    data = load_dataset("text", tmp_path, path="t.txt", seq_len=10, limit=1000)
+    assert data.classes == ["a", "b", "x", "y", "z"]
+    assert len(data.train) == (900 - 1) // 10 and len(data.test) == (50 - 1) // 10
+    assert "1000 characters of 4003" in data.description
+    with pytest.raises(DatasetError, match="limit must be a positive"):
+        load_dataset("text", tmp_path, path="t.txt", limit=0)
+
+
 def test_text_dataset_reads_the_shipped_shakespeare_by_default() -> None:
     from conftest import DATA
 

@@ -11,7 +11,8 @@ from conftest import DATA
 from falign.reproduce import TARGETS, ReproduceError, reproduce
 from falign.training.loop import RunDirError
 
-NEEDS = {"lance-kieu-2026": "cifar10-jpeg.tar.gz"}
+NEEDS = {"lance-kieu-2026": ["cifar10-jpeg.tar.gz"], "akrout-2019": ["mnist", "cifar10-jpeg.tar.gz"],
+         "transformers": ["shakespeare/shakespeare.txt", "cifar10-jpeg.tar.gz"]}
 
 
 @pytest.fixture(autouse=True)
@@ -21,9 +22,9 @@ def _data(monkeypatch):
 
 @pytest.mark.parametrize("name", list(TARGETS))
 def test_smoke(tmp_path: Path, name: str) -> None:
-    needed = DATA / NEEDS.get(name, "mnist")
-    if not needed.exists():
-        pytest.skip(f"{needed} not found")
+    for needed in (DATA / n for n in NEEDS.get(name, ["mnist"])):
+        if not needed.exists():
+            pytest.skip(f"{needed} not found")
     lines: list[str] = []
     report = reproduce(name, scale="smoke", out=tmp_path / name, log=lines.append)
     html = report.read_text()
@@ -44,12 +45,46 @@ def test_smoke(tmp_path: Path, name: str) -> None:
         assert "Confusion matrix" in html and "precision" in results
     if name == "sign-tracking":
         assert marker["extra"] and all("tuned_lr" in row for row in marker["extra"])
+    _check_summary(tmp_path / name, name)
+
+
+def _check_summary(out: Path, name: str) -> None:
+    """results.json: every method's config and each seed's numbers, read back from its run."""
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["target"] == name and summary["scale"] == "smoke" and summary["status"] == "completed"
+    assert summary["falign"] and summary["torch"] and summary["hardware"]["cpus"]
+    assert summary["methods"]
+    for m in summary["methods"]:
+        assert m["config"] and m["runs"] and len(m["seeds"]) == len(m["runs"])
+        for run in m["runs"]:
+            tracking = json.loads((out / run["run_dir"] / "tracking.json").read_text())
+            assert run["status"] == "completed" and run["seed"] == tracking["config"]["seed"]
+            assert run["test_acc"] == tracking["test_acc"] and run["best_epoch"] == tracking["best_epoch"]
+        accs = [r["test_acc"] for r in m["runs"]]
+        assert m["test_acc_mean"] == pytest.approx(sum(accs) / len(accs))
+    published = {(m["part"], m["method"]): m["published"] for m in summary["methods"]}
+    expect = {"dfa-mnist": (("compare", "dfa"), 97.23), "akrout-2019": (("mnist", "wm"), 98.49),
+              "lance-kieu-2026": (("sweep", "usf_norm"), 75.67), "linear-fa": (("compare", "fa"), 0.42992),
+              "biotorch-lenet": (("lenet-mnist", "bp"), 99.09)}
+    if name in expect:
+        key, value = expect[name]
+        assert published[key] == pytest.approx(value)
+    if name == "linear-fa":
+        table = summary["measures"]["loss_table"]
+        assert table["published"]["fa_above_bp"] == 52 and table["measured"]["points"] > 0
+    if name == "akrout-2019":
+        angles = summary["measures"]["final_delta_angle_deg"]
+        assert set(angles) == {"mnist", "cifar10"} and 0 <= angles["mnist"]["fa"]["mean"] <= 180
+    if name == "transformers":
+        by = summary["measures"]["by_method"]
+        assert set(by) == {"char", "vit"} and by["char"]["dfa-macro"]["test_bpc"] > 0
+        assert len(by["char"]["kp"]["update_angle_by_block"]) == 2
 
 
 def test_resume_reuses_finished_runs(tmp_path: Path) -> None:
     out = tmp_path / "dfa"
     reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
-    tracking = out / "compare" / "dfa" / "tracking.json"
+    tracking = out / "compare" / "dfa" / "seed0" / "tracking.json"
     before = tracking.stat().st_mtime_ns
     with pytest.raises(RunDirError):
         reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
@@ -64,3 +99,44 @@ def test_unknown_target_and_scale(tmp_path: Path) -> None:
         reproduce("dfa-mnis", out=tmp_path)
     with pytest.raises(ReproduceError, match="scale"):
         reproduce("dfa-mnist", scale="huge", out=tmp_path)
+
+
+def test_a_part_runs_alone_and_the_summary_says_so(tmp_path: Path) -> None:
+    if not (DATA / "mnist").exists():
+        pytest.skip(f"{DATA / 'mnist'} not found")
+    reproduce("akrout-2019", scale="smoke", out=tmp_path / "a", parts=["mnist"], log=lambda s: None)
+    summary = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert summary["parts"] == ["mnist"] and {m["part"] for m in summary["methods"]} == {"mnist"}
+    assert not (tmp_path / "a" / "cifar10").exists()
+    # a later call runs the other part into the same folder: the summary holds both
+    reproduce("akrout-2019", scale="smoke", out=tmp_path / "a", parts=["cifar10"], resume=True,
+              log=lambda s: None)
+    summary = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert {m["part"] for m in summary["methods"]} == {"mnist", "cifar10"}
+    assert summary["parts_completed"] == ["mnist", "cifar10"]
+    with pytest.raises(ReproduceError, match="has no part 'cifar' .*mnist, cifar10"):
+        reproduce("akrout-2019", out=tmp_path / "b", parts=["cifar"])
+    with pytest.raises(ReproduceError, match="runs as a whole"):
+        reproduce("dfa-mnist", out=tmp_path / "c", parts=["x"])
+
+
+def test_a_stopped_target_leaves_a_partial_summary(tmp_path: Path, monkeypatch) -> None:
+    """The summary is rewritten after each method: a target that stops part-way (here: made to
+    fail in its second part) leaves what it finished, marked running."""
+    if not (DATA / "mnist").exists():
+        pytest.skip(f"{DATA / 'mnist'} not found")
+    import falign.reproduce.base as base
+
+    real = base.Context.compare_seeds
+
+    def stop_at_cifar(self, cfg, rules, seeds, sub, **kw):
+        if sub == "cifar10":
+            raise KeyboardInterrupt
+        return real(self, cfg, rules, seeds, sub, **kw)
+
+    monkeypatch.setattr(base.Context, "compare_seeds", stop_at_cifar)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce("akrout-2019", scale="smoke", out=tmp_path / "a", log=lambda s: None)
+    summary = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert summary["status"] == "running"
+    assert sorted(m["method"] for m in summary["methods"]) == ["bp", "fa", "kp", "wm"]

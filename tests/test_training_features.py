@@ -137,3 +137,18 @@ def test_wandb_offline_and_mlflow_file_store(data_root, tmp_path, monkeypatch) -
     assert len(runs) == 1
     assert runs[0].data.metrics["train.loss"] == pytest.approx(record.epochs[0].train_loss, rel=1e-6)
     assert runs[0].data.params["optim.lr"] == "0.05"
+
+
+def test_jsonl_step_losses_survive_a_resume_unchanged(data_root, tmp_path) -> None:
+    from falign.training.loggers import read_steps
+
+    cfg = tiny(train={"epochs": 3, "loggers": ["jsonl"], "log_every": 2})
+    train(cfg, tmp_path / "whole", log=None)
+    whole = read_steps(tmp_path / "whole")
+    steps_per_epoch = len(whole) * 2 // 3
+    assert [e["step"] for e in whole] == list(range(2, 3 * steps_per_epoch + 1, 2))
+    train(cfg, tmp_path / "cut", log=None, stop_after=1)
+    with (tmp_path / "cut" / "steps.jsonl").open("a") as f:  # what a kill after epoch 1 leaves
+        f.write('{"step": 99999, "loss": 1.0}\n{"step": 1000')
+    train(cfg, tmp_path / "cut", log=None, resume=True)
+    assert read_steps(tmp_path / "cut") == whole

@@ -354,7 +354,7 @@ def cmd_reproduce(args) -> int:
     _data_dir(args)
     try:
         reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
-                  overwrite=args.overwrite, download=args.download)
+                  overwrite=args.overwrite, download=args.download, parts=args.part)
     except DatasetError as err:
         raise _explain_missing(err, data_root()) from None
     return 0
@@ -456,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
 
+    def threads(p):
+        p.add_argument("--threads", type=positive_int, metavar="N",
+                       help="intra-op CPU threads of each training process (sets $FALIGN_THREADS; "
+                       "default: half the CPUs, at most 8; a resumed run keeps its own)")
+
     def out_dir(p, what="run"):
         p.add_argument("--out", help=f"{what} directory")
         again = p.add_mutually_exclusive_group()
@@ -467,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(p)
     download(p)
     overrides(p)
+    threads(p)
     out_dir(p)
     p.set_defaults(func=cmd_train)
 
@@ -495,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(p)
     download(p)
     overrides(p)
+    threads(p)
     out_dir(p, "comparison")
     p.set_defaults(func=cmd_compare)
 
@@ -511,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "for a dead worker's, failed and queued again (default %(default)g)")
     data_dir(p)
     overrides(p)
+    threads(p)
     out_dir(p, "sweep")
     p.set_defaults(func=cmd_sweep)
 
@@ -544,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="one published result end to end, ending with the report")
     p.add_argument("name", metavar="NAME", help=f"one of: {_names(TARGETS)}")
     p.add_argument("--scale", choices=["smoke", "full"], default="smoke", help="default %(default)s")
+    p.add_argument("--part", action="append", default=None, metavar="PART",
+                   help="run only this part of a target that has several (repeatable): "
+                   + "; ".join(f"{t.name}: {', '.join(t.parts)}" for t in TARGETS.values() if t.parts))
+    threads(p)
     data_dir(p, config=False)
     download(p)
     out_dir(p, "reproduction")
@@ -564,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None):
+            os.environ["FALIGN_THREADS"] = str(args.threads)
         return args.func(args)
     except _user_errors() as err:
         print(f"falign: error: {err}", file=sys.stderr)

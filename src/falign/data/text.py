@@ -5,7 +5,9 @@ class (the vocabulary: the file's characters, sorted), cuts the text into three 
 blocks -- train, validation, test, in that order (default 90 / 5 / 5 %) -- and each block into
 non-overlapping windows of ``seq_len + 1`` characters: ``x`` is a window's first ``seq_len``
 characters, ``y`` the same shifted by one (the next character at every position).  Contiguous
-blocks keep the test text unseen (no window straddles two splits).  The default file is the
+blocks keep the test text unseen (no window straddles two splits).  ``limit`` keeps only the
+first ``limit`` characters of the file (the vocabulary still comes from the whole file, so a
+model's output size does not depend on it).  The default file is the
 plays and poems of Shakespeare shipped with the data (``shakespeare/shakespeare.txt`` under the
 data root).  Models report cross-entropy in nats; bits per character is that divided by ln 2.
 """
@@ -43,7 +45,8 @@ def _windows(ids: Tensor, seq_len: int) -> Split:
 
 
 def load_text(root: Path, *, path: str = DEFAULT_TEXT, seq_len: int = 128,
-              val_fraction: float = 0.05, test_fraction: float = 0.05) -> Loaded:
+              val_fraction: float = 0.05, test_fraction: float = 0.05,
+              limit: int | None = None) -> Loaded:
     """Character-level windows of a UTF-8 text file (``path`` absolute, or under ``root``)."""
     file = Path(path) if Path(path).is_absolute() else root / path
     if not file.is_file():
@@ -58,14 +61,20 @@ def load_text(root: Path, *, path: str = DEFAULT_TEXT, seq_len: int = 128,
     if not (0 < val_fraction < 1 and 0 < test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DatasetError(f"text: val_fraction={val_fraction} and test_fraction={test_fraction} must be "
                            "in (0, 1) and sum below 1")
+    if limit is not None and not (isinstance(limit, int) and not isinstance(limit, bool) and limit >= 1):
+        raise DatasetError(f"text: limit must be a positive number of characters or null, got {limit!r}")
     vocab = sorted(set(text))
     index = {c: i for i, c in enumerate(vocab)}
+    whole = len(text)
+    if limit is not None:
+        text = text[:limit]
     ids = torch.tensor([index[c] for c in text], dtype=torch.long)
     n = ids.numel()
     a, b = int(n * (1 - val_fraction - test_fraction)), int(n * (1 - test_fraction))
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
     return Loaded(
-        title=f"text {file.name} ({n} characters, {len(vocab)} distinct, sha256 {digest}...)",
+        title=(f"text {file.name} ({n} characters{'' if n == whole else f' of {whole}'}, "
+               f"{len(vocab)} distinct, sha256 {digest}...)"),
         train=_windows(ids[:a], seq_len),
         val=_windows(ids[a:b], seq_len),
         test=_windows(ids[b:], seq_len),

@@ -38,6 +38,7 @@ ANGLE_MEASURES: dict[str, str] = {
     "update_angle": "Update vs BP gradient (degrees)",
     "signal_angle": "Sent signal vs BP signal (degrees)",
     "feedback_angle": "Angle between B and W (degrees)",
+    "delta_angle": "Received error vs BP's (degrees)",
 }
 # train.loss -> y-axis label. The loop records loss per example; mse and bce are also averaged over
 # the outputs when the reduction is "mean", hence no "per example" on those.
@@ -254,7 +255,7 @@ def plot_alignment(
 ) -> list[Path]:
     """One angle over training steps: one panel per layer, one line per method.
 
-    ``measure`` is ``update_angle``, ``signal_angle`` or ``feedback_angle`` (see
+    ``measure`` is ``update_angle``, ``signal_angle``, ``delta_angle`` or ``feedback_angle`` (see
     `falign.analysis.alignment`). A dotted line marks 90 degrees (orthogonal, no alignment).
     Layers for which no run has a value get no panel. Writes ``path_stem``.png and .pdf.
     """

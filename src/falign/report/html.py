@@ -127,13 +127,25 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return out
 
 
+def _note(note: str) -> str:
+    """One note: a line of text, or a heading line over a preformatted block (a table)."""
+    head, _, body = note.partition("\n")
+    if not body:
+        return f"<li>{e(note)}</li>"
+    return f"<li>{e(head)}<pre>{e(body)}</pre></li>"
+
+
 def _results_table(runs: Sequence[Run], published: Mapping[str, Mapping[str, float]]) -> list[str]:
     rows = [summary(run) for run in runs]
     out = _table(*result_cells(rows, [*RESULT_COLUMNS, *published_cells(published)], label="method"))
-    on_test = [r.label for r in rows if r.selected_on != "val"]
+    on_test = [r.label for r in rows if r.selected_on == "test"]
     if on_test:
         out.append(f"<p>The best epoch was chosen on the test set (no validation split), so "
                    f"&ldquo;best val %&rdquo; is a test accuracy for: {e(', '.join(on_test))}.</p>")
+    last = [r.label for r in rows if r.selected_on == "last"]
+    if last:
+        out.append(f"<p>No model selection (<code>train.select_on: last</code>): the last epoch is "
+                   f"tested for: {e(', '.join(last))}.</p>")
     return out
 
 
@@ -335,7 +347,7 @@ def write_report(
         page.append(f'<p class="warning"><strong>JPEG copy:</strong> {e(JPEG_NOTE)}</p>')
     page += _shared_line("Model", shared_or_each(runs, model_text))
     if notes:
-        page += ["<h2>Notes</h2>", "<ul>", *(f"<li>{e(note)}</li>" for note in notes), "</ul>"]
+        page += ["<h2>Notes</h2>", "<ul>", *(_note(note) for note in notes), "</ul>"]
     page += ["<h2>Results</h2>", *_results_table(runs, columns)]
     if groups:
         page += ["<h2>Mean &plusmn; std over seeds</h2>", *_seed_table(groups)]

@@ -73,10 +73,14 @@ def results_txt(runs: Sequence[Run], title: str, published: Mapping[str, Mapping
                "best val %", "test %", "best epoch", *published_cells(published),
                *(["status"] if status else [])]
     out += ["", format_results(rows, columns, label="method")]
-    on_test = [r.label for r in rows if r.selected_on != "val"]
+    on_test = [r.label for r in rows if r.selected_on == "test"]
     if on_test:
         out += ["", "best epoch chosen on the test set (no validation split), so 'best val %' is a test "
                 f"accuracy for: {', '.join(on_test)}"]
+    last = [r.label for r in rows if r.selected_on == "last"]
+    if last:
+        out += ["", f"no model selection (train.select_on: last): the last epoch is tested for: "
+                f"{', '.join(last)}"]
     if seed_groups:
         from ..training.compare import format_seed_results
 

@@ -1,113 +1,39 @@
-"""The reproduction targets.  Published numbers come from REFERENCES.md (papers' own files)."""
+"""The reproduction targets of the first papers: DFA on MNIST, Lillicrap et al. 2016, BioTorch's
+LeNet benchmark, the sign-tracking confound, Lance & Kieu 2026.  Published numbers are the
+papers' own (see docs/protocols.md)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from ..report.analyses import cka_vs_reference, confusion_matrices, exemplar_grid
+from ..report.analyses import cka_vs_reference, exemplar_grid
 from ..report.analyses import predictions as predictions  # its home before report/analyses.py
-from ..training.compare import method, run_compare, run_label
-from ..training.config import ExperimentConfig, load_config, parse_config, set_values
-from ..training.loop import RunDirError, train
-from ..training.record import write_json
-from ..training.results import ResultRow
-
-
-class ReproduceError(ValueError):
-    """Unknown target or scale, or an output directory holding another reproduction."""
-
-
-@dataclass
-class Outcome:
-    run_dirs: list[Path]
-    published: dict[str, float | None]  # label, run dir name or rule -> published test acc (%)
-    notes: list[str] = field(default_factory=list)
-    figures: list[tuple[str, Path, str]] = field(default_factory=list)  # (title, png, caption)
-    extra_rows: list[dict[str, Any]] = field(default_factory=list)
-
-
-@dataclass
-class Context:
-    out: Path
-    scale: str
-    resume: bool
-    log: Callable[[str], None]
-    download: bool = False  # fetch missing datasets (data.download in every config)
-
-    @property
-    def smoke(self) -> bool:
-        return self.scale == "smoke"
-
-    def config(self, name: str, smoke: dict[str, Any]) -> ExperimentConfig:
-        """A shipped config, shrunk for the smoke scale (dotted keys -> values)."""
-        cfg = load_config(name)
-        values = {**(smoke if self.smoke else {}), **({"data.download": True} if self.download else {})}
-        if not values:
-            return cfg
-        where = f"{name} (smoke scale)" if self.smoke else name
-        return parse_config(set_values(cfg.to_dict(), values, where=where), where=where)
-
-    def compare(self, cfg: ExperimentConfig, rules, sub: str) -> tuple[Path, list[ResultRow]]:
-        """``run_compare`` into ``out/sub`` (resumed), with its validation-accuracy figure."""
-        from ..plots import NothingToPlot, plot_val_curves
-
-        out = self.out / sub
-        rows = run_compare(cfg, rules, out, resume=True, log=self.log)
-        try:
-            plot_val_curves(rows, out / "val_acc",
-                            title=f"{cfg.data.name} / {cfg.model.name}: validation accuracy")
-        except NothingToPlot:
-            pass
-        return out, rows
-
-
-@dataclass
-class Target:
-    name: str
-    title: str
-    citation: str
-    run: Callable[[Context], Outcome]
-
-
-# -- analyses shared by targets --------------------------------------------------------------
-
-def _best_model(run_dir: Path, device: torch.device):
-    from ..training.loop import load_model
-
-    return load_model(run_dir / "best.pt", map_location=device)
-
-
-def _test_data(cfg: ExperimentConfig, device: torch.device):
-    from ..training.loop import build_dataset
-
-    return build_dataset(cfg, device)
-
-
-def confusion_figures(ctx: Context, runs: dict[str, Path], cfg: ExperimentConfig,
-                      outcome: Outcome) -> None:
-    """Confusion matrix and per-class precision / recall / F1 of each run's best model."""
-    device = torch.device("cpu")
-    models = {label: _best_model(run_dir, device) for label, run_dir in runs.items()}
-    section = confusion_matrices(models, _test_data(cfg, device), ctx.out / "analysis")
-    outcome.figures += section.figures
-    outcome.notes += [f"{heading}\n{text}" for heading, text in section.texts]
-
+from ..training.compare import method, run_label
+from ..training.config import ExperimentConfig
+from ..training.loop import train
+from .base import Context as Context
+from .base import Outcome, ReproduceError, Target, best_model, confusion_figures, dataset_of, register_target
 
 # -- targets ---------------------------------------------------------------------------------
 
 MNIST_SMOKE = {"data.subset": 1500, "train.epochs": 2}
 
 
+def seeds_of(ctx: Context, cfg: ExperimentConfig, n: int = 3) -> list[int]:
+    """The config's seed and the next ``n - 1`` (one seed at the smoke scale)."""
+    return [cfg.seed + i for i in range(1 if ctx.smoke else n)]
+
+
 def dfa_mnist(ctx: Context) -> Outcome:
     cfg = ctx.config("dfa-mnist", MNIST_SMOKE)
-    compare_dir, _ = ctx.compare(cfg, ["dfa", "bp"], "compare")
-    runs = {"dfa": compare_dir / "dfa", "bp": compare_dir / "bp"}
+    seeds = seeds_of(ctx, cfg)
+    published = {"dfa": 97.23, "bp": 97.24}
+    compare_dir, _ = ctx.compare_seeds(cfg, ["dfa", "bp"], seeds, "compare", published=published)
+    first = seeds[0]
+    runs = {f"dfa (seed {first})": compare_dir / "dfa" / f"seed{first}",
+            f"bp (seed {first})": compare_dir / "bp" / f"seed{first}"}
     for loop in ("batch", "class"):
         for step in ("mean", "sum"):  # the report's update, and one at the per-sample step size
             loop_cfg = cfg.model_copy(deep=True)
@@ -116,30 +42,31 @@ def dfa_mnist(ctx: Context) -> Outcome:
             loop_cfg.name = f"{cfg.name}-{name[4:]}"
             ctx.log(f"== dfa, {loop}-averaged loop, {step} step")
             train(loop_cfg, ctx.out / name, resume=True, log=ctx.log)
+            ctx.add(name, [ctx.out / name], part="averaged-loops")
             runs[f"dfa ({loop}-averaged{'' if step == 'mean' else ', summed step'})"] = ctx.out / name
-    published = {"dfa": 97.23, "bp": 97.24, "dfa-batch": None, "dfa-class": None,
-                 "dfa-batch-sum": None, "dfa-class-sum": None}
-    outcome = Outcome(run_dirs=list(runs.values()), published=published, notes=[
-        "Published (DFA framework report, seed 002): DFA 97.23%, BP 97.24% test accuracy; their BP "
-        "twin used Adam with MSE, so it is not like for like. Here BP uses the same SGD/BCE setting.",
+    outcome = Outcome(run_dirs=[compare_dir, *list(runs.values())[2:]], published=dict(published), notes=[
+        f"Published (the DFA framework report): DFA 97.23%, BP 97.24% test accuracy, one run each; "
+        f"falign trains seeds {', '.join(map(str, seeds))}. The report's BP twin used Adam with "
+        "MSE, so it is not like for like; falign's BP uses the same SGD/BCE setting as DFA.",
         "The batch- and class-averaged loops make one update per batch (per class) from averaged "
-        "activations and errors, as the report describes; the report gives no accuracy for them. "
-        "'summed step' multiplies each averaged update by the number of samples averaged, the "
-        "step size of the summed per-sample update: what remains between it and per-sample DFA "
-        "is the update built from batch means (mean delta times mean h), which loses the "
-        "correlation of each input with its own error.",
+        "activations and errors, as the report describes; the report gives no accuracy for them "
+        f"(one seed, {first}). 'summed step' multiplies each averaged update by the number of "
+        "samples averaged, the step size of the summed per-sample update: what remains between it "
+        "and per-sample DFA is the update built from batch means (mean delta times mean h), which "
+        "loses the correlation of each input with its own error.",
     ])
-    confusion_figures(ctx, runs, cfg, outcome)
+    confusion_figures(ctx, {k: v for k, v in runs.items() if "seed" in k}, cfg, outcome)
     return outcome
 
 
 def lillicrap(ctx: Context) -> Outcome:
     cfg = ctx.config("lillicrap-mnist", {**MNIST_SMOKE, "train.alignment_every": 5})
-    compare_dir, _ = ctx.compare(cfg, ["bp", "fa"], "compare")
+    seeds = seeds_of(ctx, cfg)
+    compare_dir, _ = ctx.compare_seeds(cfg, ["bp", "fa"], seeds, "compare", published={"fa": 97.9})
     return Outcome(run_dirs=[compare_dir], published={"fa": 97.9}, notes=[
         "Published (Lillicrap et al. 2016): FA reaches about 2.1% test error (97.9% accuracy); the "
         "angle between FA's and backprop's hidden updates falls from about 90 deg to 25-45 deg "
-        "within the first epochs (update-alignment figure).",
+        f"within the first epochs (update-alignment figure). Seeds {', '.join(map(str, seeds))}.",
     ])
 
 
@@ -153,7 +80,8 @@ def biotorch_lenet(ctx: Context) -> Outcome:
     dirs, published, notes = [], {}, []
     for ds in ("mnist", "fashion-mnist"):
         cfg = ctx.config(f"lenet-{ds}", {"data.subset": 1000, "train.epochs": 1})
-        compare_dir, rows = ctx.compare(cfg, cfg.compare, f"lenet-{ds}")
+        compare_dir, rows = ctx.compare(cfg, cfg.compare, f"lenet-{ds}",
+                                        published={k: 100 - v for k, v in BIOTORCH_ERR[ds].items()})
         dirs.append(compare_dir)
         for r in rows:
             err = BIOTORCH_ERR[ds].get(r.label)
@@ -180,9 +108,9 @@ def sign_tracking(ctx: Context) -> Outcome:
             space.params = {"optim.lr": [0.001, 0.03]}
     summary = run_sweep(cfg, spec, ctx.out / "tuned-lr", resume=True, log=ctx.log)
     notes = [f"One shared learning rate ({cfg.optim.lr}), then each rule with its own tuned rate "
-             "(grid search, final runs over several seeds). The gap between sign tracking and BP at "
-             "the shared rate that disappears once each is tuned is the learning-rate confound of "
-             "the sign-tracking write-up (seed 004)."]
+             "(grid search, final runs over several seeds). A gap between sign tracking and BP at "
+             "the shared rate that disappears once each is tuned is a learning-rate confound: "
+             "B = sign(W) has another norm than W, which rescales the effective step."]
     fixed = {r.label: r.test_acc for r in fixed_rows}
     extra = []
     for label, entry in summary["rules"].items():
@@ -195,6 +123,10 @@ def sign_tracking(ctx: Context) -> Outcome:
         notes.append(f"{label}: shared lr {100 * shared:.2f}%" if shared is not None else label)
         if mean is not None:
             notes[-1] += f"; tuned lr {lr}: {100 * mean:.2f} ± {100 * (std or 0):.2f}%"
+    for label in summary["rules"]:
+        ctx.add(label, [ctx.out / "tuned-lr" / "final" / f"{run_label(label)}-seed{s}"
+                        for s in spec.final_seeds], part="tuned-lr")
+    ctx.measure("shared_vs_tuned_lr", extra)
     final_dirs = sorted((ctx.out / "tuned-lr" / "final").glob("*"))
     return Outcome(run_dirs=[compare_dir, *final_dirs], published={}, notes=notes, extra_rows=extra)
 
@@ -216,6 +148,9 @@ def lance_kieu(ctx: Context) -> Outcome:
     run_sweep(cfg, spec, ctx.out / "sweep", resume=True, log=ctx.log)
     runs = {label: ctx.out / "sweep" / "final" / f"{run_label(label)}-seed{spec.final_seeds[0]}"
             for label in spec.rules}
+    for label in spec.rules:
+        ctx.add(label, [ctx.out / "sweep" / "final" / f"{run_label(label)}-seed{s}"
+                        for s in spec.final_seeds], part="sweep", published=LK_PUBLISHED.get(label))
     outcome = Outcome(run_dirs=list(runs.values()), published=dict(LK_PUBLISHED), notes=[
         "Published (Lance & Kieu 2026, CIFAR-10, best validation checkpoint, seed 42): test "
         "accuracy BP 75.80, FA dense 35.77, FA kernel 40.07, uSF Init 74.30, uSF SN 75.67%. "
@@ -262,10 +197,10 @@ def fixed_feedback_check(runs: dict[str, Path]) -> list[str]:
 def cka_and_exemplars(ctx: Context, cfg: ExperimentConfig, runs: dict[str, Path],
                       outcome: Outcome) -> None:
     device = torch.device("cpu")
-    data = _test_data(cfg, device)
+    data = dataset_of(cfg, device)
     x = data.eval_transform(data.test.x)
     y = data.test.y
-    models = {label: _best_model(d, device) for label, d in runs.items()}
+    models = {label: best_model(d, device) for label, d in runs.items()}
     folder = ctx.out / "analysis"
     cka = cka_vs_reference(models, x, y, folder, layers=ARCH1_LAYERS, reference="bp")
     grid = exemplar_grid(models, "conv2", x, y, folder, k=3 if ctx.smoke else 5, n=6 if ctx.smoke else 9,
@@ -275,65 +210,20 @@ def cka_and_exemplars(ctx: Context, cfg: ExperimentConfig, runs: dict[str, Path]
         outcome.notes += section.notes
 
 
-TARGETS: dict[str, Target] = {t.name: t for t in (
+
+
+for _target in (
     Target("lance-kieu-2026", "Lance & Kieu 2026: FA on a CIFAR-10 CNN (Arch 1)",
            "Lance & Kieu 2026, Interpretability Analysis of Feedback Alignment on CNN", lance_kieu),
     Target("biotorch-lenet", "BioTorch benchmark: LeNet on MNIST and Fashion-MNIST",
            "Sanfiz & Akrout 2021, Benchmarking the Accuracy and Robustness of Feedback Alignment",
-           biotorch_lenet),
+           biotorch_lenet, metric="test accuracy % (100 - published top-1 error)"),
     Target("dfa-mnist", "DFA framework report: MNIST 784-200-10 with DFA and its averaged loops",
            "Bechet, a PyTorch framework for direct feedback alignment (technical report)", dfa_mnist),
     Target("lillicrap-2016", "Lillicrap et al. 2016: FA vs BP on MNIST with the alignment angle",
            "Lillicrap et al. 2016, Nat. Commun. 7:13276", lillicrap),
     Target("sign-tracking", "Sign tracking and the learning-rate confound",
-           "Moskovitz et al. 2018; the 'soap' sign-tracking write-up", sign_tracking),
-)}
-
-
-def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None, resume: bool = False,
-              overwrite: bool = False, download: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Run target ``name`` at ``scale`` into ``out``; returns the path of the HTML report.
-    ``download`` fetches the datasets it needs when they are missing (``data.download``)."""
-    if name not in TARGETS:
-        import difflib
-
-        near = difflib.get_close_matches(name, list(TARGETS), n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ReproduceError(f"unknown reproduction '{name}'{hint} (known: {', '.join(TARGETS)})")
-    if scale not in ("smoke", "full"):
-        raise ReproduceError(f"scale must be 'smoke' or 'full', not '{scale}'")
-    target = TARGETS[name]
-    out = Path(out) if out else Path("runs") / f"reproduce-{name}-{scale}"
-    marker = out / "reproduce.json"
-    if marker.exists():
-        info = json.loads(marker.read_text())
-        if (info.get("name"), info.get("scale")) != (name, scale) and not overwrite:
-            raise RunDirError(f"{out}: holds the reproduction {info.get('name')} "
-                              f"({info.get('scale')}); use another --out or --overwrite")
-        if not (resume or overwrite):
-            raise RunDirError(f"{out}: holds this reproduction already (use --resume to continue "
-                              "it or --overwrite to start again)")
-        if overwrite and not resume:
-            import shutil
-
-            shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "running"})
-    ctx = Context(out=out, scale=scale, resume=resume, log=log, download=download)
-    log(f"== reproduce {name} ({scale} scale) into {out}")
-    outcome = target.run(ctx)
-
-    from ..report import write_report
-
-    notes = list(outcome.notes)
-    if scale == "smoke":
-        notes.insert(0, "SMOKE SCALE: small subsets and few epochs, to check the pipeline; the "
-                        "numbers are not comparable with the published ones. Use --scale full.")
-    report = write_report(outcome.run_dirs, out / "report", title=f"{target.title} ({scale} scale)",
-                          published={"test_acc": outcome.published}, notes=notes,
-                          extra_figures=outcome.figures)
-    log((out / "report" / "results.txt").read_text())
-    write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "completed",
-                                        "report": str(report), "extra": outcome.extra_rows})
-    log(f"report: {report}")
-    return report
+           "Moskovitz, Litwin-Kumar & Abbott 2018 (sign-concordant feedback); falign's own experiment",
+           sign_tracking, metric="none published (falign's own experiment)"),
+):
+    register_target(_target)

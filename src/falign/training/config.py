@@ -115,7 +115,7 @@ class TrainConfig(_Section):
     #: process normalises its own share, a different computation from one process)
     sync_batchnorm: bool = True
     #: experiment trackers the run reports to (see falign.training.loggers)
-    loggers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    loggers: list[Literal["tensorboard", "wandb", "mlflow", "jsonl"]] = Field(default_factory=list)
     #: per-step scalars (the training loss) to the trackers every N steps (0: per epoch only)
     log_every: int = Field(default=0, ge=0)
     #: a resumable checkpoint every N training steps within an epoch too (0: after epochs only);

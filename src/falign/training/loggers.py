@@ -8,6 +8,10 @@ with objects of your own).  A logger has four methods, all optional to override:
     epoch(record, entry)                    after each epoch: the record and its EpochRecord
     close()                                 the run ended (or stopped)
 
+* ``jsonl`` -- no tracker at all: one JSON line per logged step, ``{"step": ..., "loss": ...}``,
+  in ``<run>/steps.jsonl`` (the loss of that one batch).  A resumed run drops the lines written
+  after its checkpoint, so the file is the run's as if it had never stopped.
+
 Only the process of rank 0 logs.  Each tracker is imported where it is used (``pip install
 falign[trackers]``):
 
@@ -126,7 +130,44 @@ class MLflow(Logger):
         self.mlflow.end_run()
 
 
-TRACKERS: dict[str, type[Logger]] = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
+class JsonLines(Logger):
+    FILE = "steps.jsonl"
+
+    def start(self, run_dir, record, resumed_step):
+        import json
+
+        self.path = Path(run_dir) / self.FILE
+        kept = []
+        if resumed_step and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resumed_step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    break  # a line cut by the kill, and nothing after it counts
+        self.path.write_text("".join(kept))
+        self.file = self.path.open("a")
+
+    def step(self, step, values):
+        import json
+
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def read_steps(run_dir: str | Path) -> list[dict[str, float]]:
+    """The lines of a run's ``steps.jsonl`` (the ``jsonl`` logger), in order."""
+    import json
+
+    path = Path(run_dir) / JsonLines.FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+TRACKERS: dict[str, type[Logger]] = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow,
+                                     "jsonl": JsonLines}
 
 
 def make_loggers(names: list[str]) -> list[Logger]:

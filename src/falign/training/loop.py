@@ -234,9 +234,19 @@ def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
 
 
 def default_threads() -> int:
-    """Intra-op threads when none are asked for: half the CPUs this process may use (at least
-    one, at most 8) -- deterministic, and leaving room on a shared machine, where more threads
-    than free cores make every op wait for its slowest thread."""
+    """Intra-op threads when none are asked for: ``$FALIGN_THREADS`` (``--threads``), else half
+    the CPUs this process may use (at least one, at most 8) -- deterministic, and leaving room on
+    a shared machine, where more threads than free cores make every op wait for its slowest
+    thread."""
+    env = os.environ.get("FALIGN_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ConfigError(f"FALIGN_THREADS must be a positive number of threads, not {env!r}")
+        return n
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on every platform

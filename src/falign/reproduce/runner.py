@@ -1,0 +1,77 @@
+"""``reproduce(name, scale=...)``: run a registered target into its folder, resumably, and end
+with the HTML report and the machine-readable summary ``results.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from ..training.loop import RunDirError
+from ..training.record import write_json
+from .base import RESULTS, TARGETS, Context, ReproduceError
+
+
+def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None, resume: bool = False,
+              overwrite: bool = False, download: bool = False, parts: list[str] | None = None,
+              log: Callable[[str], None] = print) -> Path:
+    """Run target ``name`` at ``scale`` into ``out``; returns the path of the HTML report.
+    ``download`` fetches the datasets it needs when they are missing (``data.download``).
+    ``out/results.json`` summarises the runs (every method's config, each seed's test and best
+    validation accuracy, the published number) as they finish; ``"status": "completed"`` once
+    the target has.  ``parts`` runs only those parts of a target that has several
+    (``TARGETS[name].parts``; all by default)."""
+    if name not in TARGETS:
+        import difflib
+
+        near = difflib.get_close_matches(name, list(TARGETS), n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise ReproduceError(f"unknown reproduction '{name}'{hint} (known: {', '.join(TARGETS)})")
+    if scale not in ("smoke", "full"):
+        raise ReproduceError(f"scale must be 'smoke' or 'full', not '{scale}'")
+    target = TARGETS[name]
+    if parts:
+        unknown = [p for p in parts if p not in target.parts]
+        if unknown:
+            have = ", ".join(target.parts) if target.parts else "none: it runs as a whole"
+            raise ReproduceError(f"reproduction '{name}' has no part '{unknown[0]}' (its parts: {have})")
+    out = Path(out) if out else Path("runs") / f"reproduce-{name}-{scale}"
+    marker = out / "reproduce.json"
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        if (info.get("name"), info.get("scale")) != (name, scale) and not overwrite:
+            raise RunDirError(f"{out}: holds the reproduction {info.get('name')} "
+                              f"({info.get('scale')}); use another --out or --overwrite")
+        if not (resume or overwrite):
+            raise RunDirError(f"{out}: holds this reproduction already (use --resume to continue "
+                              "it or --overwrite to start again)")
+        if overwrite and not resume:
+            import shutil
+
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "running"})
+    ctx = Context(out=out, scale=scale, resume=resume, log=log, download=download, target=target,
+                  parts=tuple(parts) if parts else None)
+    if resume:
+        ctx.keep_earlier()
+    log(f"== reproduce {name} ({scale} scale) into {out}")
+    outcome = target.run(ctx)
+
+    from ..report import write_report
+
+    notes = list(outcome.notes)
+    if scale == "smoke":
+        notes.insert(0, "SMOKE SCALE: small subsets and few epochs, to check the pipeline; the "
+                        "numbers are not comparable with the published ones. Use --scale full.")
+    report = write_report(outcome.run_dirs, out / "report", title=f"{target.title} ({scale} scale)",
+                          published={"test_acc": outcome.published}, notes=notes,
+                          extra_figures=outcome.figures)
+    log((out / "report" / "results.txt").read_text())
+    ctx.write("completed")
+    write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "completed",
+                                        "report": str(report), "results": str(out / RESULTS),
+                                        "extra": outcome.extra_rows})
+    log(f"report: {report}")
+    log(f"summary: {out / RESULTS}")
+    return report

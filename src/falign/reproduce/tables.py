@@ -1,0 +1,174 @@
+"""The tables of measured against published numbers, made from reproductions' ``results.json``.
+
+``python -m falign.reproduce.tables results/ --write README.md docs/experiments/results.md``
+rewrites the block between ``<!-- falign:results -->`` and ``<!-- /falign:results -->`` of each
+file from the summaries in ``results/``, so the published tables are the committed data (a
+test checks they agree).  One table per target: each method's test accuracy over its seeds
+(mean ± sample std), the published number, both gaps to BP, and whether the difference is
+within the tolerance of its dataset:
+
+* CIFAR-10 (the JPEG copy): 3.5 points, and each method's gap to BP within 2 points of the
+  published gap;
+* MNIST: 0.3 points; Fashion-MNIST: 1.0 point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BEGIN, END = "<!-- falign:results -->", "<!-- /falign:results -->"
+
+#: dataset -> (points of test accuracy, points of the gap to BP); None: no gap condition
+TOLERANCE = {"cifar10-jpeg": (3.5, 2.0), "cifar10": (3.5, 2.0), "mnist": (0.3, None),
+             "fashion-mnist": (1.0, None)}
+
+
+def load_results(folder: str | Path) -> list[dict[str, Any]]:
+    paths = sorted(Path(folder).glob("*.json"))
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def _pct(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f}" + (f" ± {100 * (std or 0):.2f}" if n > 1 else "")
+
+
+def _dataset(method: dict[str, Any]) -> str | None:
+    return ((method.get("config") or {}).get("data") or {}).get("name")
+
+
+def verdict(method: dict[str, Any], bp: dict[str, Any] | None) -> str:
+    """"yes" / "no" / "-": whether the measured accuracy (and gap to BP) is within tolerance."""
+    tol = TOLERANCE.get(_dataset(method) or "")
+    mean, published = method.get("test_acc_mean"), method.get("published")
+    if tol is None or mean is None or published is None:
+        return "-"
+    ok = abs(100 * mean - published) <= tol[0]
+    if tol[1] is not None and bp is not None and method is not bp and bp.get("test_acc_mean") is not None \
+            and bp.get("published") is not None:
+        gap, published_gap = 100 * (mean - bp["test_acc_mean"]), published - bp["published"]
+        ok = ok and abs(gap - published_gap) <= tol[1]
+    return "yes" if ok else "no"
+
+
+def target_table(summary: dict[str, Any]) -> str:
+    """Markdown: a heading, how it was made, and the table of the target's methods."""
+    name, hw = summary["target"], summary.get("hardware") or {}
+    status = summary.get("status")
+    git = summary.get("git") or {}
+    lines = [f"#### `{name}`: {summary.get('title')}", ""]
+    done, every = summary.get("parts_completed") or [], summary.get("all_parts") or []
+    made = (f"`falign reproduce {name} --scale {summary['scale']}"
+            + ("" if set(done) == set(every) else "".join(f" --part {p}" for p in done)) + "`")
+    hours = (summary.get("compute_seconds") or 0) / 3600
+    lines.append(f"{made}; falign {summary.get('falign')}"
+                 + (f" at {git['commit'][:10]}" if git.get("commit") else "")
+                 + f", torch {summary.get('torch')}; {hw.get('cpu') or 'CPU'} ({hw.get('cpus')} cores"
+                 + (f", {hw['gpu']}" if hw.get("gpu") else "") + f"); {hours:.1f} h of training"
+                 + ("" if status == "completed" else f"; **status: {status}** (partial)") + ".")
+    lines.append("")
+    methods = summary.get("methods") or []
+    has_published = any(m.get("published") is not None for m in methods)
+    parts = len({m.get("part") for m in methods}) > 1
+    head = (["part"] if parts else []) + ["method", "seeds", "test % (measured)"]
+    if has_published:
+        head += [summary.get("published_metric") or "published", "gap to BP (measured / published)",
+                 "within tolerance"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in methods:
+        bp = next((o for o in methods if o.get("part") == m.get("part") and o["method"] == "bp"), None)
+        runs = m.get("runs") or []
+        n = sum(r.get("test_acc") is not None for r in runs)
+        row = ([m.get("part") or ""] if parts else []) + [
+            m["method"], ", ".join(str(s) for s in m.get("seeds") or []),
+            _pct(m.get("test_acc_mean"), m.get("test_acc_std"), n)]
+        if has_published:
+            pub = m.get("published")
+            gap = "-"
+            if bp is not None and m is not bp and m.get("test_acc_mean") is not None \
+                    and bp.get("test_acc_mean") is not None:
+                gap = f"{100 * (m['test_acc_mean'] - bp['test_acc_mean']):+.2f}"
+                if pub is not None and bp.get("published") is not None:
+                    gap += f" / {pub - bp['published']:+.2f}"
+            row += ["-" if pub is None else f"{pub:g}", gap, verdict(m, bp)]
+        lines.append("| " + " | ".join(row) + " |")
+    if any("jpeg" in (_dataset(m) or "") for m in methods):
+        lines += ["", "CIFAR-10 here is the lossy JPEG copy (\"CIFAR-10 (JPEG copy)\")."]
+    lines += measure_lines(summary.get("measures") or {})
+    return "\n".join(lines)
+
+
+def measure_lines(measures: dict[str, Any]) -> list[str]:
+    """The targets' own numbers: bits per character, delta angles, the linear loss table."""
+    out: list[str] = []
+    by = measures.get("by_method") or {}
+    if by.get("char") or by.get("vit"):
+        labels = list(dict.fromkeys([*(by.get("char") or {}), *(by.get("vit") or {})]))
+        out += ["", "| method | char model: test bits/char | ViT: test % |", "|---|---|---|"]
+        for k in labels:
+            bpc = (by.get("char") or {}).get(k, {}).get("test_bpc")
+            acc = (by.get("vit") or {}).get(k, {}).get("test_acc")
+            out.append(f"| {k} | {'-' if bpc is None else f'{bpc:.3f}'} | "
+                       f"{'-' if acc is None else f'{100 * acc:.2f}'} |")
+    angles = measures.get("final_delta_angle_deg") or {}
+    if angles:
+        out += ["", "| part | method | final hidden-layer delta angle (deg) | published |",
+                "|---|---|---|---|"]
+        for part, by_method in angles.items():
+            for k, a in by_method.items():
+                pub = a.get("published")
+                out.append(f"| {part} | {k} | {a['mean']:.1f} ± {a.get('std') or 0:.1f} | "
+                           f"{'-' if pub is None else f'about {pub:g}'} |")
+    table = measures.get("loss_table")
+    if table:
+        m, p = table["measured"], table["published"]
+        above = ", ".join(str(a) for a in m["fa_above_bp_per_seed"])
+        out += ["", f"Single-batch losses at the table's {m['points']} points: FA above BP at {above} "
+                f"points (per seed), published {p['fa_above_bp']} of {p['points']}; mean FA "
+                f"{m['fa_mean']:.3f} vs BP {m['bp_mean']:.3f} (published {p['fa_mean']:.3f} vs "
+                f"{p['bp_mean']:.3f})."]
+    return out
+
+
+def render(summaries: Sequence[dict[str, Any]]) -> str:
+    if not summaries:
+        return "*No full-scale result is committed yet.*"
+    return "\n\n".join(target_table(s) for s in summaries)
+
+
+def rewrite(path: Path, block: str) -> bool:
+    """Put ``block`` between the markers of ``path``; whether the file changed."""
+    text = path.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{path}: no {BEGIN} ... {END} block to fill")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{BEGIN}\n{block}\n{END}{tail}"
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m falign.reproduce.tables", description=__doc__.split("\n")[0])
+    p.add_argument("results", help="folder of results/NAME.json summaries")
+    p.add_argument("--write", nargs="*", default=[], metavar="FILE",
+                   help=f"rewrite the {BEGIN} block of each file (else print the tables)")
+    args = p.parse_args(argv)
+    block = render(load_results(args.results))
+    if not args.write:
+        print(block)
+    for f in args.write:
+        print(f"{f}: {'rewritten' if rewrite(Path(f), block) else 'unchanged'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
