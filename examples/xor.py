@@ -3,7 +3,7 @@
     python examples/xor.py
 
 It first checks that the hidden-layer update falign computes equals the hand-written rule of the
-usual custom-training-loop tutorial (seed 001):
+usual custom-training-loop tutorial of feedback alignment:
 
     d_logits      = softmax(logits) - onehot(y)           (cross-entropy, per sample)
     hidden_signal = (d_logits @ B) * relu'(a)             (B: the fixed random (2, 8) feedback)

@@ -19,7 +19,8 @@ class SignTracking(Rule):
 
     name: ClassVar[str] = "sign_tracking"
     description: ClassVar[str] = "sign(W) copied into B every `period` steps (slow sign transport)"
-    citation: ClassVar[str] = "Moskovitz et al. 2018; the 'soap' sign-tracking write-up"
+    citation: ClassVar[str] = ("Moskovitz, Litwin-Kumar & Abbott 2018 (sign-concordant feedback); "
+                               "the periodic refresh is falign's")
     default_scale: ClassVar[float | None] = 1.0
 
     period: int = 10
