@@ -1,0 +1,58 @@
+"""The published tables are the committed data: README.md and docs/experiments/results.md hold
+exactly what ``falign.reproduce.tables`` makes from ``results/*.json``, and each committed
+summary is a completed full-scale one of a registered target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from falign.reproduce import TARGETS
+from falign.reproduce.tables import BEGIN, END, load_results, render, target_table, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("page", ["README.md", "docs/experiments/results.md"])
+def test_the_tables_are_made_from_the_committed_summaries(page):
+    text = (ROOT / page).read_text(encoding="utf-8")
+    block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
+    assert block == render(load_results(ROOT / "results")).strip(), (
+        f"{page} is out of date: run python -m falign.reproduce.tables results/ --write "
+        "README.md docs/experiments/results.md")
+
+
+def test_each_summary_is_a_full_scale_run_of_a_target():
+    for path in sorted((ROOT / "results").glob("*.json")):
+        import json
+
+        summary = json.loads(path.read_text())
+        assert summary["target"] == path.stem and summary["target"] in TARGETS
+        assert summary["scale"] == "full" and summary["git"] and summary["methods"]
+
+
+def _method(part, label, acc, published, data="mnist"):
+    return {"part": part, "method": label, "seeds": [0], "published": published,
+            "runs": [{"test_acc": acc}], "test_acc_mean": acc, "test_acc_std": 0.0,
+            "config": {"data": {"name": data}}}
+
+
+def test_tolerances():
+    bp = _method("p", "bp", 0.9800, 98.20)
+    assert verdict(bp, bp) == "yes"  # 0.20 points
+    assert verdict(_method("p", "fa", 0.9700, 97.40), bp) == "no"  # 0.40 > 0.3 on MNIST
+    cbp = _method("c", "bp", 0.7400, 75.80, "cifar10-jpeg")
+    assert verdict(cbp, cbp) == "yes"  # 1.8 < 3.5
+    # within 3.5 of the paper, but the gap to BP (-36.0 vs -40.03) is off by more than 2
+    assert verdict(_method("c", "fa", 0.3800, 35.77, "cifar10-jpeg"), cbp) == "no"
+    assert verdict(_method("c", "fa", 0.3500, 35.77, "cifar10-jpeg"), cbp) == "yes"
+    assert verdict(_method("c", "x", 0.3, None, "cifar10-jpeg"), cbp) == "-"
+
+
+def test_a_partial_summary_says_so():
+    summary = {"target": "akrout-2019", "title": "t", "scale": "full", "status": "running",
+               "parts_completed": [], "all_parts": ["mnist", "cifar10"], "hardware": {"cpus": 2},
+               "methods": [_method("mnist", "bp", 0.98, 98.5)], "compute_seconds": 7200}
+    table = target_table(summary)
+    assert "**status: running** (partial)" in table and "2.0 h of training" in table
