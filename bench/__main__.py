@@ -1,11 +1,15 @@
 """Every benchmark, one table of ratios against plain PyTorch measured in the same run.
 
-    python -m bench [--quick] [--only step_time,data_pipeline,alignment,scaling] [--threads N]
+    python -m bench [--quick] [--only step_time,data_pipeline,streaming,alignment,scaling] [--threads N]
 
 * step_time      -- forward + backward + SGD step of every rule against plain backprop
                     (MLP 784-1000-10, Arch 1, ResNet-20; batch 128),
 * data_pipeline  -- ``falign.training.train`` against a bare PyTorch loop doing the same
                     training (target: within 5%),
+* streaming      -- a streamed image folder (``imagefolder`` with ``stream: true``): images/s
+                    of falign's ``batches`` against a plain DataLoader over the same files with
+                    the same decode and workers (target >= 0.95), and the data-wait share of a
+                    small model's training step,
 * alignment      -- ``train.alignment_every: 20`` against 0 (target <= 1.10),
 * scaling        -- ``torchrun --nproc_per_node 2 -m falign train`` against 1 process
                     (indicative only on a small shared machine),
@@ -33,18 +37,19 @@ import traceback
 
 import torch
 
-from . import alignment_overhead, data_pipeline, scaling, sequence, step_time
+from . import alignment_overhead, data_pipeline, scaling, sequence, step_time, streaming
 from ._common import Row, data_dir, format_rows
 
 BENCHMARKS = {
     "step_time": step_time.run,
     "data_pipeline": data_pipeline.run,
+    "streaming": streaming.run,
     "alignment": alignment_overhead.run,
     "scaling": scaling.run,
     "sequence": sequence.run,
 }
 ALIASES = {"alignment_overhead": "alignment", "step": "step_time", "data": "data_pipeline",
-           "ddp": "scaling"}
+           "ddp": "scaling", "stream": "streaming"}
 
 
 def _selected(only: str | None) -> list[str]:

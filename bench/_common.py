@@ -27,7 +27,7 @@ class Row:
     config: str
     plain: float
     falign: float
-    unit: str  # "ms" or "s"
+    unit: str  # "ms", "s", "img/s" or "%"
     ratio: float
     target: str = "-"
     #: None: no target; else whether this measurement met it
@@ -56,6 +56,10 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
 def _fmt(value: float, unit: str) -> str:
     if unit == "ms":
         return f"{value:.2f} ms"
+    if unit == "img/s":
+        return f"{value:.0f} img/s"
+    if unit == "%":
+        return f"{value:.1f}%"
     return f"{value:.3f} s" if value < 10 else f"{value:.1f} s"
 
 

@@ -60,6 +60,19 @@ def resnet_params(depth: int, num_classes: int = 10, shortcut: str = "A") -> int
     return total + linear(64, num_classes)
 
 
+def resnet18_params(num_classes: int = 1000) -> int:
+    total = conv(3, 64, 7, bias=False) + bn(64)
+    c_in = 64
+    for planes in (64, 128, 256, 512):
+        for _ in range(2):
+            total += conv(c_in, planes, 3, False) + bn(planes) + conv(planes, planes, 3, False)
+            total += bn(planes)
+            if c_in != planes:  # projection shortcut (option B)
+                total += conv(c_in, planes, 1, False) + bn(planes)
+            c_in = planes
+    return total + linear(512, num_classes)
+
+
 ARCH1 = conv(3, 64, 5) + conv(64, 64, 5) + linear(576, 384) + linear(384, 192) + linear(192, 10)
 LENET_MNIST = conv(1, 6, 5) + conv(6, 16, 5) + conv(16, 120, 5) + linear(120, 84) + linear(84, 10)
 LENET_CIFAR = conv(3, 32, 3) + conv(32, 64, 3) + conv(64, 128, 3) + linear(128, 256) + linear(256, 10)
@@ -77,6 +90,8 @@ PARAM_CASES = [
     ("resnet20", {"shortcut": "B"}, resnet_params(20, shortcut="B")),
     ("resnet56", {}, resnet_params(56)),
     ("resnet", {"depth": 8, "num_classes": 100}, resnet_params(8, num_classes=100)),
+    ("resnet18", {}, resnet18_params()),
+    ("resnet18", {"num_classes": 10, "in_shape": (3, 32, 32)}, resnet18_params(10)),
     # embeddings 84*16 + 8*16; a block: 2 LN (4*16), attention 4*(16*16+16), MLP 16*64+64+64*16+16;
     # ln_f 2*16; head 16*84+84
     ("char_transformer", {"dim": 16, "depth": 1, "heads": 2, "in_shape": (8,)},
@@ -110,6 +125,7 @@ def test_published_counts():
     assert resnet_params(20) == 269_722
     assert resnet_params(20, shortcut="B") == 272_474
     assert resnet_params(56) == 853_018
+    assert resnet18_params() == 11_689_512  # torchvision's resnet18
 
 
 # --- forward and backward over every registered model -------------------------------------
@@ -128,7 +144,7 @@ def _logits(out: torch.Tensor) -> torch.Tensor:
 
 # The ResNets pool globally, so a small input keeps these tests fast.
 SMALL = {"resnet": (3, 8, 8), "resnet20": (3, 8, 8), "resnet56": (3, 8, 8), "vit": (3, 8, 8),
-         "char_transformer": (8,)}
+         "char_transformer": (8,), "resnet18": (3, 32, 32)}
 
 
 @pytest.mark.parametrize("name", available_models())

@@ -5,10 +5,21 @@
         ...
 
 Splits store compact tensors (uint8 images); ``ds.train_transform`` / ``ds.eval_transform``
-turn a batch into normalised float32 on the same device, augmenting in batch.
+turn a batch into normalised float32 on the same device, augmenting in batch.  An image folder
+too large for memory is read with ``stream=True``: its splits hold a `LazyImages` (the files),
+which ``batches`` decodes in DataLoader workers into the same batches.
 """
 
-from .core import BatchTransform, Dataset, DatasetError, Split, batches, cache_dir, data_root
+from .core import (
+    BatchTransform,
+    Dataset,
+    DatasetError,
+    LazyImages,
+    Split,
+    batches,
+    cache_dir,
+    data_root,
+)
 from .registry import available_datasets, download, load_dataset
 from .transforms import ImageTransform, ToFloat
 
@@ -17,6 +28,7 @@ __all__ = [
     "Dataset",
     "DatasetError",
     "ImageTransform",
+    "LazyImages",
     "Split",
     "ToFloat",
     "available_datasets",

@@ -2,19 +2,24 @@
 
 A dataset is held whole in memory on the training device, compactly (uint8 images), and is
 turned into float batches by a `BatchTransform` that runs on that device, one call per batch.
+A split too large for memory holds a `LazyImages` in place of its x tensor: `batches` then
+decodes each batch in `torch.utils.data.DataLoader` worker processes and transforms it on the
+device exactly as a resident batch, so both give the same batches from the same files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,6 +27,7 @@ __all__ = [
     "BatchTransform",
     "Dataset",
     "DatasetError",
+    "LazyImages",
     "Split",
     "batches",
     "cache_dir",
@@ -45,21 +51,109 @@ class BatchTransform(Protocol):
 
     Random transforms draw from ``generator`` (on any device) or, when it is None, from the
     default generator of ``x.device``. Deterministic transforms ignore it.
+    ``rows=(start, n)``: ``x`` is rows ``start .. start + len(x)`` of a batch of ``n``; a random
+    transform draws for all ``n`` samples, as for the whole batch, and applies its rows' draws
+    (so the shares of several processes together are the whole batch's transform).
     """
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None = None, *,
+        rows: tuple[int, int] | None = None,
+    ) -> Tensor: ...
+
+
+def _workers_default() -> int:
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        cpus = os.cpu_count() or 1
+    return min(4, cpus // 2)
+
+
+class LazyImages:
+    """uint8 (N, C, H, W) images not held in memory, decoded when indexed.
+
+    Stands in for a split's x tensor: ``shape``, ``dtype``, ``device``, ``len``, ``dim()``;
+    ``x[idx]`` (an int64 tensor of positions, or a slice) decodes those images into a uint8
+    tensor on ``device``; ``select(idx)`` is a lazy subset; ``to(device)`` a copy that delivers
+    there. A subclass implements ``load`` (decode on the CPU; it runs in `batches`' DataLoader
+    worker processes, so the object must pickle) and ``select``. ``workers`` is how many
+    DataLoader workers `batches` decodes with (None: ``min(4, cpus // 2)``; 0: in the main
+    process).
+    """
+
+    dtype = torch.uint8
+
+    def __init__(
+        self, shape: Sequence[int], device: str | torch.device = "cpu", workers: int | None = None
+    ) -> None:
+        if len(shape) != 4:
+            raise ValueError(f"LazyImages holds (N, C, H, W) images, got shape {tuple(shape)}")
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                    or workers < 0):  # fmt: skip
+            raise DatasetError(f"workers must be a number of processes >= 0, got {workers!r}")
+        self._shape = torch.Size(int(d) for d in shape)
+        self._device = torch.device(device)
+        self.workers = _workers_default() if workers is None else workers
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._shape
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def ndim(self) -> int:
+        return 4
+
+    def dim(self) -> int:
+        return 4
+
+    def __len__(self) -> int:
+        return self._shape[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(uint8{tuple(self.shape)}, device={self.device})"
+
+    def positions(self, idx: Tensor | slice | Sequence[int]) -> np.ndarray:
+        """``idx`` as int64 positions in [0, N), shape (M,)."""
+        if isinstance(idx, slice):
+            return np.arange(len(self), dtype=np.int64)[idx]
+        pos = torch.as_tensor(idx).detach().to("cpu", torch.int64).reshape(-1).numpy()
+        n = len(self)
+        if pos.size and (pos.min() < -n or pos.max() >= n):
+            raise IndexError(f"positions out of range for {n} images")
+        return np.where(pos < 0, pos + n, pos)
+
+    def __getitem__(self, idx: Tensor | slice | Sequence[int]) -> Tensor:
+        return self.load(self.positions(idx)).to(self.device)
+
+    def load(self, positions: np.ndarray) -> Tensor:
+        """The images at ``positions`` (int64 (M,)), decoded: uint8 (M, C, H, W) on the CPU."""
+        raise NotImplementedError
+
+    def select(self, idx: Tensor | slice | Sequence[int]) -> LazyImages:
+        """The images at ``idx``, still lazy, in that order."""
+        raise NotImplementedError
+
+    def to(self, device: str | torch.device) -> LazyImages:
+        out = copy.copy(self)
+        out._device = torch.device(device)
+        return out
 
 
 @dataclass(repr=False)
 class Split:
-    """One split of a dataset, held whole.
+    """One split of a dataset, held whole, or with its images left in files (a `LazyImages`).
 
     ``x`` is stored compactly: uint8 (N, C, H, W) for images, float32 (N, D) for toy sets.
     ``y`` is int64 (N,). ``index`` is each sample's position in the source file order
     (so train and validation indices can be compared with each other), or None.
     """
 
-    x: Tensor
+    x: Tensor | LazyImages
     y: Tensor
     index: Tensor | None = None
 
@@ -74,16 +168,18 @@ class Split:
 
     def __repr__(self) -> str:
         x = self.x
+        lazy = ", streamed" if isinstance(x, LazyImages) else ""
         return (
             f"Split(n={len(self)}, x={str(x.dtype).removeprefix('torch.')}{tuple(x.shape)}, "
-            f"device={x.device})"
+            f"device={x.device}{lazy})"
         )
 
     def take(self, idx: Tensor) -> Split:
         """The samples at positions ``idx`` (int64, (M,)), keeping their source indices."""
-        idx = idx.to(self.x.device)
+        idx = idx.to(self.y.device)
         base = self.index if self.index is not None else torch.arange(len(self), device=idx.device)
-        return Split(self.x[idx], self.y[idx], base[idx])
+        x = self.x.select(idx) if isinstance(self.x, LazyImages) else self.x[idx.to(self.x.device)]
+        return Split(x, self.y[idx], base[idx])
 
     def to(self, device: str | torch.device) -> Split:
         index = None if self.index is None else self.index.to(device)
@@ -145,16 +241,35 @@ def batches(
     shuffle: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
+    part: tuple[int, int] | None = None,
+) -> Iterator[tuple[Tensor, Tensor]] | Iterator[tuple[Tensor, Tensor, int]]:
     """Yield ``(transform(x_batch, generator), y_batch)`` over one epoch of ``split``.
 
     With ``shuffle`` the order is a fresh permutation drawn from ``generator`` (each call is a
     new epoch); without it, contiguous slices in stored order. Every sample appears exactly once
     (the last, short batch is dropped with ``drop_last``). ``transform=None`` yields the stored x.
+
+    A lazy ``split.x`` (`LazyImages`) is decoded batch by batch in a DataLoader's worker
+    processes (``split.x.workers``; a few batches ahead), moved to the device and transformed
+    there: the same batches as the split held whole.
+
+    ``part=(rank, world)``: yield ``(x_share, y_share, n)``, this process's contiguous share of
+    each batch of ``n`` (the ``torch.tensor_split`` of the batch into ``world`` shares); only the
+    share's samples are loaded, and the transform makes the whole batch's random draws
+    (``rows=``), so the shares of ranks 0 .. world - 1 concatenated are the batch itself.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    return _batches(split, batch_size, transform, shuffle, generator, drop_last)
+    if part is not None and not 0 <= part[0] < part[1]:
+        raise ValueError(f"part=(rank, world) needs 0 <= rank < world, got {part}")
+    return _batches(split, batch_size, transform, shuffle, generator, drop_last, part)
+
+
+def share_rows(n: int, rank: int, world: int) -> tuple[int, int]:
+    """(start, stop) of share ``rank`` of ``world`` of n rows, as ``torch.tensor_split``."""
+    q, r = divmod(n, world)
+    start = rank * q + min(rank, r)
+    return start, start + q + (rank < r)
 
 
 def _batches(
@@ -164,7 +279,8 @@ def _batches(
     shuffle: bool,
     generator: torch.Generator | None,
     drop_last: bool,
-) -> Iterator[tuple[Tensor, Tensor]]:
+    part: tuple[int, int] | None,
+) -> Iterator[tuple[Tensor, Tensor]] | Iterator[tuple[Tensor, Tensor, int]]:
     n = len(split)
     device = split.x.device
     order = None
@@ -173,16 +289,52 @@ def _batches(
             n, generator=generator, device=random_device(generator, device)
         ).to(device)
     stop = n - n % batch_size if drop_last else n
+    plan = []  # (first sample, end, batch size, first row of the share in its batch)
     for start in range(0, stop, batch_size):
-        if order is None:
-            x = split.x[start : start + batch_size]
-            y = split.y[start : start + batch_size]
-        else:
-            idx = order[start : start + batch_size]
-            x, y = split.x[idx], split.y[idx]
+        size = min(batch_size, n - start)
+        lo, hi = (0, size) if part is None else share_rows(size, *part)
+        plan.append((start + lo, start + hi, size, lo))
+    if isinstance(split.x, LazyImages):
+        order_np = None if order is None else order.cpu().numpy()
+        xs = _stream(split.x, [np.arange(a, b, dtype=np.int64) if order_np is None else order_np[a:b]
+                               for a, b, _, _ in plan])  # fmt: skip
+    else:
+        xs = (split.x[slice(a, b) if order is None else order[a:b]] for a, b, _, _ in plan)
+    for (a, b, size, lo), x in zip(plan, xs, strict=True):
+        y = split.y[a:b] if order is None else split.y[order[a:b]]
         if transform is not None:
-            x = transform(x, generator)
-        yield x, y
+            x = transform(x, generator) if part is None else transform(x, generator, rows=(lo, size))
+        yield (x, y) if part is None else (x, y, size)
+
+
+class _Decode:
+    """``_Decode(images)[positions]``: one whole batch, decoded on the CPU (in a worker)."""
+
+    def __init__(self, images: LazyImages) -> None:
+        self.images = images
+
+    def __getitem__(self, positions: np.ndarray) -> Tensor:
+        return self.images.load(positions)
+
+
+def _stream(images: LazyImages, positions: list[np.ndarray]) -> Iterator[Tensor]:
+    """The images at each of ``positions``, decoded by a DataLoader and moved to their device.
+
+    ``batch_size=None`` and a sampler of whole batches: a worker decodes a batch at a time,
+    and the workers keep two batches each ahead. The loader draws its workers' seeds from a
+    generator of its own, leaving torch's global random state as a resident epoch leaves it.
+    """
+    from torch.utils.data import DataLoader
+
+    device = images.device
+    workers = images.workers
+    loader = DataLoader(
+        _Decode(images), batch_size=None, sampler=positions, num_workers=workers,
+        pin_memory=device.type == "cuda", prefetch_factor=2 if workers else None,
+        generator=torch.Generator(),
+    )  # fmt: skip
+    for x in loader:
+        yield x.to(device, non_blocking=True)
 
 
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -10,6 +10,9 @@ are cached in an ``.npz`` in the user's cache directory, `cache_dir()`
 a data folder holds only what its owner put there, and may be shared or read-only. The cache
 records the source's size and modification time (for a directory: those of every image) and is
 rebuilt when they change.
+
+``stream=True`` decodes nothing up front: the splits keep the file names (`stream.FileImages`)
+and each batch is decoded as it is read, with this module's scanning and decoding.
 """
 
 from __future__ import annotations
@@ -142,7 +145,10 @@ def _scan(source: Path) -> tuple[list[str], dict[str, list[_Entry]]]:
         by_split.setdefault(e.split, []).append(e)
     for split in ("train", "test"):
         if split not in by_split:
-            raise _layout_error(source, f"no images under {split}/")
+            hint = ""
+            if split == "test" and "val" in by_split:  # ImageNet's own layout: train/ and val/
+                hint = " (val/ is read as the validation split; rename it test/ to test on it)"
+            raise _layout_error(source, f"no images under {split}/{hint}")
     classes = sorted({e.label for e in by_split["train"]})
     for split, items in by_split.items():
         extra = sorted({e.label for e in items} - set(classes))
@@ -151,21 +157,35 @@ def _scan(source: Path) -> tuple[list[str], dict[str, list[_Entry]]]:
     return classes, by_split
 
 
-def _decode(items: list[_Entry], size: int | None, mode: str | None) -> list[np.ndarray]:
+def decode_image(data: bytes | Path, where: str, size: int | None, mode: str | None) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, 3): converted to PIL ``mode`` ("L" or "RGB"; None:
+    "L" for grey images, else "RGB"), then resized to ``size`` x ``size`` (PIL bilinear)."""
     from PIL import Image
 
-    out = []
-    for e in items:
-        try:
-            with Image.open(io.BytesIO(e.data) if isinstance(e.data, bytes) else e.data) as im:
-                target = mode or ("L" if im.mode in _GREY_MODES else "RGB")
-                img = im.convert(target) if im.mode != target else im
-                if size is not None:
-                    img = img.resize((size, size), Image.Resampling.BILINEAR)
-                out.append(np.asarray(img, dtype=np.uint8))  # (H, W) or (H, W, 3)
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise DatasetError(f"cannot decode image {e.where}: {err}") from err
-    return out
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            target = mode or ("L" if im.mode in _GREY_MODES else "RGB")
+            img = im.convert(target) if im.mode != target else im
+            if size is not None:
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)  # (H, W) or (H, W, 3)
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot decode image {where}: {err}") from err
+
+
+def is_grey(path: Path) -> bool:
+    """Whether an image file is stored in a grey mode (reads its header only)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode in _GREY_MODES
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DatasetError(f"cannot decode image {path}: {err}") from err
+
+
+def _decode(items: list[_Entry], size: int | None, mode: str | None) -> list[np.ndarray]:
+    return [decode_image(e.data, e.where, size, mode) for e in items]
 
 
 def _decode_tree(source: Path, size: int | None, channels: int | None) -> ImageTree:
@@ -294,6 +314,54 @@ def to_split(arrays: tuple[np.ndarray, np.ndarray]) -> Split:
     return Split(torch.from_numpy(x), torch.from_numpy(y))
 
 
+def _image_transforms(
+    shape: tuple[int, int, int], *, crop: int | None, pad: int, flip: bool,
+    mean: list[float] | None, std: list[float] | None,
+) -> tuple[ImageTransform, ImageTransform]:
+    """(train, eval): training pads ``pad``, takes a random ``crop`` (with ``pad`` and no crop:
+    the stored size) and flips; evaluation takes the centre ``crop`` of the unpadded image."""
+    c, h, w = shape
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise DatasetError(f"imagefolder: pad must be a number of pixels >= 0, got {pad!r}")
+    if crop is not None and (isinstance(crop, bool) or not isinstance(crop, int)
+                             or not 1 <= crop <= min(h, w)):  # fmt: skip
+        raise DatasetError(f"imagefolder: crop={crop!r} must be between 1 and the image side "
+                           f"({h}x{w})")  # fmt: skip
+    if pad and crop is None:
+        if h != w:
+            raise DatasetError(f"imagefolder: pad={pad} on {h}x{w} images needs crop=N (the "
+                               "random crop taken from the padded image is square)")  # fmt: skip
+        crop = h
+    if mean is not None and len(mean) != c:
+        raise DatasetError(f"imagefolder: {len(mean)} mean/std values for {c}-channel images")
+    norm = {"mean": mean, "std": std}
+    eval_t = ImageTransform(crop=None if crop is None or crop == h == w else crop, **norm)
+    if crop is None and not flip:
+        return eval_t, eval_t
+    train_t = ImageTransform(pad=pad, crop=crop, random_crop=crop is not None, flip=flip, **norm)
+    return train_t, eval_t
+
+
+def _explicit_norm(
+    mean: list[float] | None, std: list[float] | None, normalize: bool
+) -> tuple[list[float], list[float]] | None:
+    if mean is None and std is None:
+        return None
+    if mean is None or std is None:
+        raise DatasetError("imagefolder: give both mean and std (one value per channel), or neither")
+    if not normalize:
+        raise DatasetError("imagefolder: mean/std given with normalize: false; drop one of them")
+    try:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+    except (TypeError, ValueError):
+        raise DatasetError(f"imagefolder: mean and std must be lists of numbers, got {mean!r} "
+                           f"and {std!r}") from None  # fmt: skip
+    if len(mean) != len(std) or any(s <= 0 for s in std):
+        raise DatasetError(f"imagefolder: mean {mean} and std {std} need one value per channel "
+                           "each, std > 0")  # fmt: skip
+    return mean, std
+
+
 def load_imagefolder(
     root: Path,
     *,
@@ -302,33 +370,68 @@ def load_imagefolder(
     channels: int | None = None,
     normalize: bool = True,
     flip: bool = False,
+    crop: int | None = None,
+    pad: int = 0,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    stream: bool = False,
+    workers: int | None = None,
 ) -> Loaded:
     """Any class-per-folder image tree.
 
     ``size`` resizes every image to ``size`` x ``size`` (PIL bilinear); without it all images
     must share one size. ``channels`` forces 1 (L) or 3 (RGB); by default RGB if any image is
     in colour. ``normalize`` uses per-channel mean and std computed on all of ``train/``
-    (validation samples held out of it included). ``flip`` adds a random horizontal flip to
-    ``train_transform``.
+    (validation samples held out of it included), or ``mean`` / ``std`` when given. ``flip``
+    adds a random horizontal flip to ``train_transform``; ``crop`` takes a random ``crop`` x
+    ``crop`` patch for training (after zero-padding ``pad`` pixels) and the centre one for
+    evaluation.
+
+    ``stream`` leaves the images in their files (a folder, not an archive) and decodes each
+    batch as it is read, in ``workers`` DataLoader processes (default ``min(4, cpus // 2)``;
+    0: in the main process; ignored without ``stream``); it needs ``size``. Without ``mean`` /
+    ``std`` the statistics come from a seeded sample of at most 1000 training images (the
+    description says so). The batches are those of the same tree decoded once.
     """
     if path is None:
         raise DatasetError(
             "imagefolder needs path=<folder or archive> with train/<class>/<image> and "
             "test/<class>/<image> (optionally val/<class>/<image>)"
         )
+    if not isinstance(stream, bool):
+        raise DatasetError(f"imagefolder: stream must be true or false, got {stream!r}")
     source = resolve_source(path, root)
-    tree = load_image_tree(source, size=size, channels=channels)
-    train_x = tree.splits["train"][0]
-    mean, std = channel_stats(train_x) if normalize else (None, None)
-    eval_t = ImageTransform(mean=mean, std=std)
-    train_t = ImageTransform(flip=True, mean=mean, std=std) if flip else eval_t
+    given = _explicit_norm(mean, std, normalize)
+    if stream:
+        from .stream import sampled_stats, stream_image_tree  # stream.py builds on this module
+
+        classes, splits, mode = stream_image_tree(source, size=size, channels=channels,
+                                                  workers=workers)  # fmt: skip
+        train, shape = splits["train"], tuple(splits["train"].x.shape[1:])
+        note = f"streamed from files, {mode} {size}x{size}"
+        if given is None and normalize:
+            mean, std, n = sampled_stats(train)
+            note += f", mean/std of {n} sampled training images"
+        splits_out = splits
+    else:
+        tree = load_image_tree(source, size=size, channels=channels)
+        train_x = tree.splits["train"][0]
+        classes, shape, note = tree.classes, tuple(train_x.shape[1:]), ""
+        if given is None and normalize:
+            mean, std = channel_stats(train_x)
+        splits_out = {name: to_split(arrays) for name, arrays in tree.splits.items()}
+    if given is not None:
+        mean, std = given
+    elif not normalize:
+        mean, std = None, None
+    train_t, eval_t = _image_transforms(shape, crop=crop, pad=pad, flip=flip, mean=mean, std=std)
     return Loaded(
-        title=f"imagefolder {_stem(source)}",
-        train=to_split(tree.splits["train"]),
-        test=to_split(tree.splits["test"]),
-        val=to_split(tree.splits["val"]) if "val" in tree.splits else None,
-        classes=tree.classes,
-        input_shape=tuple(train_x.shape[1:]),
+        title=f"imagefolder {_stem(source)}" + (f" ({note})" if note else ""),
+        train=splits_out["train"],
+        test=splits_out["test"],
+        val=splits_out.get("val"),
+        classes=classes,
+        input_shape=train_t.output_shape(shape),
         train_transform=train_t,
         eval_transform=eval_t,
         default_val_size=0,

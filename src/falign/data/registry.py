@@ -108,7 +108,9 @@ def load_dataset(
     subset: int | None = None,
     **options,
 ) -> Dataset:
-    """Load dataset ``name`` (see `available_datasets`) onto ``device``, whole.
+    """Load dataset ``name`` (see `available_datasets`) onto ``device``, whole (a streamed
+    ``imagefolder`` keeps its images in their files: its splits' x are `LazyImages`, decoded
+    batch by batch onto ``device``).
 
     ``root`` is the data folder (default: `data_root`). ``download`` fetches missing files
     first (checksummed). ``val_size`` samples of the training set are held out as ``val`` by a

@@ -28,7 +28,10 @@ DEFAULT_TEXT = "shakespeare/shakespeare.txt"
 class Tokens:
     """The stored (N, T) int64 character ids, as they are (a model embeds them)."""
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None = None, *,
+        rows: tuple[int, int] | None = None,
+    ) -> Tensor:
         return x
 
     def __repr__(self) -> str:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import random_device
+from .core import LazyImages, random_device
 
 __all__ = ["ImageTransform", "ToFloat"]
 
@@ -22,7 +22,10 @@ __all__ = ["ImageTransform", "ToFloat"]
 class ToFloat:
     """``x.float()``: for data stored as float features (xor)."""
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, x: Tensor, generator: torch.Generator | None = None, *,
+        rows: tuple[int, int] | None = None,
+    ) -> Tensor:
         return x.to(torch.float32)
 
     def __repr__(self) -> str:
@@ -39,7 +42,11 @@ class ImageTransform:
     ``(x * scale - mean) / std`` per channel (just ``x * scale`` when ``mean`` is None).
 
     Random draws, in this order: row offsets, column offsets, flips, each one value per sample,
-    from ``generator`` (on its own device) or from ``x.device``'s default generator.
+    from ``generator`` (on its own device) or from ``x.device``'s default generator. With
+    ``rows=(start, n)`` ``x`` is rows ``start ..`` of a batch of ``n``: the draws are made for
+    ``n`` samples and rows ``start .. start + len(x)`` of them are applied, so each process of a
+    data-parallel run transforms its share as the whole batch would be. A `LazyImages` x
+    (a streamed split given whole, e.g. for an analysis) is decoded first.
     """
 
     def __init__(
@@ -93,9 +100,16 @@ class ImageTransform:
             h, w = self.crop, self.crop
         return (c, h, w)
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(
+        self, x: Tensor | LazyImages, generator: torch.Generator | None = None, *,
+        rows: tuple[int, int] | None = None,
+    ) -> Tensor:
+        if isinstance(x, LazyImages):
+            x = x[:]  # (N, C, H, W) uint8, decoded
         if x.dim() != 4:
             raise ValueError(f"expected a (N, C, H, W) batch, got shape {tuple(x.shape)}")
+        if rows is not None and not (0 <= rows[0] and rows[0] + x.shape[0] <= rows[1]):
+            raise ValueError(f"rows={rows}: {x.shape[0]} rows from {rows[0]} do not fit a batch of {rows[1]}")
         if self.pad:
             x = F.pad(x, (self.pad,) * 4)  # (N, C, H + 2p, W + 2p), zeros
         h, w = x.shape[-2:]
@@ -104,25 +118,32 @@ class ImageTransform:
             raise ValueError(f"cannot crop {size}x{size} from {h}x{w} images")
         if self.random_crop or self.flip:
             ch, cw = (h, w) if size is None else (size, size)
-            x = self._gather(x, generator, ch, cw)
+            x = self._gather(x, generator, ch, cw, rows)
         elif size is not None:
             top, left = (h - size) // 2, (w - size) // 2
             x = x[:, :, top : top + size, left : left + size]
         return self._normalise(x)
 
-    def _gather(self, x: Tensor, generator: torch.Generator | None, ch: int, cw: int) -> Tensor:
+    def _gather(
+        self, x: Tensor, generator: torch.Generator | None, ch: int, cw: int,
+        rows: tuple[int, int] | None,
+    ) -> Tensor:
         n, c, h, w = x.shape
         dev = x.device
         rdev = random_device(generator, dev)
+        start, drawn = (0, n) if rows is None else rows  # draws for the whole batch, rows of it used
+        mine = slice(start, start + n)
         if self.random_crop:
-            top = torch.randint(0, h - ch + 1, (n,), generator=generator, device=rdev).to(dev)
-            left = torch.randint(0, w - cw + 1, (n,), generator=generator, device=rdev).to(dev)
+            top = torch.randint(0, h - ch + 1, (drawn,), generator=generator, device=rdev)
+            left = torch.randint(0, w - cw + 1, (drawn,), generator=generator, device=rdev)
+            top, left = top[mine].to(dev), left[mine].to(dev)
         else:
             top = torch.full((n,), (h - ch) // 2, device=dev)
             left = torch.full((n,), (w - cw) // 2, device=dev)
         cols = torch.arange(cw, device=dev).expand(n, cw)  # (N, cw)
         if self.flip:
-            mirror = torch.randint(0, 2, (n,), generator=generator, device=rdev).to(dev).bool()
+            mirror = torch.randint(0, 2, (drawn,), generator=generator, device=rdev)
+            mirror = mirror[mine].to(dev).bool()
             cols = torch.where(mirror[:, None], cols.flip(1), cols)
         # flat offsets into contiguous x: one take() is several times faster than 4-D indexing
         corner = torch.arange(n, device=dev) * (c * h * w) + top * w + left  # (N,)

@@ -4,15 +4,15 @@
     >>> model = create_model("arch1")                 # plain backprop layers
     >>> model = create_model("resnet20", rule="fa")   # converted by falign.layers.convert
 
-Registered names: ``mlp``, ``arch1``, ``lenet``, ``resnet``, ``resnet20``, ``resnet56``, ``vit``,
-``char_transformer``.
+Registered names: ``mlp``, ``arch1``, ``lenet``, ``resnet``, ``resnet20``, ``resnet56``,
+``resnet18`` (ImageNet), ``vit``, ``char_transformer``.
 """
 
 from .arch1 import Arch1
 from .lenet import LeNet
 from .mlp import MLP
 from .registry import ModelError, available_models, create_model, model_from_spec, register_model
-from .resnet import BasicBlock, CifarResNet, PadShortcut
+from .resnet import BasicBlock, CifarResNet, ImageNetResNet, PadShortcut
 from .summary import model_summary
 from .transformer import CharTransformer, ViT
 
@@ -22,6 +22,7 @@ __all__ = [
     "BasicBlock",
     "CharTransformer",
     "CifarResNet",
+    "ImageNetResNet",
     "LeNet",
     "ModelError",
     "PadShortcut",

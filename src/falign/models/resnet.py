@@ -1,4 +1,5 @@
-"""CIFAR ResNets of He et al. 2016 (ResNet-20, -56, any depth 6n+2)."""
+"""ResNets of He et al. 2016: the CIFAR ones (ResNet-20, -56, any depth 6n+2) and ImageNet's
+ResNet-18."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from ._common import check_choice, image_shape, init_weights
 from .registry import ModelError, register_model
 from .summary import SummaryMixin
 
-__all__ = ["BasicBlock", "CifarResNet", "PadShortcut", "resnet", "resnet20", "resnet56"]
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "ImageNetResNet",
+    "PadShortcut",
+    "resnet",
+    "resnet18",
+    "resnet20",
+    "resnet56",
+]
 
 SHORTCUTS = ("A", "B")
 
@@ -139,6 +149,84 @@ class CifarResNet(SummaryMixin, nn.Module):
         x = self.layer3(x)  # (N, 64, 8, 8)
         x = self.flatten(self.avgpool(x))  # (N, 64)
         return self.fc(x)
+
+
+class ImageNetResNet(SummaryMixin, nn.Module):
+    """He et al. 2016, "Deep residual learning for image recognition", Section 3.4 and Table 1:
+    the ImageNet ResNets of basic blocks (ResNet-18: ``blocks=(2, 2, 2, 2)``).
+
+    A 7x7 stride-2 conv to 64 channels, BN, ReLU, 3x3 stride-2 max pool; four stages of basic
+    blocks with 64, 128, 256 and 512 channels (stride 2 at the start of stages 2-4, 1x1
+    projection shortcuts "B" where the shape changes); global average pool; FC. Convolutions
+    have no bias. ResNet-18 for 1000 classes has 11,689,512 parameters (torchvision's count).
+    Any input side works (the pool is global); 224 gives 7x7 maps before it.
+
+    Submodules: ``conv1, bn1, relu, maxpool``, ``layer1..layer4`` (``layerS.i.conv1 / bn1 /
+    relu1 / conv2 / bn2 / shortcut / relu2``), ``avgpool, flatten, fc``.
+    """
+
+    def __init__(
+        self,
+        blocks: Sequence[int] = (2, 2, 2, 2),
+        num_classes: int = 1000,
+        in_shape: Sequence[int] = (3, 224, 224),
+        *,
+        conv_layer: type[nn.Module] = nn.Conv2d,
+        linear_layer: type[nn.Module] = nn.Linear,
+        norm_layer: type[nn.Module] = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        if len(blocks) != 4 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in blocks):
+            raise ModelError(f"ImageNet ResNet: blocks must be four positive ints, got {blocks!r}")
+        c, h, w = image_shape("resnet18", in_shape)
+        self.blocks = tuple(blocks)
+        self.in_shape = (c, h, w)
+        self.num_classes = num_classes
+        self.conv1 = conv_layer(c, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(64)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        stages = []
+        in_planes = 64
+        for planes, stride, n in zip((64, 128, 256, 512), (1, 2, 2, 2), self.blocks, strict=True):
+            stage = []
+            for i in range(n):
+                stage.append(BasicBlock(in_planes, planes, stride if i == 0 else 1, "B",
+                                        conv_layer=conv_layer, norm_layer=norm_layer))  # fmt: skip
+                in_planes = planes
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten(1)
+        self.fc = linear_layer(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))  # (N, 64, 112, 112) from 224x224
+        x = self.maxpool(x)  # (N, 64, 56, 56)
+        x = self.layer1(x)  # (N, 64, 56, 56)
+        x = self.layer2(x)  # (N, 128, 28, 28)
+        x = self.layer3(x)  # (N, 256, 14, 14)
+        x = self.layer4(x)  # (N, 512, 7, 7)
+        x = self.flatten(self.avgpool(x))  # (N, 512)
+        return self.fc(x)
+
+
+@register_model("resnet18")
+def resnet18(
+    *,
+    num_classes: int | None = None,
+    in_shape: tuple[int, ...] | None = None,
+    init: str = "kaiming",
+) -> ImageNetResNet:
+    """ResNet-18 for ImageNet (11.7M parameters at 1000 classes); 224x224 RGB by default.
+    BioTorch trained it with ``init="xavier"``."""
+    model = ImageNetResNet(
+        (2, 2, 2, 2),
+        num_classes=num_classes if num_classes is not None else 1000,
+        in_shape=in_shape if in_shape is not None else (3, 224, 224),
+    )
+    init_weights(model, init, "resnet18")
+    return model
 
 
 def _build(

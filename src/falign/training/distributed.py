@@ -5,9 +5,10 @@ torchrun's rendezvous): torchrun sets RANK / WORLD_SIZE / LOCAL_RANK and ``setup
 process group (NCCL on CUDA, gloo on CPU).  Every rank builds the same model from the same
 seed, so the feedback matrices are identical everywhere without communication; the rules'
 per-step state (brsf redraws from (seed, step), sign-tracking copies of the all-reduced W, KP
-decay) stays identical too.  Each global batch is drawn and augmented identically on every
-rank and split into equal per-rank shares, so N processes compute what one process computes on
-the same global batch.
+decay) stays identical too.  Every rank draws the same order and the same augmentation draws
+for each global batch, but loads (for a streamed dataset: decodes) and transforms only its own
+contiguous share (``falign.data.batches(..., part=(rank, world))``), so N processes compute
+what one process computes on the same global batch.
 
 Elastic restarts (``torchrun --max-restarts N ... --resume``): torchrun's agent keeps one
 key-value store for the whole job and, with its static rendezvous (``--master_port``), hands

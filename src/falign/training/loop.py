@@ -397,24 +397,24 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 t0 -= partial["seconds"]
             epoch_gen = gen.get_state()
             lr = optimizer.param_groups[0]["lr"]
+            # under several processes each loads and transforms only its share of a global batch
+            part = (ddp.rank, ddp.world) if ddp.enabled else None
             it = batches(data.train, cfg.train.batch_size, transform=data.train_transform, shuffle=True,
-                         generator=gen)
+                         generator=gen, part=part)
             if show_bar:
                 from tqdm import tqdm
 
                 it = tqdm(it, total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False)
-            for k, (x, y) in enumerate(it):
+            for k, (x, y, *whole) in enumerate(it):
                 if k < skip:
                     continue
                 if k == skip and partial is not None and partial["epoch"] == epoch:
                     set_rng_state(partial["rng"], None)
+                global_batch = whole[0] if ddp.enabled else y.shape[0]  # examples in all shares
                 share = loss_fn
-                if ddp.enabled:
+                if ddp.enabled:  # labels of the global batch: examples x positions (a language model)
                     share = share_loss(cfg.train.loss, cfg.train.loss_reduction, data.num_classes,
-                                       ddp.world, y.numel())
-                global_batch = y.shape[0]
-                if ddp.enabled:
-                    x, y = distributed.shard(ddp, x, y)
+                                       ddp.world, global_batch * math.prod(y.shape[1:]))
                 optimizer.zero_grad(set_to_none=True)
                 ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
                                   world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch)
