@@ -97,10 +97,12 @@ print(sorted(p.name for p in (report.parent / "figures").iterdir()))
 #
 # Each run directory holds `tracking.json`, the run record: config, per-epoch metrics, best
 # epoch, test accuracy, status and environment (see [Run records](../run-record.md)).
-# `RunRecord.read` gives it back as a typed object; accuracies are fractions.
+# `RunRecord.read` gives it back as a typed object; accuracies are fractions. A comparison over
+# seeds keeps one directory per method and seed (`compare/dfa/seed0`, ...; the smoke scale
+# trains seed 0 only).
 
 # %%
-record = RunRecord.read(out / "compare" / "dfa" / "tracking.json")
+record = RunRecord.read(out / "compare" / "dfa" / "seed0" / "tracking.json")
 print("status:", record.status, "| dataset:", record.dataset)
 print("validation accuracy per epoch:", [round(100 * a, 2) for a in record.val_curve])
 print(f"best epoch {record.best_epoch}: validation {100 * record.best_val_acc:.2f}%, "
@@ -108,8 +110,8 @@ print(f"best epoch {record.best_epoch}: validation {100 * record.best_val_acc:.2
 print("rule:", record.config["rule"])
 
 # %% [markdown]
-# The full-scale run (`scale="full"`, 80 epochs on all of MNIST) takes a few minutes per run on
-# a CPU; [Results](../experiments/results.md) lists what the shipped experiments reach.
+# The full-scale run (`scale="full"`, 80 epochs on all of MNIST, seeds 0, 1 and 2) takes a few
+# minutes per run on a CPU; [Results](../experiments/results.md) lists what the shipped experiments reach.
 
 # %%
 shutil.rmtree(workdir)

@@ -18,7 +18,7 @@ from .layers import (
 )
 from .rules import Rule, RuleError, get_rule, register_rule, rules
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"
 
 __all__ = [
     "ConversionReport",
