@@ -91,12 +91,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, targets: bool = False):
+    """One SGD step; ``targets``: hand the step's labels to the model first, as a loop training
+    a converted model does (rules that project the target need them; timed with the rule)."""
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
+        if targets:
+            falign.layers.set_targets(model, y)
         loss_fn(model(x), y).backward()
         opt.step()
 
@@ -129,7 +133,7 @@ def measure(model_name: str, rules: list[str], *, batch: int, repeats: int, step
         if spec == "fa:dense" and not has_conv:
             continue
         plain_step = make_step(base, x, y)
-        rule_step = make_step(convert_rule(base, spec, x).to(device), x, y)
+        rule_step = make_step(convert_rule(base, spec, x).to(device), x, y, targets=True)
         for s in (plain_step, rule_step):
             for _ in range(warmup):
                 s()

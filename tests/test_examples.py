@@ -99,3 +99,41 @@ def test_a_users_rule_in_compare_and_with_set(tmp_path) -> None:
                           "--out", str(tmp_path / "t")], capture_output=True, text=True, env=_env(),
                          timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_a_users_rule_and_model_in_a_sweep(tmp_path) -> None:
+    """A sweep's grid over a user's rule (``module:Class``) on a user's model
+    (``model.name: module:function``): every grid point trains that rule on that model, and the
+    final run's checkpoint rebuilds both (a builder it names must be registered, so that an
+    untrusted checkpoint cannot call any function)."""
+    mnist_or_skip()
+    (tmp_path / "mymodels.py").write_text(
+        "import math\n\nfrom torch import nn\n\nfrom falign.models import register_model\n\n\n"
+        "@register_model('my-mlp')  # a checkpoint may rebuild only registered builders\n"
+        "def build(in_shape=(1, 28, 28), num_classes=10, hidden=16):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(in_shape), hidden), nn.Tanh(),\n"
+        "                         nn.Linear(hidden, num_classes))\n")
+    cfg = tiny_config(model={"name": "mymodels:build", "options": {"hidden": 16}},
+                      rule={"name": "custom_rule:SparseFA"})
+    cfg["sweep"] = {"sampler": "grid", "trial_epochs": 1, "final_epochs": 1, "final_seeds": [0],
+                    "rules": {"custom_rule:SparseFA": {"params": {"rule.options.density": [0.25, 0.5]}}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**_env(), "PYTHONPATH": os.pathsep.join([str(EXAMPLES), str(tmp_path)])}
+    run = subprocess.run([sys.executable, "-m", "falign", "sweep", str(path), "--out", str(tmp_path / "s")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    trials = sorted((tmp_path / "s" / "trials").glob("*/tracking.json"))
+    densities = sorted(json.loads(t.read_text())["config"]["rule"]["options"]["density"] for t in trials)
+    assert densities == [0.25, 0.5]
+    for t in trials:
+        record = json.loads(t.read_text())
+        assert record["config"]["model"]["name"] == "mymodels:build"
+        assert record["model_spec"]["rule"] == "custom_rule:SparseFA"
+    finals = list((tmp_path / "s" / "final").glob("*/best.pt"))
+    assert len(finals) == 1
+    check = (f"from falign.training import load_model; m = load_model({str(finals[0])!r}); "
+             "print(type(m[1].rule).__name__, m[1].weight.shape[0])")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env,
+                            timeout=120)
+    assert loaded.stdout.split() == ["SparseFA", "16"], loaded.stderr[-2000:]

@@ -56,3 +56,13 @@ def test_a_partial_summary_says_so():
                "methods": [_method("mnist", "bp", 0.98, 98.5)], "compute_seconds": 7200}
     table = target_table(summary)
     assert "**status: running** (partial)" in table and "2.0 h of training" in table
+
+
+def test_a_published_loss_gets_no_accuracy_gap_or_verdict():
+    methods = [_method("", "bp", 0.92, 0.39659), _method("", "fa", 0.92, 0.42992)]
+    summary = {"target": "linear-fa", "title": "t", "scale": "full", "status": "completed",
+               "published_metric": "single-batch training loss", "hardware": {"cpus": 2},
+               "methods": methods}
+    table = target_table(summary)
+    assert "published: single-batch training loss" in table and "within tolerance" not in table
+    assert "| fa | 0 | 92.00 | 0.42992 | +0.03333 |" in table  # the published gap, not an accuracy gap

@@ -189,7 +189,7 @@ def cka_vs_reference(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.
     ref = models.get(reference)
     if ref is None:
         return out
-    name = "BP" if reference == "bp" else reference
+    name = "BP" if reference == "bp" else reference  # the label, as titles spell it
     # Unbiased minibatch CKA: its value does not depend on a subset's size, so the three
     # subsets (of different sizes) are comparable; the biased full-batch one rises as n falls.
     estimator, size_of_batch = "minibatch", minibatch_size or DEFAULT_MINIBATCH_SIZE
@@ -330,14 +330,16 @@ def analyse(runs: Sequence[Run], folder: Path, *, confusion: bool = False, cka: 
                              confusion_matrices(group.models, group.data, folder, prefix=prefix)))
         if cka:
             labels = list(group.models)
-            reference = next((r.label for r in group.runs if r.rule == "bp"), labels[0])
+            exact = [r.label for r in group.runs if r.exact]  # backprop runs: the reference
+            reference = exact[0] if exact else labels[0]
             if len(labels) < 2:
                 section = Section(notes=[f"CKA compares two runs on the same data; {labels[0]} is "
                                          "alone here (report it with a bp run, e.g. a comparison)."])
             else:
                 section = cka_vs_reference(group.models, x, y, folder, reference=reference, prefix=prefix)
-                if reference != "bp" and not any(r.rule == "bp" for r in group.runs):
-                    section.notes.insert(0, f"No bp run on this data: CKA is against {reference}.")
+                if not exact:
+                    section.notes.insert(0, f"No backprop run on this data: CKA is against "
+                                            f"{reference}.")
             sections.append((f"CKA{where}", section))
         if gradcam:
             first = group.models[group.runs[0].label]

@@ -45,6 +45,18 @@ class Run:
     def config(self) -> dict[str, Any]:
         return self.record.config
 
+    @property
+    def exact(self) -> bool:
+        """Whether the run trained by exact backprop (its rule's pathway is ``exact``): the
+        reference other runs are compared with."""
+        from ..rules import RuleError, get_rule
+
+        name = (self.config.get("rule") or {}).get("name")
+        try:
+            return get_rule(str(name)).pathway == "exact"
+        except RuleError:  # a rule no longer registered (a user's, not imported)
+            return False
+
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:

@@ -76,10 +76,13 @@ def target_table(summary: dict[str, Any]) -> str:
     methods = summary.get("methods") or []
     has_published = any(m.get("published") is not None for m in methods)
     parts = len({m.get("part") for m in methods}) > 1
+    metric = summary.get("published_metric") or "published"
+    # a published number that is not a test accuracy (a loss) has no accuracy gap or verdict
+    accuracy = "accuracy" in metric
     head = (["part"] if parts else []) + ["method", "seeds", "test % (measured)"]
     if has_published:
-        head += [summary.get("published_metric") or "published", "gap to BP (measured / published)",
-                 "within tolerance"]
+        head += ([metric, "gap to BP (measured / published)", "within tolerance"] if accuracy
+                 else [f"published: {metric}", "its gap to BP (published)"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
         bp = next((o for o in methods if o.get("part") == m.get("part") and o["method"] == "bp"), None)
@@ -88,7 +91,13 @@ def target_table(summary: dict[str, Any]) -> str:
         row = ([m.get("part") or ""] if parts else []) + [
             m["method"], ", ".join(str(s) for s in m.get("seeds") or []),
             _pct(m.get("test_acc_mean"), m.get("test_acc_std"), n)]
-        if has_published:
+        if has_published and not accuracy:
+            pub = m.get("published")
+            gap = "-"
+            if bp is not None and m is not bp and pub is not None and bp.get("published") is not None:
+                gap = f"{pub - bp['published']:+.4g}"
+            row += ["-" if pub is None else f"{pub:g}", gap]
+        elif has_published:
             pub = m.get("published")
             gap = "-"
             if bp is not None and m is not bp and m.get("test_acc_mean") is not None \
