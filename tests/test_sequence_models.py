@@ -424,3 +424,141 @@ def test_every_parameter_that_bp_trains_gets_a_finite_gradient_under_every_rule(
         if p.grad is not None:
             g = got[name].grad
             assert g is not None and torch.isfinite(g).all(), (kind, rule, name)
+
+
+# --------------------------------------------------------------------------- masks, weights, packed input
+
+
+class MaskedMHA(nn.Module):
+    """Attention with a key-padding mask, returning its attention weights too."""
+
+    def __init__(self, average: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, dtype=DT)
+        self.head = nn.Linear(8, 3, dtype=DT)
+        self.average = average
+
+    def forward(self, x):  # (N, L, 8); the last two keys of sample 0 are padding
+        pad = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
+        pad[0, -2:] = True
+        out, weights = self.attn(x, x, x, key_padding_mask=pad, need_weights=True,
+                                 average_attn_weights=self.average)
+        return self.head(torch.tanh(out)) + weights.sum() * 0.1  # the weights reach the loss
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_key_padding_mask_and_returned_weights_are_those_of_the_plain_module(average) -> None:
+    plain, x = MaskedMHA(average), randn(3, 5, 8, seed=2)
+    model = falign.convert(plain, "fa", example_input=x, warn=False)
+    close(model(x), plain(x), 1e-12)
+    got_w = model.attn(x, x, x, key_padding_mask=torch.eye(3, 5, dtype=torch.bool), need_weights=True,
+                       average_attn_weights=average)[1]
+    want_w = plain.attn(x, x, x, key_padding_mask=torch.eye(3, 5, dtype=torch.bool), need_weights=True,
+                        average_attn_weights=average)[1]
+    close(got_w, want_w, 1e-12)
+    for _, layer in falign.feedback_layers(model):
+        with torch.no_grad():
+            layer.feedback.copy_(layer.weight)
+    for a, b in zip(_grads(model, x), _grads(plain, x), strict=True):  # B = W: backprop, mask and all
+        close(a, b)
+
+
+class PackedLSTM(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.rnn = nn.LSTM(4, 5, num_layers=2, bidirectional=True, dtype=DT)
+        self.head = nn.Linear(10, 3, dtype=DT)
+
+    def forward(self, x):  # (T, N, 4), sequences of lengths 6, 3, 5 (unsorted)
+        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+        packed = pack_padded_sequence(x, torch.tensor([6, 3, 5]), enforce_sorted=False)
+        out, (h, c) = self.rnn(packed)
+        padded, _ = pad_packed_sequence(out)  # (T, N, 10), zeros past each length
+        return self.head(padded) + h.sum(0)[..., :3] + c.sum(0)[..., :3]
+
+
+def test_a_packed_sequence_runs_as_the_plain_lstm_and_fa_with_b_equal_w_is_backprop() -> None:
+    plain, x = PackedLSTM(), randn(6, 3, 4, seed=3)
+    model = falign.convert(plain, "fa", example_input=x, warn=False)
+    assert model.falign_conversion.unreachable == []
+    close(model(x), plain(x), 1e-12)
+    random_b = _grads(model, x)
+    for _, layer in falign.feedback_layers(model):
+        with torch.no_grad():
+            layer.feedback.copy_(layer.weight)
+    ref = _grads(plain, x)
+    assert any(not torch.allclose(a, b) for a, b in zip(random_b, ref, strict=True))
+    for a, b in zip(_grads(model, x), ref, strict=True):
+        close(a, b)
+
+
+# ------------------------------------------------------------------- where e is taken, shared B, micro
+
+
+class Tapped(nn.Module):
+    """inp -> tanh -> f -> tanh -> last (the tap: "the last hidden state") -> head."""
+
+    def __init__(self, hidden: int = 6) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = nn.Linear(4, 6, dtype=DT)
+        self.f = nn.Linear(6, hidden, dtype=DT)
+        self.last = nn.Identity()
+        self.head = nn.Linear(hidden, 3, dtype=DT)
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        self.h = h
+        h.retain_grad()
+        z = self.last(torch.tanh(self.f(h)))
+        self.z = z
+        z.retain_grad()
+        return self.head(z)
+
+
+def test_e_taken_at_the_last_hidden_state_is_its_true_gradient_and_the_head_learns_by_it() -> None:
+    """``output="last"`` (Launay et al.'s tap before the vocabulary projection): e is the true
+    gradient at the tap's output, E = its width; f's input receives e B_f^T with B_f (6, E);
+    the head above the tap keeps backprop."""
+    model = falign.convert(Tapped(), "dfa", seed=3, output="last", warn=False)
+    x, y = randn(5, 4, seed=1), torch.tensor([0, 1, 2, 0, 1])
+    F.cross_entropy(model(x), y).backward()
+    z = model.z.detach().requires_grad_(True)
+    (e,) = torch.autograd.grad(F.cross_entropy(z @ model.head.weight.T + model.head.bias, y), z)
+    close(model.z.grad, e)
+    assert model.f.feedback.shape == (6, 6) and model.head.feedback is None
+    close(model.h.grad, e @ model.f.feedback.T)
+    (g_head,) = torch.autograd.grad(F.cross_entropy(model.head(model.z.detach()), y), model.head.weight)
+    close(model.head.weight.grad, g_head)
+
+
+def test_shared_feedback_gives_every_point_the_first_rows_of_one_matrix() -> None:
+    x, y = randn(5, 4, seed=1), torch.tensor([0, 1, 2, 0, 1])
+    shapes = {}
+    for shared in (True, False):
+        model = falign.convert(Tapped(hidden=5), "dfa", seed=3, shared=shared, warn=False)
+        F.cross_entropy(model(x), y).backward()
+        shapes[shared] = (model.f.feedback.clone(), model.head.feedback.clone())
+    (bf, bh), (bf_own, bh_own) = shapes[True], shapes[False]
+    assert bf.shape == (6, 3) and bh.shape == (5, 3)
+    torch.testing.assert_close(bh, bf[:5], rtol=0, atol=0)  # head's input: the first 5 rows
+    assert not torch.equal(bh_own, bf_own[:5])  # one B per point otherwise
+
+
+def test_several_points_per_block_each_receive_their_projection_with_backprop_between() -> None:
+    """Launay et al.'s "micro" placement: two points (the outputs of inp and f); each point's
+    output receives e B^T, and the layers between learn from it by backprop."""
+    model = falign.convert(Tapped(), "dfa", seed=4, points=["inp", "f"], warn=False)
+    x, y = randn(5, 4, seed=1), torch.tensor([0, 1, 2, 0, 1])
+    out = model(x)
+    F.cross_entropy(out, y).backward()
+    z = out.detach().requires_grad_(True)
+    (e,) = torch.autograd.grad(F.cross_entropy(z, y), z)
+    for name, inputs in (("inp", x), ("f", model.h.detach())):
+        layer = getattr(model, name)
+        delta = e @ layer.falign_point.feedback.T  # the point is the layer's output
+        close(layer.weight.grad, (delta.T @ inputs).detach())
+        close(layer.bias.grad, delta.sum(0).detach())
