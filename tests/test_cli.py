@@ -715,3 +715,23 @@ def test_decoded_images_are_cached_in_the_user_cache_not_beside_the_data(tmp_pat
     assert sorted(p.relative_to(tmp_path / "data") for p in (tmp_path / "data").rglob("*")) == before
     caches = list((tmp_path / "cache").glob("*shapes.falign-*.npz"))
     assert len(caches) == 1 and caches[0].stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------------- --threads
+
+def test_threads_flag_is_what_the_run_records_and_a_bad_count_is_one_line(tmp_path) -> None:
+    mnist_or_skip()
+    cfg = tmp_path / "c.yaml"
+    _write_yaml(cfg, tiny_config())
+    env = {"FALIGN_THREADS": ""}
+    proc = falign("train", str(cfg), "--threads", "2", "--out", str(tmp_path / "r"), env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    record = json.loads((tmp_path / "r" / "tracking.json").read_text())
+    assert record["environment"]["threads"] == 2
+    proc = falign("train", str(cfg), "--out", str(tmp_path / "e"), env={"FALIGN_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "e" / "tracking.json").read_text())["environment"]["threads"] == 1
+    for bad in ("0", "two"):
+        proc = falign("train", str(cfg), "--threads", bad, "--out", str(tmp_path / f"b{bad}"))
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / f"b{bad}").exists()
