@@ -177,11 +177,13 @@ def _feedback_layer_names(model: nn.Module) -> list[str]:
 
 def cka_vs_reference(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
                      folder: Path, *, layers: Sequence[str] | None = None, reference: str = "bp",
-                     minibatch_size: int | None = None, seed: int = 0, prefix: str = "") -> Section:
+                     title: str = "BP", minibatch_size: int | None = None, seed: int = 0,
+                     prefix: str = "") -> Section:
     """Unbiased minibatch linear CKA between the layers of every model and those of the
     ``reference`` model, on the three test subsets of Lance & Kieu 2026 (``cka_subsets``): one
     heatmap figure per subset, the diagonals and the estimator as notes.  ``layers`` are the
-    layers of every model (the same architecture); None takes each model's converted layers."""
+    layers of every model (the same architecture); None takes each model's converted layers.
+    ``title`` names the reference in titles ("CKA vs BP")."""
     from ..analysis.cka import DEFAULT_MINIBATCH_SIZE, cka_subsets
     from ..plots import plot_cka_heatmaps
 
@@ -189,7 +191,7 @@ def cka_vs_reference(models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.
     ref = models.get(reference)
     if ref is None:
         return out
-    name = "BP" if reference == "bp" else reference  # the label, as titles spell it
+    name = title
     # Unbiased minibatch CKA: its value does not depend on a subset's size, so the three
     # subsets (of different sizes) are comparable; the biased full-batch one rises as n falls.
     estimator, size_of_batch = "minibatch", minibatch_size or DEFAULT_MINIBATCH_SIZE
@@ -336,7 +338,8 @@ def analyse(runs: Sequence[Run], folder: Path, *, confusion: bool = False, cka: 
                 section = Section(notes=[f"CKA compares two runs on the same data; {labels[0]} is "
                                          "alone here (report it with a bp run, e.g. a comparison)."])
             else:
-                section = cka_vs_reference(group.models, x, y, folder, reference=reference, prefix=prefix)
+                section = cka_vs_reference(group.models, x, y, folder, reference=reference,
+                                           title="BP" if exact else reference, prefix=prefix)
                 if not exact:
                     section.notes.insert(0, f"No backprop run on this data: CKA is against "
                                             f"{reference}.")

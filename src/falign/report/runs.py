@@ -53,7 +53,7 @@ class Run:
 
         name = (self.config.get("rule") or {}).get("name")
         try:
-            return get_rule(str(name)).pathway == "exact"
+            return get_rule(str(name)).exact
         except RuleError:  # a rule no longer registered (a user's, not imported)
             return False
 

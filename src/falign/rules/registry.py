@@ -150,6 +150,11 @@ class Rule:
         raise NotImplementedError(f"rule '{self.name}' does not train its feedback")
 
     @property
+    def exact(self) -> bool:
+        """Whether the rule is backprop itself (its pathway sends W^T g): a comparison's reference."""
+        return self.pathway == "exact"
+
+    @property
     def stateful(self) -> bool:
         """Whether :meth:`update` can change anything (else layers never call it)."""
         return type(self).update is not Rule.update
