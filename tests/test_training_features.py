@@ -152,3 +152,18 @@ def test_jsonl_step_losses_survive_a_resume_unchanged(data_root, tmp_path) -> No
         f.write('{"step": 99999, "loss": 1.0}\n{"step": 1000')
     train(cfg, tmp_path / "cut", log=None, resume=True)
     assert read_steps(tmp_path / "cut") == whole
+
+
+def test_a_run_records_the_commit_that_trained_it_and_the_summary_carries_it(data_root, tmp_path) -> None:
+    from pathlib import Path
+
+    from falign.reproduce.base import method_summary
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("falign is not run from a git checkout here")
+    record = train(tiny(), tmp_path / "r", log=None)
+    assert record.environment["git"]["commit"] == head.stdout.strip()
+    summary = method_summary("fa", [tmp_path / "r"], tmp_path, part=None, published=None)
+    assert summary["runs"][0]["trained_by"] == record.environment["git"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..provenance import git_commit
 from ..report.analyses import confusion_matrices
 from ..training.compare import run_compare, run_compare_seeds, run_label, seed_run_dir
 from ..training.config import ExperimentConfig, load_config, parse_config, set_values
@@ -180,7 +180,8 @@ def _run_entry(run_dir: Path, root: Path) -> dict[str, Any]:
             "status": r.status, "test_acc": r.test_acc, "test_loss": r.test_loss,
             "best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch, "epochs": len(r.epochs),
             "selected_on": r.selected_on, "seconds": sum(e.seconds or 0.0 for e in r.epochs),
-            "threads": r.environment.get("threads"), "device": r.environment.get("device")}
+            "threads": r.environment.get("threads"), "device": r.environment.get("device"),
+            "trained_by": r.environment.get("git")}  # the commit that trained it (None before 0.2)
 
 
 def method_summary(label: str, run_dirs: Sequence[Path], root: Path, *, part: str | None,
@@ -195,22 +196,6 @@ def method_summary(label: str, run_dirs: Sequence[Path], root: Path, *, part: st
     mean, std = mean_std([r.get("test_acc") for r in runs])
     return {"part": part, "method": label, "config": config, "seeds": [r.get("seed") for r in runs],
             "runs": runs, "test_acc_mean": mean, "test_acc_std": std, "published": published}
-
-
-def git_commit() -> dict[str, Any] | None:
-    """The commit of the source checkout falign runs from, and whether it had local changes
-    (None when falign is not run from a git checkout)."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 def hardware() -> dict[str, Any]:

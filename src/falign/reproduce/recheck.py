@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
               + ("" if ok else f"  {r['differences']}"), flush=True)
     if args.out:
         from .. import __version__
-        from .base import git_commit
+        from ..provenance import git_commit
 
         Path(args.out).write_text(json.dumps({"falign": __version__, "git": git_commit(),
                                               "torch": torch.__version__, "checks": results}, indent=1))

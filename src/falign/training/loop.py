@@ -31,6 +31,7 @@ from ..data import Dataset, Split, batches, load_dataset
 from ..layers import StepContext, train_step
 from ..layers.alignment import StepProbe
 from ..models import create_model, model_from_spec
+from ..provenance import git_commit
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, ExperimentConfig, parse_config
@@ -57,6 +58,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     env = {
         "falign": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
         "platform": platform.platform(), "device": str(device), "threads": torch.get_num_threads(),
+        "git": git_commit(),  # the code that trained the run (None outside a git checkout)
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
