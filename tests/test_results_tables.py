@@ -66,3 +66,19 @@ def test_a_published_loss_gets_no_accuracy_gap_or_verdict():
     table = target_table(summary)
     assert "published: single-batch training loss" in table and "within tolerance" not in table
     assert "| fa | 0 | 92.00 | 0.42992 | +0.03333 |" in table  # the published gap, not an accuracy gap
+
+
+def test_the_table_says_which_code_trained_the_runs_and_what_the_recheck_found():
+    run = {"test_acc": 0.9, "status": "completed", "trained_by": None}
+    summary = {"target": "t", "title": "t", "scale": "full", "status": "completed", "hardware": {},
+               "git": {"commit": "b" * 40}, "methods": [{**_method("", "bp", 0.9, None), "runs": [run]}],
+               "_recheck": {"git": {"commit": "c" * 40}, "checks": [
+                   {"same_first_epoch_record": True, "same_epoch_1_weights": True},
+                   {"same_first_epoch_record": False, "same_epoch_1_weights": None}]}}
+    table = target_table(summary)
+    assert "Runs trained by falign code from before runs recorded their commit." in table
+    assert "Re-check on cccccccccc" in table and "1 of 2 runs" in table
+    assert "1 with identical epoch-1" in table
+    run["trained_by"] = {"commit": "b" * 40}  # trained by the code that wrote the summary: no line
+    del summary["_recheck"]
+    assert "Runs trained by" not in target_table(summary)

@@ -29,8 +29,43 @@ TOLERANCE = {"cifar10-jpeg": (3.5, 2.0), "cifar10": (3.5, 2.0), "mnist": (0.3, N
 
 
 def load_results(folder: str | Path) -> list[dict[str, Any]]:
-    paths = sorted(Path(folder).glob("*.json"))
-    return [json.loads(p.read_text()) for p in paths]
+    """The summaries ``folder/NAME.json``, each with its re-check ``folder/checks/NAME.json``
+    (``python -m falign.reproduce.recheck``) under ``"_recheck"`` where there is one."""
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        summary = json.loads(path.read_text())
+        check = path.parent / "checks" / path.name
+        if check.is_file():
+            summary["_recheck"] = json.loads(check.read_text())
+        out.append(summary)
+    return out
+
+
+def provenance_lines(summary: dict[str, Any]) -> list[str]:
+    """Which code trained the runs, when it is not the code that wrote the summary, and what
+    the re-check of their first epoch on later code found."""
+    made_by = (summary.get("git") or {}).get("commit")
+    trained = {((r.get("trained_by") or {}).get("commit")) for m in summary.get("methods") or []
+               for r in m.get("runs") or [] if r.get("status") != "missing" and "trained_by" in r}
+    # (summaries written before runs recorded their commit have no "trained_by": nothing to say)
+    lines = []
+    if trained and trained != {made_by}:
+        known = sorted(c[:10] for c in trained if c)
+        lines.append("Runs trained by " + (", ".join(known) if known else "")
+                     + (" and " if known and None in trained else "")
+                     + ("falign code from before runs recorded their commit" if None in trained else "")
+                     + ".")
+    check = summary.get("_recheck")
+    if check:
+        runs = check.get("checks") or []
+        same = sum(bool(r.get("same_first_epoch_record")) and r.get("same_epoch_1_weights") is not False
+                   for r in runs)
+        weights = sum(r.get("same_epoch_1_weights") is True for r in runs)
+        at = ((check.get("git") or {}).get("commit") or "?")[:10]
+        lines.append(f"Re-check on {at} (`python -m falign.reproduce.recheck`): the first epoch of "
+                     f"{same} of {len(runs)} runs retrained with an identical record"
+                     + (f", {weights} with identical epoch-1 weights" if weights else "") + ".")
+    return ["", " ".join(lines)] if lines else []
 
 
 def _pct(mean: float | None, std: float | None, n: int) -> str:
@@ -110,6 +145,7 @@ def target_table(summary: dict[str, Any]) -> str:
     if any("jpeg" in (_dataset(m) or "") for m in methods):
         lines += ["", "CIFAR-10 here is the lossy JPEG copy (\"CIFAR-10 (JPEG copy)\")."]
     lines += measure_lines(summary.get("measures") or {})
+    lines += provenance_lines(summary)
     return "\n".join(lines)
 
 
