@@ -82,3 +82,16 @@ def test_the_table_says_which_code_trained_the_runs_and_what_the_recheck_found()
     run["trained_by"] = {"commit": "b" * 40}  # trained by the code that wrote the summary: no line
     del summary["_recheck"]
     assert "Runs trained by" not in target_table(summary)
+
+
+def test_a_stopped_sweep_says_how_far_each_method_got():
+    unfinished = {**_method("", "fa", None, 40.07), "config": {"train": {"epochs": 50}},
+                  "runs": [{"status": "running", "epochs": 26}]}
+    never = {**_method("", "frsf", None, 74.3), "seeds": [None], "runs": [{"status": "missing"}]}
+    summary = {"target": "t", "title": "t", "scale": "full", "status": "stopped", "hardware": {},
+               "methods": [unfinished, never], "measures": {"progress when stopped": {
+                   "fa": {"grid_points": 9, "trials_completed": 9, "final_epochs_done": [26],
+                          "final_epochs": 50}}}}
+    table = target_table(summary)
+    assert "| fa | 0 | unfinished: 26 of 50 epochs |" in table and "| frsf | - | not run |" in table
+    assert "Stopped with: fa 9/9 grid points, final run 26/50 epochs." in table

@@ -7,7 +7,9 @@ either rerun it or show that the new code reproduces its start exactly: for each
 directory this retrains the run's own config (its ``config.yaml``) for one epoch with the
 thread count the run recorded, then compares the first epoch's record (losses, accuracies,
 error counts, learning rate) and, where the run kept ``epoch_001.pt``, every weight and
-feedback tensor, bit for bit.  Prints one line per run and exits non-zero if any differs.
+feedback tensor it holds, bit for bit (tensors only today's code keeps, such as bookkeeping
+buffers added later, are listed under ``keys_only_today``).  Prints one line per run and exits
+non-zero if any differs.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def recheck(run_dir: str | Path) -> dict[str, Any]:
         a, b = old.epochs[0], new.epochs[0]
         fields = {f: (getattr(a, f), getattr(b, f)) for f in FIELDS}
         same_record = all(x == y for x, y in fields.values())
-        weights = None
+        weights, added = None, []
         ckpt = run_dir / "epoch_001.pt"
         if ckpt.is_file():
             mine = Path(tmp) / "run" / "epoch_001.pt"
@@ -46,9 +48,13 @@ def recheck(run_dir: str | Path) -> dict[str, Any]:
                 mine = Path(tmp) / "run" / "last.pt"
             wa = torch.load(ckpt, weights_only=True)["model"]
             wb = torch.load(mine, weights_only=True)["model"]
-            weights = wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+            # every tensor the old checkpoint holds, bit for bit; tensors only today's code
+            # keeps (e.g. a feedback layer's step counter, added later) are listed, not compared
+            weights = set(wa) <= set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
+            added = sorted(set(wb) - set(wa))
     return {"run": str(run_dir), "threads": threads, "same_first_epoch_record": same_record,
-            "same_epoch_1_weights": weights, "first_epoch": {f: v[0] for f, v in fields.items()},
+            "same_epoch_1_weights": weights, "keys_only_today": added,
+            "first_epoch": {f: v[0] for f, v in fields.items()},
             "differences": {f: v for f, v in fields.items() if v[0] != v[1]}}
 
 

@@ -92,6 +92,16 @@ def verdict(method: dict[str, Any], bp: dict[str, Any] | None) -> str:
     return "yes" if ok else "no"
 
 
+def _unfinished(method: dict[str, Any]) -> str:
+    """The measured cell of a method with no finished run: how far its runs got."""
+    runs = method.get("runs") or []
+    if all(r.get("status") == "missing" for r in runs):
+        return "not run"
+    total = (((method.get("config") or {}).get("train") or {}).get("epochs"))
+    done = ", ".join(str(r.get("epochs") or 0) for r in runs)
+    return f"unfinished: {done}" + (f" of {total} epochs" if total else " epochs")
+
+
 def target_table(summary: dict[str, Any]) -> str:
     """Markdown: a heading, how it was made, and the table of the target's methods."""
     name, hw = summary["target"], summary.get("hardware") or {}
@@ -124,8 +134,8 @@ def target_table(summary: dict[str, Any]) -> str:
         runs = m.get("runs") or []
         n = sum(r.get("test_acc") is not None for r in runs)
         row = ([m.get("part") or ""] if parts else []) + [
-            m["method"], ", ".join(str(s) for s in m.get("seeds") or []),
-            _pct(m.get("test_acc_mean"), m.get("test_acc_std"), n)]
+            m["method"], ", ".join(str(s) for s in m.get("seeds") or [] if s is not None) or "-",
+            _pct(m.get("test_acc_mean"), m.get("test_acc_std"), n) if n else _unfinished(m)]
         if has_published and not accuracy:
             pub = m.get("published")
             gap = "-"
@@ -152,6 +162,8 @@ def target_table(summary: dict[str, Any]) -> str:
 def measure_lines(measures: dict[str, Any]) -> list[str]:
     """The targets' own numbers: bits per character, delta angles, the linear loss table."""
     out: list[str] = []
+    if measures.get("progress when stopped"):  # a stopped sweep: how far each method's search got
+        out += _progress_lines(measures["progress when stopped"])
     by = measures.get("by_method") or {}
     if by.get("char") or by.get("vit"):
         labels = list(dict.fromkeys([*(by.get("char") or {}), *(by.get("vit") or {})]))
@@ -179,6 +191,15 @@ def measure_lines(measures: dict[str, Any]) -> list[str]:
                 f"{m['fa_mean']:.3f} vs BP {m['bp_mean']:.3f} (published {p['fa_mean']:.3f} vs "
                 f"{p['bp_mean']:.3f})."]
     return out
+
+
+def _progress_lines(progress: dict[str, Any]) -> list[str]:
+    parts = []
+    for label, p in progress.items():
+        final = ", ".join(str(e) for e in p.get("final_epochs_done") or [])
+        parts.append(f"{label} {p.get('trials_completed')}/{p.get('grid_points')} grid points, final "
+                     f"run {final}/{p.get('final_epochs')} epochs")
+    return ["", "Stopped with: " + "; ".join(parts) + "."]
 
 
 def render(summaries: Sequence[dict[str, Any]]) -> str:
