@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,3 +168,12 @@ def test_a_run_records_the_commit_that_trained_it_and_the_summary_carries_it(dat
     assert record.environment["git"]["commit"] == head.stdout.strip()
     summary = method_summary("fa", [tmp_path / "r"], tmp_path, part=None, published=None)
     assert summary["runs"][0]["trained_by"] == record.environment["git"]
+
+
+def test_the_progress_bar_shows_the_running_loss(data_root, tmp_path, capsys) -> None:
+    record = train(tiny(train={"epochs": 1, "batch_size": 20}), tmp_path / "r", log=None, progress=True)
+    err = capsys.readouterr().err
+    shown = [float(v) for v in re.findall(r"loss=([0-9.]+)", err)]
+    assert shown, err[-500:]
+    # the last value shown is the running mean of the epoch's losses so far: near the epoch's mean
+    assert abs(shown[-1] - record.epochs[0].train_loss) < 0.5 * record.epochs[0].train_loss
