@@ -9,8 +9,10 @@ is the tap instead.  ``e`` is read off the autograd graph by a pre-hook on the n
 the tapped tensor, so it is recorded before any hidden layer's backward runs; each hidden
 layer ignores the gradient arriving from above for its input.
 
-``B_i`` has the full shape of the layer input times e's shape and is made at the first forward
-(the wiring learns e's shape from the tapped output).
+``B_i`` maps one sample's error to one sample's layer input (an image model: the whole input map
+times e's width; a sequence: one position's input times one position's error, shared across
+positions) and is made at the first forward (the wiring learns e's shape from the tapped
+output).
 
 This module also holds the DFA framework report's averaged training loops (rule option
 ``average``): one update per batch (per class) from averaged activations and error.
