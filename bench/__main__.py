@@ -22,7 +22,7 @@ run has more rules, rounds and steps and takes several times as long.
 Timings are never asserted: the table prints each ratio beside its target.
 
 On a machine shared with other jobs pass ``--threads 1``: with more intra-op threads than free
-cores, every op waits for its slowest thread (seen here: one process with 2 threads ran an
+cores, every op waits for its slowest thread (on a busy 2-core machine one process with 2 threads ran an
 epoch 9x slower than with 1), and the ratios drown in that noise.
 """
 
