@@ -37,6 +37,7 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
             raise ReproduceError(f"reproduction '{name}' has no part '{unknown[0]}' (its parts: {have})")
     out = Path(out) if out else Path("runs") / f"reproduce-{name}-{scale}"
     marker = out / "reproduce.json"
+    fresh = not out.exists()
     if marker.exists():
         info = json.loads(marker.read_text())
         if (info.get("name"), info.get("scale")) != (name, scale) and not overwrite:
@@ -56,7 +57,14 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     if resume:
         ctx.keep_earlier()
     log(f"== reproduce {name} ({scale} scale) into {out}")
-    outcome = target.run(ctx)
+    try:
+        outcome = target.run(ctx)
+    except BaseException:
+        if fresh and _no_run_yet(out):  # refused before any run (e.g. a missing dataset): leave
+            import shutil  # nothing that a rerun would have to step over
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
 
     from ..report import write_report
 
@@ -75,3 +83,10 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     log(f"report: {report}")
     log(f"summary: {out / RESULTS}")
     return report
+
+
+def _no_run_yet(out: Path) -> bool:
+    """Whether ``out`` holds no run yet: only the markers of the reproduction and of the
+    comparisons or sweeps it was about to start (no run record, checkpoint or figure)."""
+    markers = {"reproduce.json", "compare.json", "sweep.json"}
+    return all(p.is_dir() or p.name in markers for p in out.rglob("*"))
