@@ -58,6 +58,12 @@ def recheck(run_dir: str | Path) -> dict[str, Any]:
             "differences": {f: v for f, v in fields.items() if v[0] != v[1]}}
 
 
+def passed(check: dict[str, Any]) -> bool:
+    """Whether one run's re-check found its start unchanged: the same first-epoch record, and
+    the same epoch-1 tensors where the run kept them."""
+    return bool(check.get("same_first_epoch_record")) and check.get("same_epoch_1_weights") is not False
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m falign.reproduce.recheck",
                                 description=__doc__.splitlines()[0])
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         r = recheck(run)
         results.append(r)
-        ok = r["same_first_epoch_record"] and r["same_epoch_1_weights"] is not False
+        ok = passed(r)
         print(f"{'same' if ok else 'DIFFERENT'}  {run}"
               + ("" if r["same_epoch_1_weights"] is None else
                  f"  (epoch-1 weights {'identical' if r['same_epoch_1_weights'] else 'differ'})")
@@ -79,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
         Path(args.out).write_text(json.dumps({"falign": __version__, "git": git_commit(),
                                               "torch": torch.__version__, "checks": results}, indent=1))
-    return 0 if all(r["same_first_epoch_record"] and r["same_epoch_1_weights"] is not False
-                    for r in results) else 1
+    return 0 if all(passed(r) for r in results) else 1
 
 
 if __name__ == "__main__":

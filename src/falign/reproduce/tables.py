@@ -50,16 +50,16 @@ def provenance_lines(summary: dict[str, Any]) -> list[str]:
     # (summaries written before runs recorded their commit have no "trained_by": nothing to say)
     lines = []
     if trained and trained != {made_by}:
-        known = sorted(c[:10] for c in trained if c)
-        lines.append("Runs trained by " + (", ".join(known) if known else "")
-                     + (" and " if known and None in trained else "")
-                     + ("falign code from before runs recorded their commit" if None in trained else "")
-                     + ".")
+        by = [", ".join(sorted(c[:10] for c in trained if c))]
+        if None in trained:
+            by.append("falign code from before runs recorded their commit")
+        lines.append("Runs trained by " + " and ".join(b for b in by if b) + ".")
     check = summary.get("_recheck")
     if check:
+        from .recheck import passed
+
         runs = check.get("checks") or []
-        same = sum(bool(r.get("same_first_epoch_record")) and r.get("same_epoch_1_weights") is not False
-                   for r in runs)
+        same = sum(passed(r) for r in runs)
         weights = sum(r.get("same_epoch_1_weights") is True for r in runs)
         at = ((check.get("git") or {}).get("commit") or "?")[:10]
         lines.append(f"Re-check on {at} (`python -m falign.reproduce.recheck`): the first epoch of "
