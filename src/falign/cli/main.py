@@ -354,7 +354,8 @@ def cmd_reproduce(args) -> int:
     _data_dir(args)
     try:
         reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
-                  overwrite=args.overwrite, download=args.download, parts=args.part)
+                  overwrite=args.overwrite, download=args.download, parts=args.part,
+                  records=args.records)
     except DatasetError as err:
         raise _explain_missing(err, data_root()) from None
     return 0
@@ -554,7 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", choices=["smoke", "full"], default="smoke", help="default %(default)s")
     p.add_argument("--part", action="append", default=None, metavar="PART",
                    help="run only this part of a target that has several (repeatable): "
-                   + "; ".join(f"{t.name}: {', '.join(t.parts)}" for t in TARGETS.values() if t.parts))
+                   + "; ".join(f"{t.name}: {', '.join(t.parts)}" for t in TARGETS.values() if t.parts)
+                   + "; or one unit, PART/METHOD[/seedK] (python -m falign.reproduce.queue status "
+                   "NAME lists them)")
+    p.add_argument("--records", metavar="DIR", default=None,
+                   help="committed run records of this target (results/runs/NAME): units they hold "
+                   "finished are read, not trained again")
     threads(p)
     data_dir(p, config=False)
     download(p)

@@ -2,17 +2,27 @@
 machine-readable summary ``results.json``.
 
 A target is a function ``run(ctx) -> Outcome`` registered with :func:`register_target`.  It
-trains through ``ctx.compare`` / ``ctx.compare_seeds`` (or ``ctx.add`` for runs it trains
-itself), which also enter each method's runs into the summary; ``ctx.measure`` adds numbers of
+trains only through ``ctx.compare`` / ``ctx.compare_seeds`` / ``ctx.sweep`` / ``ctx.train``,
+which also enter each method's runs into the summary, and calls ``ctx.trained()`` once its
+training is over, before analyses that need the trained models; ``ctx.measure`` adds numbers of
 the target's own (a loss table, bits per character).  The summary is rewritten after every
 comparison, sweep or run entered, so a target that stops part-way leaves a partial summary
 (``"status": "running"``) saying how far it got.
+
+Units.  Every training call declares the *units* it trains (:class:`Unit`: one method's runs
+of one part, or one method x seed), so a long target is also a queue of pieces that fit in a
+few hours of one core: ``ctx.planning`` runs the target without training anything and collects
+its units (:func:`plan`); ``ctx.unit`` trains exactly one of them (``falign reproduce NAME
+--part PART/METHOD[/seedK]``).  ``ctx.records`` is a folder of committed run records
+(``results/runs/NAME``, see :mod:`falign.reproduce.queue`): a unit they hold finished is not
+trained again, its records are read instead.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +34,8 @@ import torch
 from .. import __version__
 from ..provenance import git_commit
 from ..report.analyses import confusion_matrices
-from ..training.compare import run_compare, run_compare_seeds, run_label, seed_run_dir
-from ..training.config import ExperimentConfig, load_config, parse_config, set_values
+from ..training.compare import method, run_compare, run_compare_seeds, run_label, seed_run_dir
+from ..training.config import ExperimentConfig, SweepConfig, load_config, parse_config, set_values
 from ..training.record import RunRecord, write_json
 from ..training.results import ResultRow
 
@@ -35,6 +45,44 @@ RESULTS_SCHEMA = 1
 
 class ReproduceError(ValueError):
     """Unknown target or scale, or an output directory holding another reproduction."""
+
+
+#: the files of a run directory a unit's committed record keeps (a few KB: no checkpoints)
+RECORD_FILES = ("config.yaml", "tracking.json", "steps.jsonl")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of a target that one process trains on its own: one method's runs of one part
+    (a comparison entry, a sweep's grid and final runs, a single run) or one method and seed.
+    ``run_dirs`` are the runs it ends with, relative to the target's folder; ``extra`` are
+    globs (same root) of other runs whose records belong to it (a sweep's grid trials)."""
+
+    part: str
+    method: str
+    seed: int | None
+    run_dirs: tuple[str, ...]
+    published: float | None = None
+    extra: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """``PART/METHOD`` or ``PART/METHOD/seedK``: what ``--part`` takes."""
+        return f"{self.part}/{self.method}" + ("" if self.seed is None else f"/seed{self.seed}")
+
+
+def finished_record(run_dir: Path) -> RunRecord | None:
+    """The run's record when it is done: ``completed`` with a test accuracy (an interrupted or
+    running run is not)."""
+    path = Path(run_dir) / "tracking.json"
+    if not path.is_file():
+        return None
+    record = RunRecord.read(path)
+    return record if record.status == "completed" and record.test_acc is not None else None
+
+
+class _Stop(Exception):  # noqa: N818  (control flow, not an error)
+    """Raised by ``ctx.trained()`` when planning, and after a unit's training."""
 
 
 @dataclass
@@ -81,6 +129,11 @@ class Context:
     started: float = field(default_factory=time.time)
     parts: tuple[str, ...] | None = None  # the parts asked for (None: all)
     done_parts: list[str] = field(default_factory=list)  # parts earlier calls completed
+    planning: bool = False  # collect the units (``planned``), train nothing
+    unit: str | None = None  # train exactly this unit (its name), nothing else
+    records: Path | None = None  # committed run records of this target (results/runs/NAME)
+    planned: list[Unit] = field(default_factory=list)
+    trained_unit: Unit | None = None
 
     @property
     def smoke(self) -> bool:
@@ -88,7 +141,54 @@ class Context:
 
     def wants(self, part: str) -> bool:
         """Whether this call runs ``part`` of the target."""
+        if self.unit is not None:
+            return self.unit.split("/", 1)[0] == part
         return self.parts is None or part in self.parts
+
+    # -- units --------------------------------------------------------------------------------
+
+    def _units(self, units: list[Unit]) -> list[Unit]:
+        """Of the units a training call declares, those it trains: none when planning (they are
+        collected), the one asked for in unit mode, else all; units the committed records hold
+        finished get their records copied into the target's folder, where resuming reads them."""
+        if self.planning:
+            self.planned += units
+            return []
+        if self.unit is not None:
+            units = [u for u in units if u.name == self.unit]
+        for u in units:
+            self._seed_from_records(u)
+        return units
+
+    def _seed_from_records(self, unit: Unit) -> None:
+        if self.records is None:
+            return
+        for rel in unit.run_dirs:
+            here, there = self.out / rel, self.records / rel
+            if finished_record(here) is None and finished_record(there) is not None:
+                here.mkdir(parents=True, exist_ok=True)
+                for name in RECORD_FILES:
+                    if (there / name).is_file():
+                        shutil.copy2(there / name, here / name)
+
+    def _done(self, unit: Unit) -> None:
+        """After a unit's training in unit mode: stop the target there."""
+        if self.unit is not None:
+            self.trained_unit = unit
+            raise _Stop(unit.name)
+
+    def trained(self) -> None:
+        """A target calls this when its training is over: planning and unit mode end here,
+        before the analyses that need every trained model."""
+        if self.planning or self.unit is not None:
+            raise _Stop()
+
+    def committed_config(self, rel: str) -> ExperimentConfig | None:
+        """The config a committed record of run ``rel`` was trained with, if there is one."""
+        path = self.records / rel / "config.yaml" if self.records is not None else None
+        if path is not None and path.is_file():
+            return load_config(str(path))
+        return None
 
     def config(self, name: str, smoke: dict[str, Any]) -> ExperimentConfig:
         """A shipped config, shrunk for the smoke scale (dotted keys -> values)."""
@@ -106,10 +206,20 @@ class Context:
         from ..plots import NothingToPlot, plot_val_curves
 
         out = self.out / sub
+        published = published or {}
+        units = [Unit(sub, label, None, (f"{sub}/{run_label(label)}",), published.get(label))
+                 for label in (method(e)[0] for e in rules)]
+        todo = {u.method for u in self._units(units)}
+        if not todo:
+            return out, []
+        rules = [e for e in rules if method(e)[0] in todo]
         rows = run_compare(cfg, rules, out, resume=True, log=self.log)
+        for u in units:
+            if u.method in todo:
+                self._done(u)
         for row in rows:
             self.add(row.label, [out / run_label(row.label)], part=sub,
-                     published=(published or {}).get(row.label))
+                     published=published.get(row.label))
         try:
             plot_val_curves(rows, out / "val_acc",
                             title=f"{cfg.data.name} / {cfg.model.name}: validation accuracy")
@@ -124,16 +234,86 @@ class Context:
         from ..plots import NothingToPlot, plot_seed_summary
 
         out = self.out / sub
+        published = published or {}
+        units = [Unit(sub, label, s, (f"{sub}/{seed_run_dir(label, s)}",), published.get(label))
+                 for label in (method(e)[0] for e in rules) for s in seeds]
+        todo = self._units(units)
+        if not todo:
+            return out, []
+        if self.unit is not None:
+            rules, seeds = [e for e in rules if method(e)[0] == todo[0].method], [todo[0].seed]
         groups = run_compare_seeds(cfg, rules, seeds, out, resume=True, log=self.log)
+        if self.unit is not None:
+            self._done(todo[0])
         for g in groups:
             self.add(g.label, [out / seed_run_dir(g.label, s) for s in g.seeds], part=sub,
-                     published=(published or {}).get(g.label))
+                     published=published.get(g.label))
         try:
             plot_seed_summary({g.label: g.rows for g in groups}, out / "seeds",
                               title=f"{cfg.data.name} / {cfg.model.name}")
         except NothingToPlot:
             pass
         return out, groups
+
+    def sweep(self, cfg: ExperimentConfig, spec: SweepConfig, sub: str, *,
+              published: dict[str, float] | None = None) -> dict[str, Any]:
+        """``run_sweep`` into ``out/sub`` (resumed): each rule's grid, then its final runs; each
+        rule is a unit, entered into the summary with its final runs (one a seed).  A rule
+        whose final runs the committed records hold is not searched again; a rule whose final
+        run's config is committed but whose run is not finished (its grid's choice made by an
+        earlier call whose trials are gone) trains that config, not the grid again."""
+        from ..training.loop import train
+        from ..training.sweep import run_sweep, search_spaces
+
+        out = self.out / sub
+        published = published or {}
+        labels = list(search_spaces(cfg, spec))
+        units = []
+        for label in labels:
+            finals = tuple(f"{sub}/final/{run_label(label)}-seed{s}" for s in spec.final_seeds)
+            study = f"{cfg.name}-{label.replace(':', '-')}"
+            units.append(Unit(sub, label, None, finals, published.get(label),
+                              extra=(f"{sub}/trials/{study}-*",)))
+        todo = self._units(units)
+        summary: dict[str, Any] = {"rules": {}}
+        search = []
+        for u in todo:
+            finished = all(finished_record(self.out / r) for r in u.run_dirs)
+            if finished:  # resumed from its own trials, or read from the records alone
+                if any(out.glob(f"trials/{cfg.name}-{u.method.replace(':', '-')}-*")):
+                    search.append(u.method)
+                continue
+            configs = [self.committed_config(r) for r in u.run_dirs]
+            if all(c is not None for c in configs):
+                for rel, run_cfg in zip(u.run_dirs, configs, strict=True):
+                    self.log(f"== {u.name}: training {rel} from its committed config (the grid's "
+                             "choice of an earlier call)")
+                    train(run_cfg, self.out / rel, resume=True, log=self.log)
+            else:
+                search.append(u.method)
+        if search:
+            spec = spec.model_copy(deep=True)
+            if spec.rules:
+                spec.rules = {k: v for k, v in spec.rules.items() if k in search}
+            summary = run_sweep(cfg, spec, out, resume=True, log=self.log)
+        for u in todo:
+            self.add(u.method, [self.out / r for r in u.run_dirs], part=sub,
+                     published=published.get(u.method))
+            self._done(u)
+        return summary
+
+    def train(self, cfg: ExperimentConfig, sub: str, *, part: str) -> Path | None:
+        """One run of ``cfg`` into ``out/sub`` (resumed): a unit ``part/sub`` of its own,
+        entered into the summary as method ``sub``."""
+        from ..training.loop import train
+
+        unit = Unit(part, sub, None, (sub,))
+        if not self._units([unit]):
+            return None
+        train(cfg, self.out / sub, resume=True, log=self.log)
+        self.add(sub, [self.out / sub], part=part)
+        self._done(unit)
+        return self.out / sub
 
     def add(self, label: str, run_dirs: Sequence[Path], *, part: str | None = None,
             published: float | None = None) -> None:
@@ -165,8 +345,24 @@ class Context:
 
     def write(self, status: str) -> Path:
         path = self.out / RESULTS
+        if self.planning or self.unit is not None:  # a unit's summary is made from records
+            return path
         write_json(path, summary(self, status))
         return path
+
+
+def plan(target: Target, *, scale: str = "full", out: Path | None = None) -> list[Unit]:
+    """The units of ``target`` at ``scale``, in the order the target trains them (nothing is
+    trained or written)."""
+    ctx = Context(out=Path(out or "."), scale=scale, resume=True, log=lambda s: None,
+                  target=target, planning=True)
+    try:
+        target.run(ctx)
+    except _Stop:
+        pass
+    else:
+        raise ReproduceError(f"reproduction '{target.name}' ended without calling ctx.trained()")
+    return ctx.planned
 
 
 # -- the summary ------------------------------------------------------------------------------

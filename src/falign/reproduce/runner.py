@@ -9,18 +9,22 @@ from pathlib import Path
 
 from ..training.loop import RunDirError
 from ..training.record import write_json
-from .base import RESULTS, TARGETS, Context, ReproduceError
+from .base import RESULTS, TARGETS, Context, ReproduceError, _Stop, finished_record, plan
 
 
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None, resume: bool = False,
               overwrite: bool = False, download: bool = False, parts: list[str] | None = None,
-              log: Callable[[str], None] = print) -> Path:
+              records: str | Path | None = None, log: Callable[[str], None] = print) -> Path | None:
     """Run target ``name`` at ``scale`` into ``out``; returns the path of the HTML report.
     ``download`` fetches the datasets it needs when they are missing (``data.download``).
     ``out/results.json`` summarises the runs (every method's config, each seed's test and best
     validation accuracy, the published number) as they finish; ``"status": "completed"`` once
     the target has.  ``parts`` runs only those parts of a target that has several
-    (``TARGETS[name].parts``; all by default)."""
+    (``TARGETS[name].parts``; all by default), or one *unit* (``PART/METHOD[/seedK]``, see
+    :func:`falign.reproduce.base.plan`): then only that unit trains, and no report or summary
+    is written (the queue, :mod:`falign.reproduce.queue`, makes the summary from the unit's
+    records); returns None.  ``records`` is the folder of committed run records
+    (``results/runs/NAME``): units it holds finished are read from it, not trained again."""
     if name not in TARGETS:
         import difflib
 
@@ -30,14 +34,31 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     if scale not in ("smoke", "full"):
         raise ReproduceError(f"scale must be 'smoke' or 'full', not '{scale}'")
     target = TARGETS[name]
+    unit = None
+    if parts and any("/" in p for p in parts):
+        if len(parts) > 1:
+            raise ReproduceError("--part: give one unit (PART/METHOD[/seedK]) at a time")
+        unit = parts[0]
+        known = [u.name for u in plan(target, scale=scale)]
+        if unit not in known:
+            import difflib
+
+            near = difflib.get_close_matches(unit, known, n=1)
+            raise ReproduceError(f"reproduction '{name}' has no unit '{unit}'"
+                                 + (f"; did you mean '{near[0]}'?" if near else "")
+                                 + f" (python -m falign.reproduce.queue status {name} lists them)")
+        parts = None
     if parts:
         unknown = [p for p in parts if p not in target.parts]
         if unknown:
             have = ", ".join(target.parts) if target.parts else "none: it runs as a whole"
             raise ReproduceError(f"reproduction '{name}' has no part '{unknown[0]}' (its parts: {have})")
     out = Path(out) if out else Path("runs") / f"reproduce-{name}-{scale}"
+    records = Path(records) if records is not None else None
+    if records is not None and not records.is_dir():
+        raise ReproduceError(f"--records {records}: no such folder")
     marker = out / "reproduce.json"
-    fresh = not out.exists()
+    fresh = not out.exists() and unit is None  # units of one target share its folder
     if marker.exists():
         info = json.loads(marker.read_text())
         if (info.get("name"), info.get("scale")) != (name, scale) and not overwrite:
@@ -53,12 +74,21 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "running"})
     ctx = Context(out=out, scale=scale, resume=resume, log=log, download=download, target=target,
-                  parts=tuple(parts) if parts else None)
-    if resume:
+                  parts=tuple(parts) if parts else None, unit=unit, records=records)
+    if resume and unit is None:
         ctx.keep_earlier()
-    log(f"== reproduce {name} ({scale} scale) into {out}")
+    log(f"== reproduce {name} ({scale} scale{'' if unit is None else ', unit ' + unit}) into {out}")
     try:
         outcome = target.run(ctx)
+    except _Stop:
+        done = ctx.trained_unit
+        if done is None:
+            raise ReproduceError(f"reproduction '{name}': unit '{unit}' was not reached") from None
+        for rel in done.run_dirs:
+            record = finished_record(out / rel)
+            log(f"unit {unit}: {rel} " + (f"test accuracy {100 * record.test_acc:.2f}%" if record
+                                          else "NOT finished"))
+        return None
     except BaseException:
         if fresh and _no_run_yet(out):  # refused before any run (e.g. a missing dataset): leave
             import shutil  # nothing that a rerun would have to step over

@@ -86,6 +86,7 @@ def transformers(ctx: Context) -> Outcome:
         tables["vit"] = _part(ctx, outcome, "vit", "vit-cifar10",
                               {"data.subset": 400, "train.epochs": 1, "train.alignment_every": 2,
                                "model.options.dim": 32, "model.options.depth": 2}, "acc")
+    ctx.trained()
     ctx.measure("by_method", tables)
     char, vit = tables.get("char", {}), tables.get("vit", {})
     bpc = {k: e.get("test_bpc") for k, e in char.items()}

@@ -12,7 +12,6 @@ from ..report.analyses import cka_vs_reference, exemplar_grid
 from ..report.analyses import predictions as predictions  # its home before report/analyses.py
 from ..training.compare import method, run_label
 from ..training.config import ExperimentConfig
-from ..training.loop import train
 from .base import Context as Context
 from .base import Outcome, ReproduceError, Target, best_model, confusion_figures, dataset_of, register_target
 
@@ -41,9 +40,9 @@ def dfa_mnist(ctx: Context) -> Outcome:
             name = f"dfa-{loop}" + ("" if step == "mean" else "-sum")
             loop_cfg.name = f"{cfg.name}-{name[4:]}"
             ctx.log(f"== dfa, {loop}-averaged loop, {step} step")
-            train(loop_cfg, ctx.out / name, resume=True, log=ctx.log)
-            ctx.add(name, [ctx.out / name], part="averaged-loops")
+            ctx.train(loop_cfg, name, part="averaged-loops")
             runs[f"dfa ({loop}-averaged{'' if step == 'mean' else ', summed step'})"] = ctx.out / name
+    ctx.trained()
     outcome = Outcome(run_dirs=[compare_dir, *list(runs.values())[2:]], published=dict(published), notes=[
         f"Published (the DFA framework report): DFA 97.23%, BP 97.24% test accuracy, one run each; "
         f"falign trains seeds {', '.join(map(str, seeds))}. The report's BP twin used Adam with "
@@ -63,6 +62,7 @@ def lillicrap(ctx: Context) -> Outcome:
     cfg = ctx.config("lillicrap-mnist", {**MNIST_SMOKE, "train.alignment_every": 5})
     seeds = seeds_of(ctx, cfg)
     compare_dir, _ = ctx.compare_seeds(cfg, ["bp", "fa"], seeds, "compare", published={"fa": 97.9})
+    ctx.trained()
     return Outcome(run_dirs=[compare_dir], published={"fa": 97.9}, notes=[
         "Published (Lillicrap et al. 2016): FA reaches about 2.1% test error (97.9% accuracy); the "
         "angle between FA's and backprop's hidden updates falls from about 90 deg to 25-45 deg "
@@ -89,6 +89,7 @@ def biotorch_lenet(ctx: Context) -> Outcome:
                 notes.append(f"{ds} {r.label}: test error {100 - 100 * r.test_acc:.2f}% "
                              f"(published {err:.2f}%)")
         published.update({k: 100 - v for k, v in BIOTORCH_ERR["mnist"].items()})
+    ctx.trained()
     notes.insert(0, "Published: BioTorch (Sanfiz & Akrout 2021) top-1 test error, single runs, "
                     "model selected on the test set; the results table compares MNIST accuracy, "
                     "the lines below both datasets' errors.")
@@ -100,13 +101,12 @@ def sign_tracking(ctx: Context) -> Outcome:
              "sweep.final_epochs": 1}
     cfg = ctx.config("sign-tracking-mnist", smoke)
     compare_dir, fixed_rows = ctx.compare(cfg, cfg.compare, "fixed-lr")
-    from ..training.sweep import run_sweep
-
     spec = cfg.sweep
     if ctx.smoke:
         for space in spec.rules.values():
             space.params = {"optim.lr": [0.001, 0.03]}
-    summary = run_sweep(cfg, spec, ctx.out / "tuned-lr", resume=True, log=ctx.log)
+    summary = ctx.sweep(cfg, spec, "tuned-lr")
+    ctx.trained()
     notes = [f"One shared learning rate ({cfg.optim.lr}), then each rule with its own tuned rate "
              "(grid search, final runs over several seeds). A gap between sign tracking and BP at "
              "the shared rate that disappears once each is tuned is a learning-rate confound: "
@@ -123,9 +123,6 @@ def sign_tracking(ctx: Context) -> Outcome:
         notes.append(f"{label}: shared lr {100 * shared:.2f}%" if shared is not None else label)
         if mean is not None:
             notes[-1] += f"; tuned lr {lr}: {100 * mean:.2f} ± {100 * (std or 0):.2f}%"
-    for label in summary["rules"]:
-        ctx.add(label, [ctx.out / "tuned-lr" / "final" / f"{run_label(label)}-seed{s}"
-                        for s in spec.final_seeds], part="tuned-lr")
     ctx.measure("shared_vs_tuned_lr", extra)
     final_dirs = sorted((ctx.out / "tuned-lr" / "final").glob("*"))
     return Outcome(run_dirs=[compare_dir, *final_dirs], published={}, notes=notes, extra_rows=extra)
@@ -143,14 +140,10 @@ def lance_kieu(ctx: Context) -> Outcome:
     if ctx.smoke:  # one grid point per method (the middle of the paper's grid)
         for space in spec.rules.values():
             space.params = {k: [v[len(v) // 2]] for k, v in space.params.items()}
-    from ..training.sweep import run_sweep
-
-    run_sweep(cfg, spec, ctx.out / "sweep", resume=True, log=ctx.log)
+    ctx.sweep(cfg, spec, "sweep", published=LK_PUBLISHED)
+    ctx.trained()
     runs = {label: ctx.out / "sweep" / "final" / f"{run_label(label)}-seed{spec.final_seeds[0]}"
             for label in spec.rules}
-    for label in spec.rules:
-        ctx.add(label, [ctx.out / "sweep" / "final" / f"{run_label(label)}-seed{s}"
-                        for s in spec.final_seeds], part="sweep", published=LK_PUBLISHED.get(label))
     outcome = Outcome(run_dirs=list(runs.values()), published=dict(LK_PUBLISHED), notes=[
         "Published (Lance & Kieu 2026, CIFAR-10, best validation checkpoint, seed 42): test "
         "accuracy BP 75.80, FA dense 35.77, FA kernel 40.07, uSF Init 74.30, uSF SN 75.67%. "

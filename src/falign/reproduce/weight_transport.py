@@ -89,6 +89,7 @@ def akrout(ctx: Context) -> Outcome:
                                      f"{std:.1f} deg over {len(values)} seed(s)")
         angles[part] = part_angles
         ctx.measure("final_delta_angle_deg", angles)
+    ctx.trained()
     return outcome
 
 
@@ -149,6 +150,7 @@ def linear_fa(ctx: Context) -> Outcome:
     seeds = [cfg.seed] if ctx.smoke else [cfg.seed + i for i in range(3)]
     published = {"fa": LINEAR_TABLE[1][2], "bp": LINEAR_TABLE[1][3]}
     folder, groups = ctx.compare_seeds(cfg, cfg.compare, seeds, "compare", published=published)
+    ctx.trained()
     runs = {g.label: [step_losses(folder / g.label / f"seed{s}") for s in g.seeds] for g in groups}
     steps_per_epoch = math.ceil(len_train(folder / "bp" / f"seed{seeds[0]}") / cfg.train.batch_size)
     if ctx.smoke:  # the table's steps do not exist in a small subset: its logged steps instead

@@ -1,0 +1,406 @@
+"""The evidence queue: every reproduction target as units that fit a few hours of one core,
+whose progress lives in the repository.
+
+    python -m falign.reproduce.queue status [NAME ...]        each unit: done, pending or running
+    python -m falign.reproduce.queue collect NAME UNIT --runs DIR
+    python -m falign.reproduce.queue summarise NAME
+    python -m falign.reproduce.queue run --runs DIR [--jobs 2] [--commit] [NAME ...]
+
+A *unit* (:class:`falign.reproduce.base.Unit`) is one method's runs of one part of a target,
+or one method x seed: ``falign reproduce NAME --scale full --part UNIT --out DIR/NAME`` trains
+exactly that unit (the units of one target share the folder ``DIR/NAME``, each its own run
+directories).  A unit is *done* when each of its runs' record says ``completed`` with a test
+accuracy.  Its records are the repository's copy of it: ``collect`` copies each run's
+``config.yaml``, ``tracking.json`` (and ``steps.jsonl``, where the run logged steps) into
+``results/runs/NAME/<the run's path>`` (a sweep unit's grid trials too), and ``summarise``
+rebuilds ``results/NAME.json`` from every committed record (``"status": "partial"`` until every
+unit is in, then ``"completed"``).  Methods no record covers keep the entry of the summary
+they had (numbers trained before the queue existed, whose run directories are gone).
+
+``run`` is the queue itself: it keeps ``--jobs`` units training (one thread each, ``nice``),
+in the order the targets are given (default :data:`ORDER`) and each target's own order,
+skipping units that are done or running; each unit trains from a checkout of one commit
+(``--code``, default the repository's HEAD), so the code that trained it is recorded; when a
+unit ends, ``run`` collects it, summarises its target and, with ``--commit``, commits those
+files.  Stop it and start it again at any time: a unit's runs resume from their checkpoints.
+``python -m falign.reproduce.recheck results/runs/NAME/...`` re-checks a committed record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .base import RECORD_FILES, RESULTS_SCHEMA, TARGETS, Unit, finished_record, hardware, method_summary, plan
+
+#: the order of the queue (the evidence issue's): the targets with long runs left first
+ORDER = ("lance-kieu-2026", "biotorch-lenet", "lillicrap-2016", "akrout-2019", "transformers",
+         "dkp-2020")
+
+
+def records_dir(results: Path, name: str) -> Path:
+    return Path(results) / "runs" / name
+
+
+def _old_summary(results: Path, name: str) -> dict[str, Any]:
+    path = Path(results) / f"{name}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _legacy_done(old: dict[str, Any], unit: Unit) -> bool:
+    """Whether a summary written before the queue holds the unit's runs finished (their run
+    directories are gone; only the summary's numbers remain)."""
+    for m in old.get("methods") or []:
+        if (m.get("part"), m.get("method")) != (unit.part, unit.method):
+            continue
+        runs = {r.get("run_dir"): r for r in m.get("runs") or []}
+        return all((r := runs.get(rel)) is not None and r.get("status") == "completed"
+                   and r.get("test_acc") is not None for rel in unit.run_dirs)
+    return False
+
+
+def unit_states(name: str, results: Path, scale: str = "full") -> list[tuple[Unit, str]]:
+    """Each unit of target ``name`` with ``"done"`` (committed records), ``"done (summary
+    only)"`` (a summary from before the queue) or ``"pending"``."""
+    root = records_dir(results, name)
+    old = _old_summary(results, name)
+    if old and old.get("scale") != scale:
+        old = {}
+    out = []
+    for u in plan(TARGETS[name], scale=scale):
+        if all(finished_record(root / rel) is not None for rel in u.run_dirs):
+            out.append((u, "done"))
+        elif _legacy_done(old, u):
+            out.append((u, "done (summary only)"))
+        else:
+            out.append((u, "pending"))
+    return out
+
+
+def _unit(name: str, unit_name: str, scale: str = "full") -> Unit:
+    for u in plan(TARGETS[name], scale=scale):
+        if u.name == unit_name:
+            return u
+    raise SystemExit(f"error: reproduction '{name}' has no unit '{unit_name}'")
+
+
+def collect(name: str, unit: Unit, runs: Path, results: Path) -> list[Path]:
+    """Copy the records of ``unit``'s runs from the target's folder ``runs/NAME`` into the
+    repository's ``results/runs/NAME``; returns the run directories copied."""
+    src, dst = Path(runs) / name, records_dir(results, name)
+    dirs = [src / rel for rel in unit.run_dirs]
+    for pattern in unit.extra:
+        dirs += sorted(p for p in src.glob(pattern) if p.is_dir())
+    copied = []
+    for d in dirs:
+        if not (d / "tracking.json").is_file():
+            continue
+        target = dst / d.relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for f in RECORD_FILES:
+            if (d / f).is_file():
+                shutil.copy2(d / f, target / f)
+        copied.append(target)
+    return copied
+
+
+def _trials(root: Path, unit: Unit) -> list[dict[str, Any]]:
+    from ..training.record import RunRecord
+
+    out = []
+    for pattern in unit.extra:
+        for d in sorted(p for p in root.glob(pattern) if (p / "tracking.json").is_file()):
+            r = RunRecord.read(d / "tracking.json")
+            out.append({"run_dir": os.path.relpath(d, root), "status": r.status,
+                        "best_val_acc": r.best_val_acc, "epochs": len(r.epochs),
+                        "optim": {k: r.config.get("optim", {}).get(k) for k in ("lr", "weight_decay")},
+                        "rule_options": (r.config.get("rule") or {}).get("options"),
+                        "seconds": sum(e.seconds or 0.0 for e in r.epochs),
+                        "trained_by": r.environment.get("git")})
+    return out
+
+
+def summarise(name: str, results: Path, scale: str = "full") -> Path:
+    """Rebuild ``results/NAME.json`` from the committed records (and, for methods no record
+    covers, the entries of the summary it replaces)."""
+    import torch
+
+    from .. import __version__
+    from ..provenance import git_commit
+    from ..training.record import write_json
+
+    target = TARGETS[name]
+    root = records_dir(results, name)
+    old = _old_summary(results, name)
+    if old and old.get("scale") != scale:
+        old = {}
+    old_methods = {(m.get("part"), m.get("method")): m for m in old.get("methods") or []}
+    states = unit_states(name, results, scale)
+    groups: dict[tuple[str, str], list[Unit]] = {}
+    for u, _ in states:
+        groups.setdefault((u.part, u.method), []).append(u)
+    methods = []
+    for (part, label), units in groups.items():
+        rels = [rel for u in units for rel in u.run_dirs]
+        if any((root / rel / "tracking.json").is_file() for rel in rels):
+            entry = method_summary(label, [root / rel for rel in rels], root, part=part,
+                                   published=units[0].published)
+            trials = [t for u in units for t in _trials(root, u)]
+            if trials:
+                entry["trials"] = trials
+        elif (part, label) in old_methods:
+            entry = old_methods[(part, label)]
+        else:
+            entry = method_summary(label, [root / rel for rel in rels], root, part=part,
+                                   published=units[0].published)
+        methods.append(entry)
+    done = [u.name for u, s in states if s != "pending"]
+    pending = [u.name for u, s in states if s == "pending"]
+    parts_done = [p for p in target.parts
+                  if all(s != "pending" for u, s in states if u.part == p)]
+    seconds = sum(r.get("seconds") or 0.0 for m in methods for r in m.get("runs") or [])
+    seconds += sum(t.get("seconds") or 0.0 for m in methods for t in m.get("trials") or [])
+    summary = {
+        "schema": RESULTS_SCHEMA, "target": name, "title": target.title, "citation": target.citation,
+        "scale": scale, "status": "partial" if pending else "completed",
+        "parts": list(target.parts), "parts_completed": parts_done, "all_parts": list(target.parts),
+        "falign": __version__, "git": git_commit(), "torch": torch.__version__,
+        "hardware": hardware(), "published_metric": target.metric,
+        "compute_seconds": round(seconds, 1),
+        "units": {"total": len(states), "done": done, "pending": pending,
+                  "made_by": "python -m falign.reproduce.queue"},
+        "methods": methods,
+        "measures": {k: v for k, v in (old.get("measures") or {}).items()
+                     if k != "progress when stopped"},
+    }
+    path = Path(results) / f"{name}.json"
+    write_json(path, summary)
+    return path
+
+
+# -- the queue --------------------------------------------------------------------------------
+
+def _safe(unit_name: str) -> str:
+    return unit_name.replace("/", "--").replace(":", "-")
+
+
+def _pid_file(runs: Path, name: str, unit: Unit) -> Path:
+    return Path(runs) / name / "units" / f"{_safe(unit.name)}.pid"
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def running(runs: Path, name: str, unit: Unit) -> bool:
+    """Whether a process (the queue's, or one started by hand that wrote the unit's pid file
+    ``RUNS/NAME/units/<unit>.pid``) is training the unit now."""
+    return _alive(_pid_file(runs, name, unit))
+
+
+def _checkout(repo: Path, code: str, runs: Path) -> Path:
+    """A checkout of commit ``code`` (its own clone, so runs record that commit)."""
+    sha = subprocess.run(["git", "-C", str(repo), "rev-parse", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    where = Path(runs) / "code" / sha[:12]
+    if not (where / "src" / "falign").is_dir():
+        shutil.rmtree(where, ignore_errors=True)
+        subprocess.run(["git", "clone", "-q", "--no-checkout", str(repo), str(where)], check=True)
+        subprocess.run(["git", "-C", str(where), "checkout", "-q", sha], check=True)
+    return where
+
+
+def _commit(repo: Path, paths: Sequence[Path], message: str, log) -> None:
+    rel = [os.path.relpath(p, repo) for p in paths]
+    for attempt in range(20):  # another git command may hold the index for a moment
+        add = subprocess.run(["git", "-C", str(repo), "add", "--", *rel], capture_output=True, text=True)
+        if add.returncode == 0:
+            done = subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", message, "--", *rel],
+                                  capture_output=True, text=True)
+            if done.returncode == 0:
+                log(f"committed: {message.splitlines()[0]}")
+                return
+            err = done.stderr or done.stdout
+        else:
+            err = add.stderr
+        if "index.lock" not in err:
+            log(f"commit failed: {err.strip()}")
+            return
+        time.sleep(3 + attempt)
+    log("commit failed: the index stayed locked")
+
+
+def _finish(name: str, unit: Unit, *, runs: Path, results: Path, repo: Path, scale: str,
+            commit: bool, log) -> None:
+    """A unit's runs are finished: collect its records, summarise its target, commit both."""
+    copied = collect(name, unit, runs, results)
+    path = summarise(name, results, scale)
+    records = [finished_record(runs / name / rel) for rel in unit.run_dirs]
+    accs = ", ".join(f"{100 * r.test_acc:.2f}%" for r in records if r is not None)
+    hours = sum(e.seconds or 0.0 for r in records if r is not None for e in r.epochs) / 3600
+    hours += sum(t.get("seconds") or 0.0 for t in _trials(records_dir(results, name), unit)) / 3600
+    log(f"queue: {name}:{unit.name} done: test {accs or '-'}, {hours:.2f} h of training; "
+        f"{len(copied)} run records")
+    if commit:
+        trained = {((r.environment.get("git") or {}).get("commit") or "?")[:10]
+                   for r in records if r is not None}
+        _commit(repo, [records_dir(results, name), path],
+                f"Evidence queue: {name} unit {unit.name} done (test {accs or '-'}, "
+                f"{hours:.1f} h of training on one core), trained by {', '.join(sorted(trained))}", log)
+
+
+def _pending(names: Sequence[str], runs: Path, results: Path, skip: set[str],
+             scale: str) -> list[tuple[str, Unit]]:
+    out = []
+    for name in names:
+        for u, state in unit_states(name, results, scale):
+            key = f"{name}:{u.name}"
+            if state == "pending" and key not in skip and not running(runs, name, u):
+                out.append((name, u))
+    return out
+
+
+def run_queue(names: Sequence[str], *, runs: Path, results: Path, repo: Path, code: str | None = "HEAD",
+              jobs: int = 2, threads: int = 1, commit: bool = False, poll: float = 30.0,
+              scale: str = "full", log=print) -> None:
+    """Keep ``jobs`` units training until none is pending (see the module docstring).
+    ``code`` None trains with the falign this process imports (no checkout of a commit)."""
+    runs, results, repo = Path(runs).resolve(), Path(results).resolve(), Path(repo).resolve()
+    checkout = _checkout(repo, code, runs) if code is not None else None
+    log(f"queue: units train from {checkout or 'the falign this process imports'} ({jobs} at a "
+        f"time, {threads} thread(s) each)")
+    active: dict[str, tuple[subprocess.Popen, str, Unit, float]] = {}
+    failed: set[str] = set()
+    stop = False
+
+    def _stop(signum, frame):  # the units go on; a later queue finds them running
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    while True:
+        for key, (proc, name, unit, started) in list(active.items()):
+            if proc.poll() is None:
+                continue
+            del active[key]
+            _pid_file(runs, name, unit).unlink(missing_ok=True)
+            if proc.returncode != 0:
+                failed.add(key)
+                log(f"queue: {key} FAILED (exit {proc.returncode}, after "
+                    f"{(time.time() - started) / 3600:.2f} h); log: {runs / 'logs' / (_safe(key) + '.log')}")
+                continue
+            _finish(name, unit, runs=runs, results=results, repo=repo, scale=scale, commit=commit,
+                    log=log)
+        if stop:
+            log("queue: stopped (running units go on; they write their pid files)")
+            return
+        free = jobs - len(active)
+        if free > 0:
+            for name, unit in _pending(names, runs, results, failed | set(active), scale):
+                if free <= 0:
+                    break
+                key = f"{name}:{unit.name}"
+                if all(finished_record(runs / name / rel) for rel in unit.run_dirs):
+                    # trained and not collected yet (by a process started by hand, or a queue
+                    # stopped before it collected): collect it, train nothing
+                    _finish(name, unit, runs=runs, results=results, repo=repo, scale=scale,
+                            commit=commit, log=log)
+                    continue
+                free -= 1
+                (runs / "logs").mkdir(parents=True, exist_ok=True)
+                logf = open(runs / "logs" / (_safe(key) + ".log"), "a")  # noqa: SIM115
+                env = {**os.environ, "FALIGN_THREADS": str(threads)}
+                if checkout is not None:
+                    env["PYTHONPATH"] = str(checkout / "src")
+                cmd = ["nice", "-n", "10", sys.executable, "-m", "falign", "reproduce", name,
+                       "--scale", scale, "--part", unit.name, "--out", str(runs / name), "--resume",
+                       "--records", str(records_dir(results, name)), "--threads", str(threads)]
+                (runs / name).mkdir(parents=True, exist_ok=True)
+                records_dir(results, name).mkdir(parents=True, exist_ok=True)
+                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                        cwd=checkout or repo, start_new_session=True)
+                logf.close()
+                pid = _pid_file(runs, name, unit)
+                pid.parent.mkdir(parents=True, exist_ok=True)
+                pid.write_text(f"{proc.pid}\n")
+                active[key] = (proc, name, unit, time.time())
+                log(f"queue: started {key} (pid {proc.pid})")
+        if not active:
+            log("queue: nothing pending" + (f" ({len(failed)} failed)" if failed else ""))
+            return
+        time.sleep(poll)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m falign.reproduce.queue", description=__doc__.splitlines()[0])
+    p.add_argument("--scale", choices=["smoke", "full"], default="full",
+                   help="the scale of the units (default %(default)s)")
+    p.add_argument("--results", default="results",
+                   help="the repository's results folder (default %(default)s)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("status", help="each unit: done, pending or running")
+    s.add_argument("names", nargs="*", metavar="NAME")
+    s.add_argument("--runs", default=None, help="the units' folder, to show which are running")
+    c = sub.add_parser("collect", help="copy a finished unit's records into the repository, summarise")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("unit", metavar="UNIT")
+    c.add_argument("--runs", required=True, help="the folder holding NAME/ (the units' --out's parent)")
+    m = sub.add_parser("summarise", help="rebuild results/NAME.json from the committed records")
+    m.add_argument("name", metavar="NAME")
+    r = sub.add_parser("run", help="keep --jobs units training until none is pending")
+    r.add_argument("names", nargs="*", metavar="NAME")
+    r.add_argument("--runs", required=True, help="where units train (outside the work tree)")
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--code", default="HEAD", help="the commit units train from (default HEAD)")
+    r.add_argument("--repo", default=".", help="the repository (default the current folder)")
+    r.add_argument("--commit", action="store_true", help="commit each unit's records when it ends")
+    args = p.parse_args(argv)
+    results = Path(args.results)
+    names = getattr(args, "names", None) or [n for n in ORDER if n in TARGETS]
+    for n in names if args.cmd in ("status", "run") else [args.name]:
+        if n not in TARGETS:
+            print(f"error: unknown reproduction '{n}' (known: {', '.join(TARGETS)})", file=sys.stderr)
+            return 2
+    if args.cmd == "status":
+        for n in names:
+            states = unit_states(n, results, args.scale)
+            done = sum(s != "pending" for _, s in states)
+            print(f"{n}: {done} of {len(states)} units done")
+            for u, s in states:
+                if s == "pending" and args.runs and running(Path(args.runs), n, u):
+                    s = "running"
+                print(f"  {u.name:40s} {s}")
+        return 0
+    if args.cmd == "collect":
+        unit = _unit(args.name, args.unit, args.scale)
+        copied = collect(args.name, unit, Path(args.runs), results)
+        print(f"{len(copied)} run records copied; summary {summarise(args.name, results, args.scale)}")
+        return 0
+    if args.cmd == "summarise":
+        print(summarise(args.name, results, args.scale))
+        return 0
+    run_queue(names, runs=Path(args.runs), results=results, repo=Path(args.repo), code=args.code,
+              jobs=args.jobs, threads=args.threads, commit=args.commit, scale=args.scale)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

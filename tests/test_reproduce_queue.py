@@ -1,0 +1,204 @@
+"""The evidence queue: targets as units, each trained alone, their records committed, the
+summary rebuilt from the records, resumes that skip what the records hold."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import mnist_or_skip
+
+from falign.reproduce import TARGETS, ReproduceError, reproduce
+from falign.reproduce.base import plan
+from falign.reproduce.queue import collect, main, records_dir, run_queue, summarise, unit_states
+from falign.training.record import RunRecord
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def _data(monkeypatch):
+    monkeypatch.setenv("FALIGN_DATA", str(mnist_or_skip()))
+    monkeypatch.setenv("FALIGN_THREADS", "1")
+
+
+def _unit(name: str, unit: str, scale: str = "smoke"):
+    return next(u for u in plan(TARGETS[name], scale=scale) if u.name == unit)
+
+
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_target_plans_units_without_training(tmp_path: Path, name: str) -> None:
+    """Planning trains nothing and writes nothing; every unit has its own name and runs."""
+    units = plan(TARGETS[name], scale="full", out=tmp_path / "x")
+    assert units and not (tmp_path / "x").exists()
+    names = [u.name for u in units]
+    assert len(set(names)) == len(names)
+    dirs = [d for u in units for d in u.run_dirs]
+    assert len(set(dirs)) == len(dirs)
+    for u in units:
+        assert u.name.startswith(f"{u.part}/{u.method}")
+        if u.seed is not None:
+            assert u.name.endswith(f"/seed{u.seed}")
+
+
+def test_full_scale_units_are_the_issues_pieces() -> None:
+    """One method's grid and final run (Lance & Kieu), one rule's run per dataset (LeNet), one
+    method x seed (Lillicrap, Akrout), one method (transformers)."""
+    names = {n: [u.name for u in plan(TARGETS[n])] for n in TARGETS}
+    assert names["lance-kieu-2026"] == ["sweep/bp", "sweep/fa:dense", "sweep/fa", "sweep/frsf",
+                                        "sweep/usf_norm"]
+    assert "lenet-fashion-mnist/fa" in names["biotorch-lenet"] and len(names["biotorch-lenet"]) == 12
+    assert names["lillicrap-2016"] == [f"compare/{m}/seed{s}" for m in ("bp", "fa") for s in range(3)]
+    assert len(names["akrout-2019"]) == 12 + 4 and "mnist/kp/seed1113" in names["akrout-2019"]
+    assert "char/dfa-micro" in names["transformers"] and len(names["transformers"]) == 14
+
+
+def test_a_unit_trains_only_itself_and_writes_no_summary(tmp_path: Path) -> None:
+    out = tmp_path / "lillicrap-2016"
+    lines: list[str] = []
+    assert reproduce("lillicrap-2016", out=out, parts=["compare/fa/seed0"], log=lines.append) is None
+    runs = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("tracking.json"))
+    assert runs == ["compare/fa/seed0"]
+    assert RunRecord.read(out / "compare/fa/seed0/tracking.json").status == "completed"
+    assert not (out / "results.json").exists() and not (out / "report").exists()
+    assert any("unit compare/fa/seed0: compare/fa/seed0 test accuracy" in s for s in lines)
+
+
+def test_an_unknown_unit_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ReproduceError, match="has no unit 'compare/fa/seed7'; did you mean"):
+        reproduce("lillicrap-2016", out=tmp_path / "a", parts=["compare/fa/seed7"])
+    with pytest.raises(ReproduceError, match="one unit"):
+        reproduce("lillicrap-2016", out=tmp_path / "a", parts=["compare/fa/seed0", "compare/bp/seed0"])
+    assert not (tmp_path / "a").exists()
+
+
+def test_collected_records_make_the_summary_and_a_resume_skips_them(tmp_path: Path) -> None:
+    """Two units trained alone, collected: the summary is partial with their numbers; the
+    whole target resumed from the records on another machine (an empty folder) trains only
+    what is left and its summary holds the same numbers."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for unit in ("compare/fa/seed0", "compare/bp/seed0"):
+        reproduce("lillicrap-2016", out=runs / "lillicrap-2016", parts=[unit], resume=True,
+                  log=lambda s: None)
+        copied = collect("lillicrap-2016", _unit("lillicrap-2016", unit), runs, results)
+        assert [p.relative_to(records_dir(results, "lillicrap-2016")).as_posix() for p in copied] == [unit]
+        kept = sorted(f.name for f in copied[0].iterdir())
+        assert kept == ["config.yaml", "tracking.json"]  # a few KB: no checkpoints
+    summary = json.loads(summarise("lillicrap-2016", results, "smoke").read_text())
+    # at the smoke scale every unit of this target is one of the two: completed
+    assert summary["status"] == "completed" and summary["units"]["pending"] == []
+    by = {m["method"]: m for m in summary["methods"]}
+    fa = RunRecord.read(runs / "lillicrap-2016/compare/fa/seed0/tracking.json")
+    assert by["fa"]["runs"][0]["test_acc"] == fa.test_acc and by["fa"]["published"] == 97.9
+    assert by["fa"]["runs"][0]["run_dir"] == "compare/fa/seed0"
+    assert {s for _, s in unit_states("lillicrap-2016", results, "smoke")} == {"done"}
+
+    elsewhere = tmp_path / "elsewhere"
+    lines: list[str] = []
+    reproduce("lillicrap-2016", out=elsewhere, records=records_dir(results, "lillicrap-2016"),
+              log=lines.append)
+    assert not list(elsewhere.rglob("*.pt"))  # nothing trained: every run read from the records
+    assert sum("already complete" in s for s in lines) == 2
+    whole = json.loads((elsewhere / "results.json").read_text())
+    assert {m["method"]: m["test_acc_mean"] for m in whole["methods"]} == \
+        {m["method"]: m["test_acc_mean"] for m in summary["methods"]}
+
+
+def test_a_pending_unit_makes_a_partial_summary_and_earlier_entries_stay(tmp_path: Path) -> None:
+    """A method no record covers keeps the entry of the summary it had (numbers trained before
+    the queue); units with neither are pending and the summary says partial."""
+    results = tmp_path / "results"
+    results.mkdir()
+    old = {"target": "lillicrap-2016", "scale": "smoke", "status": "stopped", "methods": [
+        {"part": "compare", "method": "bp", "runs": [{"run_dir": "compare/bp/seed0", "status": "completed",
+                                                      "test_acc": 0.5, "seconds": 3.0}],
+         "test_acc_mean": 0.5, "published": None}],
+        "measures": {"progress when stopped": {}, "kept": 1}}
+    (results / "lillicrap-2016.json").write_text(json.dumps(old))
+    states = dict((u.name, s) for u, s in unit_states("lillicrap-2016", results, "smoke"))
+    assert states == {"compare/bp/seed0": "done (summary only)", "compare/fa/seed0": "pending"}
+    summary = json.loads(summarise("lillicrap-2016", results, "smoke").read_text())
+    assert summary["status"] == "partial" and summary["units"]["pending"] == ["compare/fa/seed0"]
+    assert summary["methods"][0] == old["methods"][0]
+    assert summary["measures"] == {"kept": 1}
+    assert main(["--scale", "smoke", "--results", str(results), "status", "lillicrap-2016"]) == 0
+
+
+def test_a_sweep_unit_trains_a_committed_final_config_without_its_grid(tmp_path: Path) -> None:
+    """A final run whose config is committed (the grid's choice of an earlier call whose trials
+    are gone) is trained from that config; the grid is not searched again."""
+    name, unit = "sign-tracking", "tuned-lr/fa"
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    first = tmp_path / "first"
+    reproduce(name, out=first, parts=[unit], log=lambda s: None)
+    rel = _unit(name, unit).run_dirs[0]
+    committed = records_dir(results, name) / rel
+    committed.mkdir(parents=True)
+    shutil.copy2(first / rel / "config.yaml", committed / "config.yaml")
+    lines: list[str] = []
+    reproduce(name, out=runs / name, parts=[unit], records=records_dir(results, name), log=lines.append)
+    assert not (runs / name / "tuned-lr" / "trials").exists()
+    assert any("from its committed config" in s for s in lines)
+    a = RunRecord.read(first / rel / "tracking.json")
+    b = RunRecord.read(runs / name / rel / "tracking.json")
+    assert a.test_acc == b.test_acc and [e.train_loss for e in a.epochs] == [e.train_loss for e in b.epochs]
+    # the first call's grid trials belong to its unit's records
+    (tmp_path / "x").mkdir()
+    first.rename(tmp_path / "x" / name)
+    copied = collect(name, _unit(name, unit), tmp_path / "x", results)
+    assert any("/trials/" in p.as_posix() for p in copied)
+    entry = next(m for m in json.loads(summarise(name, results, "smoke").read_text())["methods"]
+                 if (m["part"], m["method"]) == ("tuned-lr", "fa"))
+    assert len(entry["trials"]) == 2 and all(t["best_val_acc"] is not None for t in entry["trials"])
+
+
+def test_the_queue_trains_two_units_at_a_time_and_commits_each(tmp_path: Path) -> None:
+    """``run``: every pending unit trained (two processes at a time), collected, summarised and
+    committed on its own; a second run finds nothing pending."""
+    repo = tmp_path / "repo"
+    (repo / "results").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "start"], check=True)
+    logs: list[str] = []
+    env_git = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+               "GIT_COMMITTER_EMAIL": "t@t"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env_git.items():
+            mp.setenv(k, v)
+        run_queue(["lillicrap-2016"], runs=tmp_path / "runs", results=repo / "results", repo=repo,
+                  code=None, jobs=2, commit=True, poll=0.5, scale="smoke", log=logs.append)
+    started = [s for s in logs if s.startswith("queue: started")]
+    assert len(started) == 2 and sum(" done: test " in s for s in logs) == 2
+    history = subprocess.run([*git, "log", "--format=%s"], capture_output=True, text=True).stdout
+    assert history.count("Evidence queue: lillicrap-2016 unit compare/") == 2
+    summary = json.loads((repo / "results" / "lillicrap-2016.json").read_text())
+    assert summary["status"] == "completed"
+    assert not subprocess.run([*git, "status", "--porcelain"], capture_output=True, text=True).stdout
+    logs.clear()
+    run_queue(["lillicrap-2016"], runs=tmp_path / "runs", results=repo / "results", repo=repo,
+              code=None, scale="smoke", log=logs.append)
+    assert logs[-1] == "queue: nothing pending"
+
+
+def test_the_queue_collects_a_unit_trained_outside_it(tmp_path: Path) -> None:
+    """A unit whose runs finished in the target's folder (trained by hand, or by a queue stopped
+    before it collected) is collected and summarised, not trained again."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    for unit in ("compare/fa/seed0", "compare/bp/seed0"):
+        reproduce("lillicrap-2016", out=runs / "lillicrap-2016", parts=[unit], resume=True,
+                  log=lambda s: None)
+    logs: list[str] = []
+    run_queue(["lillicrap-2016"], runs=runs, results=results, repo=tmp_path, code=None,
+              scale="smoke", log=logs.append)
+    assert not any(s.startswith("queue: started") for s in logs)
+    assert sum(" done: test " in s for s in logs) == 2
+    assert json.loads((results / "lillicrap-2016.json").read_text())["status"] == "completed"
+
+
+def test_queue_cli_refuses_an_unknown_target(capsys) -> None:
+    assert main(["status", "nope"]) == 2
+    assert "unknown reproduction 'nope'" in capsys.readouterr().err
