@@ -202,3 +202,33 @@ def test_the_queue_collects_a_unit_trained_outside_it(tmp_path: Path) -> None:
 def test_queue_cli_refuses_an_unknown_target(capsys) -> None:
     assert main(["status", "nope"]) == 2
     assert "unknown reproduction 'nope'" in capsys.readouterr().err
+
+
+
+def test_units_running_outside_the_queue_take_their_share_of_the_jobs(tmp_path: Path, monkeypatch) -> None:
+    """A unit another process trains (its pid file names a live process) counts against
+    ``jobs``: with jobs=1 and one such unit the queue starts nothing until it ends."""
+    import os
+
+    import falign.reproduce.queue as q
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    pid = runs / "lillicrap-2016" / "units" / "compare--fa--seed0.pid"
+    pid.parent.mkdir(parents=True)
+    pid.write_text(f"{os.getpid()}\n")  # this test's own process: alive
+    logs: list[str] = []
+    calls = []
+
+    def sleep(s):  # the outside unit "ends" after the queue's first wait
+        calls.append(s)
+        pid.unlink(missing_ok=True)
+        reproduce("lillicrap-2016", out=runs / "lillicrap-2016", parts=["compare/fa/seed0"],
+                  resume=True, log=lambda s: None)
+
+    monkeypatch.setattr(q.time, "sleep", sleep)
+    run_queue(["lillicrap-2016"], runs=runs, results=results, repo=tmp_path, code=None, jobs=2,
+              scale="smoke", log=logs.append)
+    started = [s for s in logs if s.startswith("queue: started")]
+    # jobs=2: one slot for the queue while the outside unit runs, then it collects that one
+    assert started == [s for s in started if "compare/bp/seed0" in s] and len(started) == 1
+    assert calls and sum(" done: test " in s for s in logs) == 2

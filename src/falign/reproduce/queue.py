@@ -311,7 +311,10 @@ def run_queue(names: Sequence[str], *, runs: Path, results: Path, repo: Path, co
         if stop:
             log("queue: stopped (running units go on; they write their pid files)")
             return
-        free = jobs - len(active)
+        # units trained by processes this queue did not start (pid files) count too
+        others = sum(running(runs, n, u) for n in names for u, st in unit_states(n, results, scale)
+                     if st == "pending" and f"{n}:{u.name}" not in active)
+        free = jobs - len(active) - others
         if free > 0:
             for name, unit in _pending(names, runs, results, failed | set(active), scale):
                 if free <= 0:
@@ -342,7 +345,7 @@ def run_queue(names: Sequence[str], *, runs: Path, results: Path, repo: Path, co
                 pid.write_text(f"{proc.pid}\n")
                 active[key] = (proc, name, unit, time.time())
                 log(f"queue: started {key} (pid {proc.pid})")
-        if not active:
+        if not active and not others:
             log("queue: nothing pending" + (f" ({len(failed)} failed)" if failed else ""))
             return
         time.sleep(poll)
