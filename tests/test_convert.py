@@ -194,6 +194,89 @@ def test_a_traced_example_tells_added_parameters_from_multiplied_ones() -> None:
     assert {n for n, _ in static.unreachable} == {"pos", "raw"}
 
 
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(72, 8, dtype=DT), nn.Tanh(), nn.Linear(8, 2, dtype=DT))
+
+
+@pytest.mark.parametrize("example", [False, True], ids=["static", "traced"])
+@pytest.mark.parametrize("rule", RULES)
+def test_a_rules_own_feedback_is_neither_unreachable_nor_exact(rule, example) -> None:
+    """Kolen-Pollack's B is a parameter, direct KP's and weight mirror's B are learned: each is
+    the rule's own, so converting a plain MLP or CNN reports nothing beyond the layers."""
+    for make in (_mlp, _net):
+        kwargs = {"example_input": randn(2, 2, 6, 6, seed=1)} if example else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a ConversionWarning fails the test
+            model = falign.convert(make(), rule, **kwargs)
+        report = model.falign_conversion
+        assert report.unreachable == [] and report.exact == []
+        listed = " ".join(n for n, _ in report.exact + report.unreachable)
+        assert ".feedback" not in listed and ".feedback" not in str(report)
+        assert len(report.converted) == sum(type(m) in (nn.Linear, nn.Conv2d) for m in make().modules())
+
+
+class _Standardised(nn.Module):
+    """Every kind of norm torch has beside the layers, one of them over a whole (C, H, W) map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, dtype=DT)
+        self.bn2d = nn.BatchNorm2d(4, dtype=DT)
+        self.gn = nn.GroupNorm(2, 4, dtype=DT)
+        self.ln_map = nn.LayerNorm([4, 6, 6], dtype=DT)  # a 3-D weight, used elementwise
+        self.fc = nn.Linear(4 * 6 * 6, 5, dtype=DT)
+        self.bn1d = nn.BatchNorm1d(5, dtype=DT)
+        self.plain_bn = nn.BatchNorm1d(5, affine=False, dtype=DT)
+        self.ln = nn.LayerNorm(5, dtype=DT)
+        self.out = nn.Linear(5, 2, dtype=DT)
+
+    def forward(self, x):
+        h = self.ln_map(self.gn(self.bn2d(self.conv(x)).relu()))
+        return self.out(self.ln(self.plain_bn(self.bn1d(self.fc(h.flatten(1))))))
+
+
+@pytest.mark.parametrize("example", [False, True], ids=["static", "traced"])
+def test_the_report_lists_norms_as_exact(example) -> None:
+    plain = _Standardised()
+    norms = {n for n, m in plain.named_modules() if "Norm" in type(m).__name__}  # by class name
+    assert len(norms) == 6
+    kwargs = {"example_input": randn(3, 2, 6, 6, seed=1)} if example else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = falign.convert(plain, "fa", **kwargs)
+    report = model.falign_conversion
+    assert {n for n, _ in report.exact} == norms
+    assert report.unreachable == []
+    assert [n for n, _ in report.converted] == ["conv", "fc", "out"]
+    for name in norms:
+        assert f"  exact       {name}: {type(plain.get_submodule(name)).__name__}" in str(report)
+
+
+def test_the_docstring_names_what_convert_converts() -> None:
+    """The layer kinds ``convert``'s docstring says it converts are those of its own table, and
+    no text names one of them as out of reach."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from falign.layers.convert import CONVERTERS
+
+    doc = inspect.getdoc(falign.convert)
+    first = doc.split("\n\n")[0]
+    table = {t.__name__ for t in CONVERTERS}
+    assert all(getattr(nn, n) in CONVERTERS for n in table)
+    assert set(re.findall(r"``nn\.(\w+)``", first)) == table
+    assert "``Conv1D``" in first  # Hugging Face's, recognised without importing transformers
+    converted = re.compile(r"\bnn\.(?:" + "|".join(sorted(table, key=len, reverse=True)) + r")\b")
+    unreached = doc[doc.index("could not be reached"):].split("\n\n")[0]
+    assert "functional" in unreached and not converted.search(unreached), unreached
+    quickstart = (Path(__file__).resolve().parents[1] / "docs" / "quickstart.md").read_text()
+    bullet = quickstart[quickstart.index("* `falign.convert("):].split("\n* ")[0]
+    unreached = bullet[bullet.index("could not reach"):]
+    assert "functional" in unreached and not converted.search(unreached), unreached
+
+
 def test_converting_twice_raises() -> None:
     model = falign.convert(_net(), "fa")
     with pytest.raises(ValueError, match="already converted"):
@@ -233,7 +316,7 @@ def test_get_rule_accepts_names_classes_and_instances() -> None:
     assert rule.name == "fa" and rule.scale == 0.5
     assert falign.get_rule(rule) is rule
     assert falign.get_rule(type(rule)).scale is None
-    assert falign.get_rule(rule, seed=3).seed == 3 and rule.seed == 0
+    assert falign.get_rule(rule, seed=3).seed == 3 and rule.seed is None
     model = falign.convert(_net(), rule)
     assert model.head[0].rule.scale == 0.5 and model.head[0].feedback_std == 0.5
 

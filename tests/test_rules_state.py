@@ -6,6 +6,7 @@ stored buffer, compared with ``effective_feedback()`` and with the input gradien
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 
@@ -241,6 +242,136 @@ def test_directly_built_layers_take_their_name_into_the_seed() -> None:
 
     assert torch.equal(layer("a").feedback, layer("a").feedback)
     assert not torch.allclose(layer("a").feedback, layer("b").feedback)
+
+
+KERNEL_RULES = sorted(r for r in falign.rules() if falign.get_rule(r).pathway == "kernel")
+STANDALONE = {
+    "linear": lambda rule, **kw: falign.FeedbackLinear(6, 4, rule=rule, dtype=DT, **kw),
+    "conv": lambda rule, **kw: falign.FeedbackConv2d(2, 3, 3, rule=rule, dtype=DT, **kw),
+}
+
+
+def _same_w_pair(kind: str, rule: str, **kw) -> tuple[nn.Module, nn.Module]:
+    """Two standalone layers with one W (copied), built with the same arguments."""
+    a, b = STANDALONE[kind](rule, **kw), STANDALONE[kind](rule, **kw)
+    with torch.no_grad():
+        b.weight.copy_(a.weight)
+    return a, b
+
+
+@pytest.mark.parametrize("kind", list(STANDALONE))
+@pytest.mark.parametrize("rule", KERNEL_RULES)
+def test_standalone_layers_without_a_seed_get_their_own_b(kind, rule) -> None:
+    """Where two explicit seeds give two Bs for one W, two layers built with no seed differ too
+    (the README's drop-in use: two FeedbackLinear(8, 8) must not share B)."""
+    torch.manual_seed(0)
+    p, q = STANDALONE[kind](rule, seed=1), STANDALONE[kind](rule, seed=2)
+    with torch.no_grad():
+        q.weight.copy_(p.weight)
+    seed_matters = not torch.equal(p.effective_feedback(), q.effective_feedback())
+    torch.manual_seed(0)
+    a, b = _same_w_pair(kind, rule)
+    assert int(a.feedback_seed) != int(b.feedback_seed)
+    assert torch.equal(a.effective_feedback(), b.effective_feedback()) is not seed_matters
+    # an explicit seed still pins B, whatever the global generator
+    torch.manual_seed(7)
+    c = STANDALONE[kind](rule, seed=1)
+    with torch.no_grad():
+        c.weight.copy_(p.weight)
+    assert torch.equal(c.effective_feedback(), p.effective_feedback())
+
+
+@pytest.mark.parametrize("rule", sorted(falign.rules()))
+def test_every_layer_kind_without_a_seed_draws_one(rule) -> None:
+    """Kernel, dense, direct and the slots that recurrent and attention layers hold: each layer
+    built with no seed has a seed of its own."""
+    from falign.layers.feedback import FeedbackSlot
+
+    w = nn.Parameter(torch.zeros(4, 6, dtype=DT))
+    torch.manual_seed(0)
+    made = [falign.FeedbackLinear(6, 4, rule=rule, dtype=DT),
+            falign.FeedbackLinear(6, 4, rule=rule, dtype=DT),
+            falign.FeedbackConv2d(2, 3, 3, rule=rule, dtype=DT),
+            FeedbackSlot(w, falign.get_rule(rule), ""), FeedbackSlot(w, falign.get_rule(rule), "")]
+    seeds = [int(m.feedback_seed) for m in made]
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_a_model_of_standalone_layers_is_reproducible_from_the_global_seed() -> None:
+    def model(seed):
+        torch.manual_seed(seed)
+        return nn.Sequential(falign.FeedbackConv2d(2, 3, 3, rule="fa", dtype=DT), nn.Flatten(),
+                             falign.FeedbackLinear(27, 8, rule="fa", dtype=DT),
+                             falign.FeedbackLinear(8, 8, rule="fa", dtype=DT))
+
+    a, b, c = model(3), model(3), model(4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert sa.keys() == sb.keys() == sc.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+        if k.endswith("feedback"):
+            assert not torch.equal(sa[k], sc[k]), k
+    assert not torch.equal(a[2].feedback, a[3].feedback)  # one model, two layers of one shape
+
+
+def test_a_seedless_layer_saves_the_seed_it_drew() -> None:
+    """B is N(0, xavier^2) from a generator seeded with the saved seed (written out here); a
+    state_dict round trip into another seedless layer gives its B and its redraw sequence."""
+    torch.manual_seed(0)
+    layer = falign.FeedbackLinear(6, 4, rule="fa", dtype=DT)
+    gen = torch.Generator().manual_seed(int(layer.feedback_seed))
+    expected = torch.randn(4, 6, generator=gen, dtype=torch.float64) * math.sqrt(2.0 / (6 + 4))
+    assert torch.equal(layer.feedback, expected)
+
+    a, b = _same_w_pair("linear", "brsf")
+    assert not torch.equal(a.effective_feedback(), b.effective_feedback())
+    b.load_state_dict(_roundtrip(a.state_dict()))
+    for t in range(3):
+        for m in (a, b):
+            train_forward(m, t)
+            with torch.no_grad():
+                m.weight.sub_(0.1 * m.weight.grad)
+                m.weight.grad = None
+        assert torch.equal(a.effective_feedback(), b.effective_feedback())
+
+
+def _derived_seed(seed: int, name: str) -> int:
+    """convert's per-layer seed, written out: the first 8 bytes of sha256("falign:seed:name")."""
+    digest = hashlib.sha256(f"falign:{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % (1 << 63)
+
+
+@pytest.mark.parametrize("opts", [{}, {"seed": 0}, {"seed": 9}], ids=["no seed", "seed 0", "seed 9"])
+def test_convert_keeps_deriving_b_from_the_seed_and_the_layer_name(opts) -> None:
+    """Without a seed convert uses 0, as it always has: committed results keep their Bs."""
+    torch.manual_seed(11)  # the global generator plays no part
+    model = falign.convert(_net(), "fa", **opts)
+    layers = falign.feedback_layers(model)
+    assert [n for n, _ in layers] == ["0", "2", "5", "7"]
+    for name, layer in layers:
+        fan_in = layer.weight[0].numel()
+        std = math.sqrt(2.0 / (fan_in + layer.weight.shape[0] * layer.weight[0, 0].numel()))
+        gen = torch.Generator().manual_seed(_derived_seed(opts.get("seed", 0), name))
+        expected = torch.randn(tuple(layer.weight.shape), generator=gen, dtype=torch.float64) * std
+        assert torch.equal(layer.feedback, expected)
+        assert int(layer.feedback_seed) == _derived_seed(opts.get("seed", 0), name)
+
+
+@pytest.mark.parametrize("rule,opts", [("dfa", {}), ("dfa", {"shared": True}), ("dfa", {"points": ["2"]}),
+                                       ("fa", {"conv_feedback": "dense"}), ("brsf", {})],
+                         ids=lambda v: str(v))
+def test_convert_without_a_seed_is_convert_with_seed_0(rule, opts) -> None:
+    """Lazy Bs, a shared DFA matrix and feedback points too: the global generator plays no part."""
+    def feedback(global_seed, **seed):
+        torch.manual_seed(global_seed)
+        model = falign.convert(_net(), rule, **opts, **seed)
+        model(randn(2, 2, 5, 5, seed=1)).sum().backward()
+        return {k: v for k, v in model.state_dict().items() if "feedback" in k}
+
+    a, b = feedback(1), feedback(2, seed=0)
+    assert any(k.endswith(".feedback") for k in a) and a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 # --------------------------------------------------------------------------- 6. state_dict

@@ -6,7 +6,7 @@ import contextlib
 import copy
 import fnmatch
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +25,29 @@ class ConversionWarning(UserWarning):
     """Parts of a model that ``convert`` could not reach."""
 
 
+#: what :func:`convert` replaces, by exact type (a subclass has a forward of its own: reported,
+#: not converted); Hugging Face's ``Conv1D`` is recognised by :func:`is_hf_conv1d` besides
+CONVERTERS: dict[type[nn.Module], Callable[[nn.Module, Rule, str], nn.Module]] = {
+    **dict.fromkeys(LAYER_TYPES, from_plain),
+    nn.MultiheadAttention: convert_attention,
+    **dict.fromkeys(RECURRENT_TYPES, convert_recurrent),
+}
+
+#: normalisations: their backward is exact and their scale and shift act elementwise
+NORM_TYPES: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+    nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),  # torch >= 2.4
+)
+
+
 @dataclass
 class ConversionReport:
     """What :func:`convert` did.  ``unreachable`` lists weights that still learn by backprop
-    although they multiply an activation; ``exact`` lists parameters that carry no transported
-    weight and learn by their own exact gradient (embeddings, whose input needs no gradient;
-    positional embeddings and class tokens, which are added), with the reason."""
+    although they multiply an activation; ``exact`` lists what carries no transported weight and
+    learns by its own exact gradient (norms, whose scale and shift act elementwise; embeddings,
+    whose input needs no gradient; positional embeddings and class tokens, which are added),
+    with the reason.  A rule's own feedback B (Kolen-Pollack's trained B) is in neither."""
 
     rule: str
     converted: list[tuple[str, str]] = field(default_factory=list)  # (name, plain type)
@@ -54,12 +71,20 @@ def _matches(name: str, patterns: Sequence[str] | None) -> bool:
 def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = False,
             include: Sequence[str] | None = None, exclude: Sequence[str] | None = None,
             warn: bool = True, example_input: Any = None, **options: Any) -> nn.Module:
-    """Replace every ``nn.Linear`` / ``nn.Conv{1,2,3}d`` of ``model`` by its feedback twin.
+    """Replace every layer of ``model`` that a rule can reach by its feedback twin:
+    ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d``, ``nn.Conv3d``, ``nn.MultiheadAttention`` (its
+    q, k, v and output projections), ``nn.RNN``, ``nn.LSTM``, ``nn.GRU``, ``nn.RNNCell``,
+    ``nn.LSTMCell``, ``nn.GRUCell`` (matched by exact type) and Hugging Face's ``Conv1D``.
 
     ``include`` / ``exclude`` are shell-style patterns on qualified module names.  Weights are
-    kept (shared, when ``inplace``).  The report of what was converted and what could not be
-    reached (functional calls, ``nn.MultiheadAttention`` projections, subclasses of the torch
-    layers, raw parameters) is ``model.falign_conversion``; anything unreachable is also warned.
+    kept (shared, when ``inplace``).  Each layer's B comes from the rule option ``seed`` (0 when
+    none is given) and the layer's qualified name, whatever the global random state.
+
+    The report is ``model.falign_conversion`` (a :class:`ConversionReport`): what was
+    converted; what stays exact (norms, embeddings, added positions and class tokens); and what
+    could not be reached, which is also warned: weights used functionally (``F.linear`` on a raw
+    parameter) and subclasses of the layer types above with a forward of their own.  A rule's
+    own B (Kolen-Pollack's trained B) is in none of these lists.
 
     ``example_input``: a batch (or a tuple of forward arguments) run once, in eval mode, so
     that every B whose shape the pathway learns only at the first forward exists now (dense
@@ -68,6 +93,8 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
     one built before.  BN statistics, the RNG and the rules' step state are left as they were.
     """
     the_rule = get_rule(rule, **options)
+    if the_rule.seed is None:  # B from (0, layer name), as convert has always made it
+        the_rule = get_rule(the_rule, seed=0)
     if not inplace:
         model = copy.deepcopy(model)
     if isinstance(model, FeedbackLayer) or any(
@@ -81,16 +108,17 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
     def visit(parent: nn.Module, prefix: str) -> None:
         for child_name, child in list(parent.named_children()):
             name = f"{prefix}{child_name}"
-            kind = _convertible(child)
-            if kind is not None:
+            converter = _converter(child)
+            if converter is not None:
                 if (include and not _matches(name, include)) or _matches(name, exclude):
                     report.excluded.append(name)
                     continue
-                new = _CONVERTERS[kind](child, the_rule, name)
+                new = converter(child, the_rule, name)
                 setattr(parent, child_name, new)
                 layers = [m for m in new.modules() if isinstance(m, FeedbackLayer)]
                 converted.extend(layers)
-                owned.update(id(p) for p in child.parameters())
+                # W and the rule's own B (a parameter where the rule trains it): neither is left over
+                owned.update(id(p) for p in new.parameters())
                 report.converted.append((name, type(child).__name__))
             elif isinstance(child, tuple(LAYER_TYPES)):
                 report.unreachable.append((name, f"{type(child).__name__} subclasses a torch "
@@ -98,7 +126,7 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
             else:
                 visit(child, name + ".")
 
-    if _convertible(model) is not None:
+    if _converter(model) is not None:
         raise ValueError("convert a model that contains layers; for one layer use "
                          "falign.layers.FeedbackLinear / FeedbackConv2d directly")
     visit(model, "")
@@ -108,6 +136,11 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
             owned.update(id(p) for p in m.parameters(recurse=False))
             report.exact.append((m_name, f"{type(m).__name__}: its input (indices) needs no "
                                  "gradient, so it sends no signal; it learns by its own exact gradient"))
+        elif isinstance(m, NORM_TYPES):
+            owned.update(id(p) for p in m.parameters(recurse=False))  # (a LayerNorm's may be N-D)
+            report.exact.append((m_name, f"{type(m).__name__}: a normalisation with an exact "
+                                 "backward; its scale and shift (if any) act elementwise, so no "
+                                 "weight to transport"))
     leftover = [(n, p) for n, p in model.named_parameters()
                 if p.dim() >= 2 and id(p) not in owned and n.rpartition(".")[0] not in excluded
                 and not any(n.startswith(u + ".") for u, _ in report.unreachable)]
@@ -147,21 +180,13 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
     return model
 
 
-def _convertible(module: nn.Module) -> str | None:
-    """Which converter takes ``module`` (exact types: a subclass has its own forward)."""
-    if type(module) in LAYER_TYPES:
-        return "layer"
-    if type(module) is nn.MultiheadAttention:
-        return "attention"
-    if type(module) in RECURRENT_TYPES:
-        return "recurrent"
+def _converter(module: nn.Module) -> Callable[[nn.Module, Rule, str], nn.Module] | None:
+    """The converter that takes ``module`` (exact types: a subclass has its own forward)."""
+    if type(module) in CONVERTERS:
+        return CONVERTERS[type(module)]
     if is_hf_conv1d(module):
-        return "hf_conv1d"
+        return convert_hf_conv1d
     return None
-
-
-_CONVERTERS = {"layer": from_plain, "attention": convert_attention, "recurrent": convert_recurrent,
-               "hf_conv1d": convert_hf_conv1d}
 
 _MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution", "addmv", "mv",
             "_scaled_dot_product_flash_attention", "einsum"}

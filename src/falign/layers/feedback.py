@@ -9,7 +9,9 @@
   pathway knows B's shape only after the first forward (dense conv FA, DFA);
 * buffer ``feedback_step`` -- the optimizer steps W has taken, as the layer saw them (drives
   brsf redraws and sign-tracking copies, so a resumed run continues the same sequence);
-* buffer ``feedback_seed`` -- the layer's seed, derived from (rule seed, layer name);
+* buffer ``feedback_seed`` -- the layer's seed, derived from (rule seed, layer name); a layer
+  built on its own with no ``seed`` draws it from torch's global generator instead (see
+  :class:`FeedbackLinear`), and a reload gives the B it made;
 * ``rule`` (:class:`falign.rules.Rule`), ``pathway`` (how the error reaches the input) and
   ``exact`` (True inside ``exact_backward``).
 
@@ -69,6 +71,15 @@ class FeedbackError(ValueError):
     optimizer that steps W, an averaged DFA loop on a model that is not an MLP); one line."""
 
 
+def layer_seed(rule: Rule, name: str) -> int:
+    """The seed of a layer's B: derived from (rule seed, layer name), or, where the rule has no
+    seed (a layer built on its own), one draw from torch's global generator -- so two such
+    layers get two Bs, and ``torch.manual_seed`` before building a model fixes them all."""
+    if rule.seed is not None:
+        return derive_seed(rule.seed, name)
+    return int(torch.randint(0, 2**63 - 1, ()))  # derive_seed's range
+
+
 class FeedbackLayer:
     """Mixin for a torch layer with ``weight`` (and maybe ``bias``) that learns with a rule."""
 
@@ -98,7 +109,7 @@ class FeedbackLayer:
         self.pathway = get_pathway(rule.pathway)
         self.layer_name = name
         self.exact = False
-        self._seed = derive_seed(rule.seed, name)
+        self._seed = layer_seed(rule, name)
         self._step = 0  # optimizer steps seen
         self._state_step = -1  # steps the stored part belongs to (-1: made at conversion)
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of W at the last sync
@@ -285,7 +296,17 @@ def _left_out(layer: FeedbackLayer, where: str) -> str:
 # -- the layers -------------------------------------------------------------------------------
 
 class FeedbackLinear(FeedbackLayer, nn.Linear):
-    """nn.Linear with a learning rule; input of any shape (..., in_features)."""
+    """nn.Linear with a learning rule; input of any shape (..., in_features).
+
+    ``seed`` (a rule option) fixes B with ``name``, whatever the global random state.  Without
+    one, the layer draws its seed (not B) from torch's global generator once, after W's
+    initialisation: two layers get two Bs, and the same ``torch.manual_seed`` gives the same
+    model, Bs included.  That one draw shifts every later initialisation, so a model of these
+    layers does not get the Ws that the same ``torch.manual_seed`` gives a model of plain
+    ``nn.Linear``; ``falign.convert`` takes no draw (its B comes from (seed, layer name), seed 0
+    when none is given).  The seed used is saved as the buffer ``feedback_seed``.  The
+    convolutions (``FeedbackConv1d/2d/3d``) do the same.
+    """
 
     op = "linear"
 

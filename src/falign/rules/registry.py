@@ -118,7 +118,9 @@ class Rule:
     variant_option: ClassVar[str | None] = None
 
     scale: float | None = None
-    seed: int = 0
+    #: fixes every layer's B with the layer's name (:func:`derive_seed`); ``convert`` takes None
+    #: as 0, a layer built on its own with None draws a seed of its own (``FeedbackLayer``)
+    seed: int | None = None
 
     def resolved_scale(self, fan_in: int, fan_out: int) -> float:
         if self.scale is not None:
