@@ -38,7 +38,7 @@ ALL_LAYERS = ["features.0", "features.2", "head.0", "head.2"]
 
 def _grads(model, x, *, exact: bool = False) -> list[torch.Tensor]:
     model.zero_grad()
-    falign.layers.set_targets(model, torch.arange(x.shape[0]) % 2)  # for rules that project targets
+    falign.set_step(model, targets=torch.arange(x.shape[0]) % 2)  # for rules that project targets
     x = x.detach().clone().requires_grad_(True)
 
     def step():
@@ -401,6 +401,7 @@ def test_tiny_resnet_trains_with_every_rule(rule, opts) -> None:
     assert len(model.falign_conversion.converted) == 6 and not model.falign_conversion.unreachable
     x, y = randn(4, 3, 6, 6, seed=1), torch.tensor([0, 1, 2, 1])
     F.cross_entropy(plain(x), y).backward()
+    falign.set_step(model, targets=y)  # the labels, for a rule that projects them
     F.cross_entropy(model(x), y).backward()
     names = [n for n, _ in plain.named_parameters()]
     for n, p in model.named_parameters():

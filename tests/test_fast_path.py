@@ -57,6 +57,29 @@ def test_fp16_uses_a_grad_scaler():
     assert FastPath(_cfg(amp="bf16"), torch.device("cpu")).scaler is None
 
 
+@pytest.mark.parametrize("rule", ["sdfa", "drtp"])
+def test_fp16_training_moves_sign_dfa_and_drtp_as_float32_does(tmp_path, rule):
+    """Under fp16 the loss is scaled (65536 at first) and every gradient unscaled before the
+    step: the runner gives the rule the scale, so the hidden layers move as far as without
+    autocast, not 65536 times less."""
+    def hidden_move(amp):  # how far the first hidden layer's W moves over the second epoch
+        cfg = _cfg(amp=amp)
+        cfg.rule.name = rule
+        cfg.model.name, cfg.data.options = "mlp", {}
+        cfg.train.checkpoint_every_epoch, cfg.train.epochs = True, 2
+        train(cfg, tmp_path / f"{rule}-{amp}", log=None)
+        a, b = (torch.load(tmp_path / f"{rule}-{amp}" / f"epoch_00{i}.pt", weights_only=True)["model"]
+                for i in (1, 2))
+        key = next(k for k in a if k.endswith("weight"))
+        return float((b[key] - a[key]).norm()) / float(a[key].norm())
+
+    assert FastPath(_cfg(amp="fp16"), torch.device("cpu")).loss_scale() == 65536.0
+    assert FastPath(_cfg(), torch.device("cpu")).loss_scale() == 1.0
+    plain, fp16 = hidden_move("none"), hidden_move("fp16")
+    # different roundings, different trajectories; unscaled twice, the move would be 1/65536
+    assert 1e-3 < plain < 2 and 0.1 < fp16 / plain < 10
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     a = train(_cfg(), tmp_path / "a", log=None)

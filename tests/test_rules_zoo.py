@@ -212,14 +212,77 @@ def test_the_update_does_not_depend_on_the_batch_size_beyond_the_mean(rule) -> N
         close(three[i].weight.grad, one[i].weight.grad)
 
 
-def test_drtp_reads_the_targets_off_e_only_under_cross_entropy() -> None:
-    given = hidden_signals("drtp", X, Y)
+def test_drtp_without_the_steps_labels_is_an_error_at_the_first_backward() -> None:
+    """The labels are a required input: never read off e (under cross-entropy, the target's
+    entry of e rounds to 0 once the softmax is confident), whatever the loss."""
+    for loss in (lambda z: F.cross_entropy(z, Y), lambda z: F.mse_loss(z, F.one_hot(Y, 3).to(DT))):
+        model = falign.convert(mlp(), "drtp", seed=3)
+        with pytest.raises(FeedbackError, match=r"drtp rule projects each step's labels: call "
+                                                r"falign.set_step\(model, targets=y\)"):
+            loss(model(X)).backward()
+
+
+def test_drtp_is_exact_where_the_softmax_is_confident() -> None:
+    """Logits so confident that softmax - y* underflows at the target in float32: the
+    projection of the given labels is still y* B^T / N."""
+    model = falign.convert(nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)), "drtp", seed=3)
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[2].bias.copy_(torch.tensor([60.0, 0.0, 0.0]))
+    x, y = X.float(), torch.zeros(6, dtype=torch.long)
+    z = model(x)
+    assert bool((torch.softmax(z, 1)[:, 0] == 1).all())  # e's target entry is exactly 0
+    falign.set_step(model, targets=y)
+    F.cross_entropy(z, y).backward()
+    h = torch.tanh(x @ model[0].weight.T + model[0].bias).detach()
+    d = ((F.one_hot(y, 3).float() / 6) @ model[2].feedback.T) * (1 - h ** 2)
+    torch.testing.assert_close(model[0].weight.grad, d.T @ x)
+
+
+def test_drtp_labels_at_the_ignore_index_count_in_no_loss() -> None:
+    """A label -100 (PyTorch's and Hugging Face's ignored position) projects nothing: the
+    update is the one of the other samples alone."""
+    ignored = torch.tensor([0, 1, -100, 2, -100, 0])
     model = falign.convert(mlp(), "drtp", seed=3)
-    F.cross_entropy(model(X), Y).backward()  # no set_targets: read off e
-    close(model[0].weight.grad, given[0].weight.grad)
-    model = falign.convert(mlp(), "drtp", seed=3)
-    with pytest.raises(FeedbackError, match="set_targets"):
-        F.mse_loss(model(X), F.one_hot(Y, 3).to(DT)).backward()
+    falign.set_step(model, targets=ignored)
+    F.cross_entropy(model(X), ignored).backward()
+    a1, h1, *_ = forward_by_hand(model, X)
+    keep = ignored != -100
+    source = F.one_hot(ignored.clamp_min(0), 3).to(DT) * keep[:, None] / 6
+    close(model[0].weight.grad, (((source @ model[2].feedback.T) * (1 - h1 ** 2)).T @ X))
+
+
+@pytest.mark.parametrize("rule", sorted(falign.rules()))
+def test_every_rules_update_scales_with_the_loss(rule) -> None:
+    """The loss times 1024, and falign told so (set_step's loss_scale: what a GradScaler does):
+    every gradient times 1024, sign-DFA's and DRTP's included (their signal drops e's
+    magnitude, so they take the scale from the step)."""
+    grads = []
+    for factor in (1.0, 1024.0):
+        model = falign.convert(mlp(), rule, seed=3, example_input=X)
+        falign.set_step(model, targets=Y, loss_scale=factor)
+        (factor * F.cross_entropy(model(X), Y)).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("0.") for k in grads[0])
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], 1024 * g, rtol=1e-12, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("rule", ["sdfa", "drtp", "dfa"])
+def test_under_a_grad_scaler_the_unscaled_update_is_the_plain_one(rule) -> None:
+    """A GradScaler's scaled backward, then unscale_: the gradients the optimizer steps on are
+    those of the plain loss, through falign's step (StepContext.loss_scale) and by hand."""
+    plain = falign.convert(mlp(), rule, seed=3)
+    train_step(plain, plain, X, Y, StepContext(loss_fn=F.cross_entropy))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
+    scaled = falign.convert(mlp(), rule, seed=3)
+    opt = torch.optim.SGD(scaled.parameters(), lr=0.1)
+    ctx = StepContext(loss_fn=F.cross_entropy, backward=lambda loss: scaler.scale(loss).backward(),
+                      loss_scale=scaler.get_scale)
+    train_step(scaled, scaled, X, Y, ctx)
+    scaler.unscale_(opt)
+    for (name, p), q in zip(plain.named_parameters(), scaled.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-12, atol=1e-15, msg=name)
 
 
 def test_drtp_refuses_the_targets_of_an_earlier_step() -> None:

@@ -4,6 +4,7 @@
     model = falign.convert(model, "fa")          # or "dfa", "usf", "frsf", "kp", ...
     falign.rules()                                # every rule with its citation
     with falign.exact_backward(model): ...        # true backprop, temporarily
+    falign.set_step(model, targets=y)             # the step's labels (DRTP), loss scale, ...
 """
 
 from .layers import (
@@ -15,6 +16,7 @@ from .layers import (
     convert,
     exact_backward,
     feedback_layers,
+    set_step,
 )
 from .rules import Rule, RuleError, get_rule, register_rule, rules
 
@@ -35,6 +37,7 @@ __all__ = [
     "get_rule",
     "register_rule",
     "rules",
+    "set_step",
 ]
 
 

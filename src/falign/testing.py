@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import set_step
+
 DT = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -216,11 +218,9 @@ def _close(actual, expected, what: str) -> None:
 
 def _pass(model: nn.Module, x: torch.Tensor, target_seed: int = 2, labels: torch.Tensor | None = None):
     """Forward + backward of a fixed loss; (x.grad, output, error at the output, layer's
-    upstream gradient, the layer's input).  ``labels`` go to the direct wiring (set_targets)."""
-    from .layers import set_targets
-
+    upstream gradient, the layer's input).  ``labels`` are the step's (``set_step``)."""
     x = x.detach().clone().requires_grad_(True)
-    set_targets(model, labels)
+    set_step(model, targets=labels)
     seen: dict[str, torch.Tensor] = {}
     layer = model.layer
     hook = layer.register_full_backward_hook(lambda m, gi, go: seen.__setitem__("g", go[0]))
@@ -281,8 +281,10 @@ def _train(model: nn.Module, steps: int, first: int = 0, lr: float = 0.05) -> li
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.5)
     for t in range(first, first + steps):
         opt.zero_grad()
+        y = torch.tensor([t % 3, (t + 1) % 3])
+        set_step(model, targets=y)
         out = model(_randn(2, 2, 5, 5, seed=t).requires_grad_(True))
-        F.cross_entropy(out, torch.tensor([t % 3, (t + 1) % 3])).backward()
+        F.cross_entropy(out, y).backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
         opt.step()
     return grads
@@ -339,6 +341,7 @@ def check_exact(rule, options: dict[str, Any] | None = None) -> None:
     def grads(m):
         xx = x.clone().requires_grad_(True)
         m.zero_grad()
+        set_step(m, targets=y)
         F.cross_entropy(m(xx), y).backward()
         return [xx.grad] + [p.grad for n, p in m.named_parameters() if not n.endswith("feedback")]
 
@@ -358,7 +361,9 @@ def check_autocast(rule, options: dict[str, Any] | None = None) -> None:
     x = _randn(4, 2, 5, 5, seed=1).float()
     y = torch.tensor([0, 1, 2, 1])
     ref = copy.deepcopy(model)
+    set_step(ref, targets=y)
     F.cross_entropy(ref(x), y).backward()
+    set_step(model, targets=y)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)
         loss = F.cross_entropy(out.float(), y)
@@ -381,6 +386,8 @@ def check_compile(rule, options: dict[str, Any] | None = None) -> None:
     for t in range(3):
         x = _randn(2, 2, 5, 5, seed=t).requires_grad_(True)
         y = torch.tensor([t % 3, (t + 2) % 3])
+        set_step(eager, targets=y)
+        set_step(compiled_model, targets=y)
         oe, oc = eager(x), compiled(x)
         _close(oc, oe, f"compile: output, step {t}")
         F.cross_entropy(oe, y).backward()

@@ -17,7 +17,7 @@ from .feedback import (
     FeedbackLinear,
 )
 from .pathways import StepContext
-from .pathways.direct import set_targets
+from .pathways.direct import set_step, set_targets
 
 __all__ = [
     "ConversionReport",
@@ -31,6 +31,7 @@ __all__ = [
     "convert",
     "exact_backward",
     "feedback_layers",
+    "set_step",
     "set_targets",
     "train_step",
     "StepContext",

@@ -14,8 +14,10 @@ from .registry import register_rule
 class SDFA(DirectRule):
     """Sign-DFA (Frenkel, Lefebvre & Bol 2021): every converted layer's input receives
     ``w sign(e) B_i^T``, e the error at the logits, w a sample's weight in the loss
-    (``reduction``: "mean" -> 1/N over the whole batch, "sum" -> 1), so that the update does
-    not depend on the batch size beyond the mean.  B_i ~ N(0, scale^2) as DFA's."""
+    (``reduction``: "mean" -> 1/N over the whole batch, "sum" -> 1) times the loss scale
+    (``falign.set_step(model, loss_scale=...)``; falign's runner passes its GradScaler's), so
+    the update scales with the loss like every other rule's while sign(e) drops e's magnitude.
+    B_i ~ N(0, scale^2) as DFA's."""
 
     name: ClassVar[str] = "sdfa"
     description: ClassVar[str] = "sign-DFA: input gradient B_i sign(e), scaled like a mean loss"

@@ -98,6 +98,10 @@ class FastPath:
     def backward(self, loss: Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
+    def loss_scale(self) -> float:
+        """The factor ``backward`` multiplies the loss by."""
+        return 1.0 if self.scaler is None else float(self.scaler.get_scale())
+
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:
             optimizer.step()
@@ -419,7 +423,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                                        ddp.world, global_batch * math.prod(y.shape[1:]))
                 optimizer.zero_grad(set_to_none=True)
                 ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
-                                  world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch)
+                                  world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch,
+                                  loss_scale=fast.loss_scale)
                 measure = probe is not None and step % cfg.train.alignment_every == 0
                 with probe.capture() if measure else contextlib.nullcontext():
                     out_b, loss = train_step(model, net, fast.input(x), y, ctx)

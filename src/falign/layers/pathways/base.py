@@ -47,8 +47,9 @@ class StepContext:
     ``loss_fn(out, y)`` is this process's share of the loss: under N processes, the gradient
     DDP averages from the shares is the gradient of the whole batch's loss; ``world`` is N and
     ``reduce`` sums a tensor over the processes (the identity for one).  ``backward(loss)``
-    runs the backward (a GradScaler's scaled one under fp16); ``autocast()`` is the context of
-    the forward and the loss; ``batch`` the size of the whole global batch.
+    runs the backward (a GradScaler's scaled one under fp16) and ``loss_scale()`` is the factor
+    it multiplies the loss by; ``autocast()`` is the context of the forward and the loss;
+    ``batch`` the size of the whole global batch.
     """
 
     loss_fn: Callable[[Tensor, Tensor], Tensor]
@@ -58,6 +59,8 @@ class StepContext:
     world: int = 1
     reduce: Callable[[Tensor], Tensor] = lambda t: t
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    #: the factor ``backward`` multiplies the loss by (a GradScaler's current scale)
+    loss_scale: Callable[[], float] = lambda: 1.0
 
 
 class Pathway:

@@ -49,6 +49,7 @@ class DirectWiring:
         self.targets_at = -1  # forwards seen when they were given (stale after the next one)
         self.forwards = 0
         self.sample_weight: float | None = None  # a sample's weight in the loss (1/N for a mean)
+        self.loss_scale = 1.0  # the factor the loss was multiplied by before backward (a GradScaler's)
         self.warned = False
         rule = layers[0].rule
         self.cut = getattr(rule, "above", "cut") == "cut"
@@ -173,43 +174,43 @@ def _batch_axis(x, e) -> int | None:
     return None
 
 
-def _targets_from_error(error: Tensor) -> Tensor:
-    """One-hot targets recovered from e under a cross-entropy loss, where e_n is a multiple of
-    softmax(z_n) - y*_n: its only negative entry is the target's and its row sums to 0.  Any
-    other loss makes that false, and then this is an error, never a guess."""
-    e = error.reshape(error.shape[0], -1)
-    negative = (e < 0).sum(1)
-    # a row of K entries sums to 0 up to their rounding (bf16 under autocast included)
-    tol = 4 * e.shape[1] * torch.finfo(e.dtype).eps * e.abs().amax(1).clamp_min(1e-30)
-    if not (bool((negative == 1).all()) and bool((e.sum(1).abs() <= tol).all())):
-        from ..feedback import FeedbackError
+#: class index of a position that counts in no loss (PyTorch's and Hugging Face's convention)
+IGNORE_INDEX = -100
 
-        raise FeedbackError("a target-projection rule needs the step's targets: call "
-                            "falign.layers.set_targets(model, y) before backward (falign's runner "
-                            "does); they can be read off e only under a cross-entropy loss")
-    return torch.nn.functional.one_hot(e.argmin(1), e.shape[1]).to(error.dtype)
+
+def one_hot_targets(targets: Tensor, error: Tensor) -> Tensor:
+    """Targets in e's shape: class indices (one a sample, or one a position) one-hot, a
+    position whose index is ``IGNORE_INDEX`` all zeros; float targets as they are."""
+    if not targets.is_floating_point():
+        classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
+        keep = targets != IGNORE_INDEX
+        hot = torch.nn.functional.one_hot(torch.where(keep, targets, 0), classes)
+        targets = hot * keep.unsqueeze(-1)
+    return targets.reshape(error.shape).to(error.dtype)
 
 
 def direct_source(wiring: DirectWiring, rule, error: Tensor) -> Tensor:
     """What B_i multiplies, (N, *e): the rule's function of e, of the targets and of a
-    sample's weight in the loss (1/N for a mean over N, unless the step says otherwise)."""
+    sample's weight in the loss (1/N for a mean over N, unless the step says otherwise) times
+    the loss scale (rules whose signal keeps e's magnitude ignore both: e carries them)."""
+    from ..feedback import FeedbackError
+
     weight = wiring.sample_weight
     if weight is None:
         weight = 1.0 / error.shape[0] if getattr(rule, "reduction", "mean") == "mean" else 1.0
+    weight = weight * wiring.loss_scale
     targets = None
     if getattr(rule, "needs_targets", False):
         targets = wiring.targets
-        if targets is not None and wiring.targets_at < wiring.forwards - 1:
-            from ..feedback import FeedbackError
-
-            raise FeedbackError("the targets given to set_targets belong to an earlier step: give "
-                                "each step's targets (falign.layers.set_targets(model, y))")
         if targets is None:
-            targets = _targets_from_error(error)
-        elif not targets.is_floating_point():  # class indices: one a sample, or one a position
-            classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
-            targets = torch.nn.functional.one_hot(targets, classes)
-        targets = targets.reshape(error.shape).to(error.dtype)
+            raise FeedbackError(
+                f"the {rule.name} rule projects each step's labels: call falign.set_step(model, "
+                "targets=y) before the step's backward (falign's runner and its Lightning and "
+                "Hugging Face callbacks do)")
+        if wiring.targets_at < wiring.forwards - 1:
+            raise FeedbackError("the targets given to falign.set_step belong to an earlier step: "
+                                "give each step's targets (falign.set_step(model, targets=y))")
+        targets = one_hot_targets(targets, error)
     return rule.direct_signal(error, targets, weight)
 
 
@@ -393,16 +394,19 @@ class Direct(Pathway):
         wiring, rule = layers[0].wiring, layers[0].rule
         # the step's targets and a sample's weight in the loss: each process holds a share of
         # the global batch, and DDP averages over the processes
-        set_targets(model, y)
-        if ctx.batch is not None:
-            mean = getattr(rule, "reduction", "mean") == "mean"
-            wiring.sample_weight = ctx.world / ctx.batch if mean else float(ctx.world)
+        mean = getattr(rule, "reduction", "mean") == "mean"
+        # a mean over the global batch's examples, or its positions (one label a position)
+        labels = y.shape[1:-1] if y.is_floating_point() else y.shape[1:]
+        n = None if ctx.batch is None else ctx.batch * math.prod(labels)
+        weight = None if n is None else ctx.world / n if mean else float(ctx.world)
+        set_step(model, targets=y, sample_weight=weight, loss_scale=ctx.loss_scale())
         try:
             if getattr(rule, "average", "sample") == "sample":
                 return super().train_step(model, net, x, y, ctx)
             return averaged_step(model, x, y, ctx, mode=rule.average, step=rule.average_step)
         finally:
             wiring.targets = wiring.sample_weight = None
+            wiring.loss_scale = 1.0
 
 
 def _eager(fn, x, layer, feedback):
@@ -504,15 +508,38 @@ def attach_points(model: nn.Module, rule, wiring) -> list[FeedbackPoint]:
     return points
 
 
-def set_targets(model: nn.Module, targets: Tensor | None) -> None:
-    """Give the direct-feedback wiring of ``model`` the targets of the step about to run
-    (class indices (N,) or targets (N, K)); rules that project the target (DRTP) need them.
-    falign's runner calls it; a hand-written loop calls it before each backward."""
+def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: float | None = None,
+             loss_scale: float = 1.0) -> None:
+    """Tell a converted model what the training step about to run needs besides its input.
+
+    * ``targets`` -- the step's labels: class indices (N,) or (N, T) for a sequence, positions
+      holding -100 counting in no loss, or float targets (N, K).  Required by rules that
+      project the target (DRTP): their first backward without them is an error.  They belong
+      to the next forward (or the forward just made) only.
+    * ``sample_weight`` -- a sample's weight in the loss the optimizer steps on: 1/N for a mean
+      over N samples (the default, from the rule's ``reduction``), 1/(N x k) when gradients of
+      k micro-batches are accumulated, or 1 for a sum.
+    * ``loss_scale`` -- the factor the loss was multiplied by before ``backward()`` (a
+      GradScaler's ``get_scale()``, or your own).  Rules whose signal keeps e's magnitude see it
+      in e; sign-DFA and DRTP, whose signal does not, multiply by it, so that their updates
+      scale with the loss like every other rule's and a GradScaler's unscaling is exact.
+
+    Call it before each step's backward in a loop of your own; falign's runner and its
+    Lightning and Hugging Face callbacks call it for you.  Models without a direct-feedback
+    rule ignore it.
+    """
     for m in model.modules():
         wiring = getattr(m, "wiring", None)
         if wiring is not None:
             wiring.targets, wiring.targets_at = targets, wiring.forwards
+            wiring.sample_weight, wiring.loss_scale = sample_weight, float(loss_scale)
             return
+
+
+def set_targets(model: nn.Module, targets: Tensor | None) -> None:
+    """``set_step(model, targets=targets)``: the step's labels alone (a mean loss, no loss
+    scaling)."""
+    set_step(model, targets=targets)
 
 
 # -- the DFA framework report's averaged loops --------------------------------------------------
