@@ -2,7 +2,7 @@
 
 from falign.plots.cka_heatmaps import plot_cka_heatmaps
 from falign.plots.confusion import plot_confusion_matrix
-from falign.plots.curves import plot_curves, plot_val_curves
+from falign.plots.curves import plot_curves, plot_lr_grid, plot_val_curves
 from falign.plots.exemplars import plot_exemplar_grid
 from falign.plots.seeds import plot_seed_summary
 from falign.plots.training import (
@@ -21,6 +21,7 @@ __all__ = [
     "plot_curves",
     "plot_exemplar_grid",
     "plot_loss_curves",
+    "plot_lr_grid",
     "plot_seed_summary",
     "plot_sign_concordance",
     "plot_val_accuracy",

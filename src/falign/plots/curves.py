@@ -89,3 +89,46 @@ def plot_val_curves(
     if not series:
         raise NothingToPlot("no run recorded a validation accuracy")
     return plot_curves(series, path_stem, xlabel="epoch", ylabel="validation accuracy (%)", title=title)
+
+
+def plot_lr_grid(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float | None]]]],
+    path: str | os.PathLike[str],
+    *,
+    ylabel: str = "Accuracy (%)",
+) -> Path:
+    """One panel per entry of ``panels`` (title -> {series name: (learning rates, values)}),
+    learning rate on a log axis; a value None (a diverged run) is drawn as a cross at the bottom.
+    Raises `NothingToPlot` when no panel has a value. Writes ``path`` (a PNG, and the PDF beside
+    it) and returns the PNG's path."""
+    if not any(v is not None for series in panels.values() for _, vs in series.values() for v in vs):
+        raise NothingToPlot("no learning-rate grid was measured")
+    names = list(dict.fromkeys(n for series in panels.values() for n in series))
+    colours = {n: _style.PALETTE[i % len(_style.PALETTE)] for i, n in enumerate(names)}
+    markers = {n: _style.MARKERS[i % len(_style.MARKERS)] for i, n in enumerate(names)}
+    cols = 2 if len(panels) > 1 else 1
+    rows = math.ceil(len(panels) / cols)
+    with _style.style_context():
+        fig = _style.new_figure(5.0 * cols, 3.4 * rows + 0.9)
+        axes = fig.subplots(rows, cols, squeeze=False)
+        for ax, (title, series) in zip(axes.flat, panels.items(), strict=False):
+            for name, (lrs, values) in series.items():
+                ok = [(x, v) for x, v in zip(lrs, values, strict=True) if v is not None]
+                if ok:
+                    ax.plot([x for x, _ in ok], [v for _, v in ok], color=colours[name],
+                            marker=markers[name], markersize=4, linewidth=1.2, label=name)
+                bad = [x for x, v in zip(lrs, values, strict=True) if v is None]
+                if bad:
+                    ax.plot(bad, [0.0] * len(bad), linestyle="none", marker="x", color=colours[name])
+            ax.set_xscale("log")
+            ax.set_ylim(0, 100)
+            ax.set_title(title)
+            ax.set_xlabel("learning rate")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, linewidth=0.4, alpha=0.5)
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 7), frameon=False)
+        stem = Path(path).with_suffix("")
+        return _style.save_figure(fig, stem)[0]

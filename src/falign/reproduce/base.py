@@ -104,6 +104,9 @@ class Target:
     metric: str = "test accuracy %"
     #: parts that can be run on their own (``falign reproduce NAME --part P``); () for none
     parts: tuple[str, ...] = ()
+    #: a page of its own made from the committed summary: ``(results folder, repository) ->
+    #: the files it rewrote``; such a target's table is not in the README
+    page: Callable[[Path, Path], list[Path]] | None = None
 
 
 TARGETS: dict[str, Target] = {}
@@ -298,7 +301,7 @@ class Context:
             summary = run_sweep(cfg, spec, out, resume=True, log=self.log)
         for u in todo:
             self.add(u.method, [self.out / r for r in u.run_dirs], part=sub,
-                     published=published.get(u.method))
+                     published=published.get(u.method), trials=u.extra)
             self._done(u)
         return summary
 
@@ -316,10 +319,14 @@ class Context:
         return self.out / sub
 
     def add(self, label: str, run_dirs: Sequence[Path], *, part: str | None = None,
-            published: float | None = None) -> None:
-        """Enter one method's runs (one a seed) into the summary, and rewrite it."""
+            published: float | None = None, trials: Sequence[str] = ()) -> None:
+        """Enter one method's runs (one a seed) into the summary, and rewrite it; ``trials`` are
+        globs (under the target's folder) of its grid's trial runs."""
         self.methods = [m for m in self.methods if (m["part"], m["method"]) != (part, label)]
-        self.methods.append(method_summary(label, run_dirs, self.out, part=part, published=published))
+        entry = method_summary(label, run_dirs, self.out, part=part, published=published)
+        if trials and (found := trial_entries(self.out, trials)):
+            entry["trials"] = found
+        self.methods.append(entry)
         self.write("running")
 
     def keep_earlier(self) -> None:
@@ -378,6 +385,24 @@ def _run_entry(run_dir: Path, root: Path) -> dict[str, Any]:
             "selected_on": r.selected_on, "seconds": sum(e.seconds or 0.0 for e in r.epochs),
             "threads": r.environment.get("threads"), "device": r.environment.get("device"),
             "trained_by": r.environment.get("git")}  # the commit that trained it (None before 0.2)
+
+
+def trial_entries(root: Path, patterns: Sequence[str]) -> list[dict[str, Any]]:
+    """A sweep unit's grid trials (run directories matching ``patterns`` under ``root``): each
+    one's parameters, status, best validation accuracy, training losses and seconds."""
+    out = []
+    for pattern in patterns:
+        for d in sorted(p for p in Path(root).glob(pattern) if (p / "tracking.json").is_file()):
+            r = RunRecord.read(d / "tracking.json")
+            out.append({"run_dir": os.path.relpath(d, root), "status": r.status,
+                        "best_val_acc": r.best_val_acc, "epochs": len(r.epochs),
+                        "train_losses": [e.train_loss for e in r.epochs],
+                        "optim": {k: (r.config.get("optim") or {}).get(k)
+                                  for k in ("name", "lr", "weight_decay")},
+                        "rule_options": (r.config.get("rule") or {}).get("options"),
+                        "seconds": sum(e.seconds or 0.0 for e in r.epochs),
+                        "trained_by": r.environment.get("git")})
+    return out
 
 
 def method_summary(label: str, run_dirs: Sequence[Path], root: Path, *, part: str | None,

@@ -40,11 +40,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import RECORD_FILES, RESULTS_SCHEMA, TARGETS, Unit, finished_record, hardware, method_summary, plan
+from .base import (
+    RECORD_FILES,
+    RESULTS_SCHEMA,
+    TARGETS,
+    Unit,
+    finished_record,
+    hardware,
+    method_summary,
+    plan,
+    trial_entries,
+)
 
 #: the order of the queue (the evidence issue's): the targets with long runs left first
-ORDER = ("lance-kieu-2026", "biotorch-lenet", "lillicrap-2016", "akrout-2019", "transformers",
-         "dkp-2020")
+ORDER = ("lance-kieu-2026", "rule-guide", "biotorch-lenet", "lillicrap-2016", "akrout-2019",
+         "transformers", "dkp-2020")
 
 
 def records_dir(results: Path, name: str) -> Path:
@@ -116,22 +126,6 @@ def collect(name: str, unit: Unit, runs: Path, results: Path) -> list[Path]:
     return copied
 
 
-def _trials(root: Path, unit: Unit) -> list[dict[str, Any]]:
-    from ..training.record import RunRecord
-
-    out = []
-    for pattern in unit.extra:
-        for d in sorted(p for p in root.glob(pattern) if (p / "tracking.json").is_file()):
-            r = RunRecord.read(d / "tracking.json")
-            out.append({"run_dir": os.path.relpath(d, root), "status": r.status,
-                        "best_val_acc": r.best_val_acc, "epochs": len(r.epochs),
-                        "optim": {k: r.config.get("optim", {}).get(k) for k in ("lr", "weight_decay")},
-                        "rule_options": (r.config.get("rule") or {}).get("options"),
-                        "seconds": sum(e.seconds or 0.0 for e in r.epochs),
-                        "trained_by": r.environment.get("git")})
-    return out
-
-
 def summarise(name: str, results: Path, scale: str = "full") -> Path:
     """Rebuild ``results/NAME.json`` from the committed records (and, for methods no record
     covers, the entries of the summary it replaces)."""
@@ -157,7 +151,7 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
         if any((root / rel / "tracking.json").is_file() for rel in rels):
             entry = method_summary(label, [root / rel for rel in rels], root, part=part,
                                    published=units[0].published)
-            trials = [t for u in units for t in _trials(root, u)]
+            trials = [t for u in units for t in trial_entries(root, u.extra)]
             if trials:
                 entry["trials"] = trials
         elif (part, label) in old_methods:
@@ -247,21 +241,41 @@ def _commit(repo: Path, paths: Sequence[Path], message: str, log) -> None:
     log("commit failed: the index stayed locked")
 
 
+def refresh(name: str, results: Path, repo: Path) -> list[Path]:
+    """Rewrite what is made from the committed summaries: the tables of README.md and of
+    docs/experiments/results.md, and the target's own page if it has one; the files changed."""
+    from . import tables
+
+    changed = []
+    block = tables.render(tables.load_results(results))
+    for rel in ("README.md", "docs/experiments/results.md"):
+        path = Path(repo) / rel
+        if path.is_file() and tables.rewrite(path, block):
+            changed.append(path)
+    page = TARGETS[name].page
+    if page is not None:
+        changed += page(Path(results), Path(repo))
+    return changed
+
+
 def _finish(name: str, unit: Unit, *, runs: Path, results: Path, repo: Path, scale: str,
             commit: bool, log) -> None:
-    """A unit's runs are finished: collect its records, summarise its target, commit both."""
+    """A unit's runs are finished: collect its records, summarise its target, rewrite the tables
+    and pages made from the summaries, commit all of it."""
     copied = collect(name, unit, runs, results)
     path = summarise(name, results, scale)
+    made = refresh(name, results, repo) if scale == "full" else []
     records = [finished_record(runs / name / rel) for rel in unit.run_dirs]
     accs = ", ".join(f"{100 * r.test_acc:.2f}%" for r in records if r is not None)
     hours = sum(e.seconds or 0.0 for r in records if r is not None for e in r.epochs) / 3600
-    hours += sum(t.get("seconds") or 0.0 for t in _trials(records_dir(results, name), unit)) / 3600
+    trials = trial_entries(records_dir(results, name), unit.extra)
+    hours += sum(t.get("seconds") or 0.0 for t in trials) / 3600
     log(f"queue: {name}:{unit.name} done: test {accs or '-'}, {hours:.2f} h of training; "
         f"{len(copied)} run records")
     if commit:
         trained = {((r.environment.get("git") or {}).get("commit") or "?")[:10]
                    for r in records if r is not None}
-        _commit(repo, [records_dir(results, name), path],
+        _commit(repo, [records_dir(results, name), path, *made],
                 f"Evidence queue: {name} unit {unit.name} done (test {accs or '-'}, "
                 f"{hours:.1f} h of training on one core), trained by {', '.join(sorted(trained))}", log)
 

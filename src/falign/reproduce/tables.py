@@ -205,7 +205,20 @@ def _progress_lines(progress: dict[str, Any]) -> list[str]:
 def render(summaries: Sequence[dict[str, Any]]) -> str:
     if not summaries:
         return "*No full-scale result is committed yet.*"
-    return "\n\n".join(target_table(s) for s in summaries)
+    return "\n\n".join(target_table(s) if s.get("target") not in OWN_PAGE else own_page(s)
+                       for s in summaries)
+
+
+#: targets whose results have a docs page of their own, made from their summary
+OWN_PAGE = {"rule-guide": "docs/choosing-a-rule.md"}
+
+
+def own_page(summary: dict[str, Any]) -> str:
+    name = summary["target"]
+    units = summary.get("units") or {}
+    done = f"{len(units.get('done') or [])} of {units.get('total')} units" if units else summary.get("status")
+    return (f"#### `{name}`: {summary.get('title')}\n\nIts tables and figure are on a page of their "
+            f"own, `{OWN_PAGE[name]}` ({done}; status: {summary.get('status')}).")
 
 
 def rewrite(path: Path, block: str) -> bool:
