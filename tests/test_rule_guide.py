@@ -9,8 +9,7 @@ from pathlib import Path
 import falign
 from falign.reproduce import TARGETS
 from falign.reproduce.base import plan
-from falign.reproduce.guide import GUIDE_LR, PURPOSE, guide_spec
-from falign.reproduce.guide_page import advice, grid_table, page
+from falign.reproduce.guide import GUIDE_LR, PURPOSE, advice, grid_table, guide_spec, page
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,3 +78,16 @@ def test_the_docs_page_is_made_from_the_committed_summary() -> None:
                      "methods": []})
     assert doc.read_text() == text, "run python -m falign.reproduce.guide_page results/ --write " \
         "docs/choosing-a-rule.md --figure docs/figures/rule-guide.png"
+
+
+def test_the_queue_rewrites_the_page_and_its_figure(tmp_path: Path) -> None:
+    from falign.reproduce.guide import FIGURE, PAGE, write_page
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "docs" / "figures").mkdir(parents=True)
+    (tmp_path / "results" / "rule-guide.json").write_text(json.dumps(_summary()))
+    changed = write_page(tmp_path / "results", tmp_path)
+    assert changed == [tmp_path / PAGE, tmp_path / FIGURE]
+    assert (tmp_path / PAGE).read_text() == page(_summary(), "figures/rule-guide.png")
+    assert (tmp_path / FIGURE).stat().st_size > 0
+    assert tmp_path / PAGE not in write_page(tmp_path / "results", tmp_path)  # unchanged: not rewritten
