@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .core import DatasetError, LazyImages, Split, batches
-from .folder import _is_archive, _scan, channel_stats, decode_image, is_grey
+from .images import _is_archive, _scan, channel_stats, decode_image, is_grey
 
 __all__ = ["FileImages", "stream_image_tree"]
 
@@ -34,7 +34,7 @@ class FileImages(LazyImages):
     """Images in files: ``x[idx]`` opens, converts and resizes those files.
 
     ``files``: one path per image; each is converted to PIL ``mode`` ("RGB" or "L") and resized
-    to ``size`` x ``size`` with PIL's bilinear filter, as `folder.decode_image` does for the
+    to ``size`` x ``size`` with PIL's bilinear filter, as `images.decode_image` does for the
     decode-once cache. The names are kept as one numpy array of bytes, not a list of Python
     strings, so forked DataLoader workers do not copy the pages a reference count touches.
     """
