@@ -32,6 +32,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from ..layers.scope import capture, eval_mode
+
 __all__ = [
     "DEFAULT_MINIBATCH_SIZE",
     "CKAResult",
@@ -338,43 +340,10 @@ def _model_device(model: nn.Module) -> torch.device | None:
 
 @contextmanager
 def _hooked(model: nn.Module, layers: Sequence[str]) -> Iterator[dict[str, Tensor]]:
-    """Eval mode plus forward hooks that store each named submodule's output for one pass.
-
-    Hooks are removed and every module's own train/eval flag restored on exit, also on error.
-    """
-    modules = dict(model.named_modules())
-    missing = [name for name in layers if name not in modules]
-    if missing:
-        known = ", ".join(repr(k) for k in list(modules)[:20])
-        raise ValueError(
-            f"no submodule named {missing} in {type(model).__name__}; known names include {known}"
-        )
-    store: dict[str, Tensor] = {}
-    modes = {m: m.training for m in model.modules()}
-    handles = []
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: object, output: object) -> None:
-            if not isinstance(output, Tensor):
-                raise TypeError(f"layer {name!r} returned {type(output).__name__}, CKA needs a Tensor output")
-            if name in store:
-                raise RuntimeError(
-                    f"layer {name!r} ran more than once in one forward pass; its representation is ambiguous"
-                )
-            store[name] = output.detach().clone()  # a later in-place op must not alter it
-
-        return hook
-
-    try:
-        for name in dict.fromkeys(layers):
-            handles.append(modules[name].register_forward_hook(make_hook(name)))
-        model.eval()
+    """Eval mode plus a copy of each named submodule's output for one pass (hooks removed and
+    every module's own train/eval flag restored on exit, also on error)."""
+    with eval_mode(model), capture(model, layers, what="CKA representation") as store:
         yield store
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
 
 
 def _iter_batches(inputs: Inputs, batch_size: int) -> Iterator[Tensor]:

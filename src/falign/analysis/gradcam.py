@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import exact_backward
+from ..layers.scope import capture, eval_mode
 
 __all__ = [
     "ChannelRanking",
@@ -104,16 +105,11 @@ def _select(out: Tensor, target: Tensor | None) -> Tensor:
 @contextmanager
 def _measuring(model: nn.Module, gradient: Gradient | None) -> Iterator[None]:
     """Eval mode, and true backprop if ``gradient == "true"``; all restored."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        with ExitStack() as stack:
-            if gradient == "true":
-                stack.enter_context(exact_backward(model))
-            model.eval()
-            yield
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with ExitStack() as stack:
+        if gradient == "true":
+            stack.enter_context(exact_backward(model))
+        stack.enter_context(eval_mode(model))
+        yield
 
 
 def _activation_and_gradient(
@@ -126,26 +122,11 @@ def _activation_and_gradient(
     (``ReLU(inplace=True)``) cannot alter the A we keep. Layers above the hook see an input that
     needs a gradient, exactly as in training, so a converted layer sends its rule's signal.
     """
-    captured: list[Tensor] = []
-
-    def hook(_module: nn.Module, _args: object, output: object) -> Tensor:
-        if not isinstance(output, Tensor):
-            raise TypeError(f"layer {layer!r} returned {type(output).__name__}, Grad-CAM needs a Tensor")
-        if captured:
-            raise RuntimeError(f"layer {layer!r} ran more than once in one forward pass; A is ambiguous")
-        leaf = output.detach().requires_grad_(True)
-        captured.append(leaf)
-        return leaf.clone()
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.enable_grad():
-            out = model(x)
-    finally:
-        handle.remove()
-    if not captured:
+    with capture(model, {layer: module}, what="Grad-CAM", leaf=True) as captured, torch.enable_grad():
+        out = model(x)
+    if layer not in captured:
         raise RuntimeError(f"layer {layer!r} did not run in the forward pass")
-    act = captured[0]
+    act = captured[layer]
     if act.dim() < 2:
         raise ValueError(f"layer {layer!r} output {tuple(act.shape)} has no channel dimension")
     classes = _select(out, target)
@@ -312,23 +293,17 @@ def top_activating(
     _check_k(n, x.shape[0], "n")
     device = _model_device(model)
     parts: list[Tensor] = []
-
-    def hook(_module: nn.Module, _args: object, output: object) -> None:
-        if not isinstance(output, Tensor) or output.dim() < 2:
-            raise TypeError(f"layer {layer!r} must return a Tensor (N, C, ...), got {type(output).__name__}")
-        act = output.detach()
-        parts.append((act.flatten(2).mean(2) if act.dim() > 2 else act).cpu())  # (n, C)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        with _measuring(model, None), torch.no_grad():
-            for s in _chunks(x.shape[0], batch_size):
-                before = len(parts)
-                model(x[s].to(device))
-                if len(parts) != before + 1:
-                    raise RuntimeError(f"layer {layer!r} ran {len(parts) - before} times in one forward pass")
-    finally:
-        handle.remove()
+    with _measuring(model, None), capture(model, {layer: module}, what="exemplars") as store, \
+            torch.no_grad():
+        for s in _chunks(x.shape[0], batch_size):
+            store.clear()
+            model(x[s].to(device))
+            if layer not in store:
+                raise RuntimeError(f"layer {layer!r} did not run in the forward pass")
+            act = store[layer]
+            if act.dim() < 2:
+                raise TypeError(f"layer {layer!r} must return a Tensor (N, C, ...), got {tuple(act.shape)}")
+            parts.append((act.flatten(2).mean(2) if act.dim() > 2 else act).cpu())  # (n, C)
     acts = torch.cat(parts)  # (N, C)
     bad = [c for c in channels if not 0 <= c < acts.shape[1]]
     if bad:

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor, nn
 
 from .convert import exact_backward, feedback_layers
+from .scope import INPUT, capture
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Reduce = Callable[[Tensor], Tensor]
@@ -80,44 +81,36 @@ def sign_agreement(a: Tensor, b: Tensor) -> float:
     return float((torch.sign(a) == torch.sign(b)).double().mean())
 
 
+class _Keys(Mapping):
+    """A captured store under :func:`capture_inputs`' keys: the input under ``name``, the
+    output under ``name + OUT``."""
+
+    def __init__(self, store: dict[str, Tensor]) -> None:
+        self.store = store
+
+    def _key(self, k: str) -> str:
+        return k.removesuffix(INPUT) if k.endswith(INPUT) else k + OUT
+
+    def __iter__(self):
+        return (self._key(k) for k in self.store)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, key: str) -> Tensor:
+        return self.store[key.removesuffix(OUT) if key.endswith(OUT) else key + INPUT]
+
+
 @contextlib.contextmanager
-def capture_inputs(model: nn.Module) -> Iterator[dict[str, Tensor]]:
+def capture_inputs(model: nn.Module) -> Iterator[Mapping[str, Tensor]]:
     """Record, for each converted layer ``name``, a handle on its input whose ``.grad`` after
     backward is the signal *this layer* sent there (an identity view taken just for it, so a
     skip connection's share is not mixed in), and under ``name + OUT`` its output, whose
-    ``.grad`` is the error the layer received."""
-    store: dict[str, Tensor] = {}
-    handles = []
-
-    def hook(name):
-        def pre(module, args):
-            x = args[0]
-            if not (torch.is_grad_enabled() and x.requires_grad):
-                return None
-            v = x.view_as(x)
-            v.retain_grad()
-            store[name] = v
-            return (v, *args[1:])
-
-        def post(module, args, out):
-            if torch.is_grad_enabled() and isinstance(out, Tensor) and out.requires_grad:
-                out = out.view_as(out)
-                out.retain_grad()
-                store[name + OUT] = out
-                return out
-            return None
-
-        return pre, post
-
-    for name, layer in feedback_layers(model):
-        pre, post = hook(name)
-        handles.append(layer.register_forward_pre_hook(pre))
-        handles.append(layer.register_forward_hook(post))
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
+    ``.grad`` is the error the layer received.  (:func:`falign.layers.scope.capture` with
+    ``inputs=True, retain_grad=True`` under these keys.)"""
+    with capture(model, dict(feedback_layers(model)), what="alignment", inputs=True, retain_grad=True,
+                 once=False) as store:
+        yield _Keys(store)
 
 
 #: suffix of a layer output's key in :func:`capture_inputs`
@@ -144,8 +137,7 @@ def _pass(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, exact: boo
     if not layers:
         return {}, {}
     ctx = exact_backward(model) if exact else contextlib.nullcontext()
-    with torch.random.fork_rng(devices=[]), preserved_buffers(model), ctx, \
-            capture_inputs(model) as inputs:
+    with torch.random.fork_rng(devices=[]), preserved_buffers(model), ctx, capture_inputs(model) as inputs:
         if rng is not None:
             torch.set_rng_state(rng)
         loss = loss_fn(model(x), y)
