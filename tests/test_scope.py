@@ -109,7 +109,34 @@ def test_capture_inputs_keeps_its_keys() -> None:
 
     model = falign.convert(Net(), "fa")
     with capture_inputs(model) as inputs:
-        model(X.requires_grad_(True)).sum().backward()
+        model(X.clone().requires_grad_(True)).sum().backward()
     assert sorted(inputs) == sorted(["conv", "conv" + OUT, "fc", "fc" + OUT])
     assert inputs["fc"].shape == (8, 144) and inputs["fc" + OUT].shape == (8, 3)
     assert inputs["fc" + OUT].grad is not None
+
+
+def test_the_optimizer_hook_of_trained_feedback_goes_with_the_last_such_layer() -> None:
+    """Kolen-Pollack's check that B is stepped with W is an optimizer step pre-hook, which
+    torch offers process-wide only: it exists while a layer with trained B does."""
+    import gc
+
+    from torch.optim.optimizer import _global_optimizer_pre_hooks
+
+    import falign.layers.feedback as fb
+
+    def installed() -> bool:
+        return fb._check_learned in _global_optimizer_pre_hooks.values()
+
+    gc.collect()
+    alive = len(fb._LEARNED)
+    a = falign.convert(Net(), "kp", example_input=X)
+    b = falign.convert(Net(), "dkp", example_input=X)
+    assert installed() and list(_global_optimizer_pre_hooks.values()).count(fb._check_learned) == 1
+    del a
+    gc.collect()
+    assert installed()  # b still trains its B
+    del b
+    gc.collect()
+    assert len(fb._LEARNED) == alive
+    if not alive:
+        assert not installed() and fb._HOOK is None

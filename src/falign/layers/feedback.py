@@ -246,12 +246,24 @@ _HOOK = None
 
 
 def _register_learned(layer: FeedbackLayer) -> None:
+    """Watch a layer whose B is trained: the optimizer step pre-hook (process-wide, as torch
+    offers it) exists while at least one such layer does, and is removed with the last."""
     global _HOOK
     _LEARNED[id(layer)] = layer
+    weakref.finalize(layer, _release)
     if _HOOK is None:
         from torch.optim.optimizer import register_optimizer_step_pre_hook
 
         _HOOK = register_optimizer_step_pre_hook(_check_learned)
+
+
+def _release() -> None:
+    global _HOOK
+    # the dying layer's entry may still be listed (its weakref callback runs after this one):
+    # count the layers still alive
+    if _HOOK is not None and next(iter(_LEARNED.values()), None) is None:
+        _HOOK.remove()
+        _HOOK = None
 
 
 def _check_learned(optimizer, args, kwargs) -> None:
