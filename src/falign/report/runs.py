@@ -264,13 +264,17 @@ def seed_groups(runs: Sequence[Run]) -> list[SeedRuns]:
 def published_columns(runs: Sequence[Run],
                       published: Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
     """column title -> {run label: value in %} for each published metric that names a run's
-    label, its directory name, or its rule (both runs of a rule compared twice get the rule's
-    number).  A name mapped to None has no published number (it stops the lookup there)."""
+    label, its directory name, its method's (the folder of a seed's run), or its rule (both
+    runs of a rule compared twice get the rule's number).  A name mapped to None has no
+    published number (it stops the lookup there)."""
     columns: dict[str, dict[str, float]] = {}
     for metric, by_label in (published or {}).items():
         values = {}
         for run in runs:
-            value = by_label.get(run.label, by_label.get(run.path.name, by_label.get(run.rule)))
+            # a seed's run (<method>/seedK) is named by its method's folder
+            method = run.path.parent.name if run.path.name.startswith("seed") else None
+            keys = [k for k in (run.label, run.path.name, method, run.rule) if k is not None]
+            value = next((by_label[k] for k in keys if k in by_label), None)
             if value is not None:
                 values[run.label] = float(value)
         if values:

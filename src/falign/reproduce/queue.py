@@ -154,8 +154,8 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
             trials = [t for u in units for t in trial_entries(root, u.extra)]
             if trials:
                 entry["trials"] = trials
-        elif (part, label) in old_methods:
-            entry = old_methods[(part, label)]
+        elif (part, label) in old_methods:  # the published number is the target's, not the run's
+            entry = {**old_methods[(part, label)], "published": units[0].published}
         else:
             entry = method_summary(label, [root / rel for rel in rels], root, part=part,
                                    published=units[0].published)
