@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..rules import Rule, get_rule
 from .attention import convert_attention
 from .feedback import LAYER_TYPES, FeedbackLayer, from_plain
-from .hf import convert_hf_conv1d, is_hf_conv1d
+from .hf import LOGITS, convert_hf_conv1d, find_hf_tap, is_hf_conv1d, is_hf_model
 from .pathways import Pathway, StepContext
 from .recurrent import RECURRENT_TYPES, convert_recurrent
 
@@ -86,17 +86,26 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
     parameter) and subclasses of the layer types above with a forward of their own.  A rule's
     own B (Kolen-Pollack's trained B) is in none of these lists.
 
-    ``example_input``: a batch (or a tuple of forward arguments) run once, in eval mode, so
-    that every B whose shape the pathway learns only at the first forward exists now (dense
-    conv FA, direct feedback).  Rules that *train* such a B (direct Kolen-Pollack) need it: an
-    optimizer built afterwards over ``model.parameters()`` then holds B; B is not trained by
-    one built before.  BN statistics, the RNG and the rules' step state are left as they were.
+    ``example_input``: a batch (a tuple of forward arguments, or a dict of keyword arguments)
+    run once, in eval mode, so that every B whose shape the pathway learns only at the first
+    forward exists now (dense conv FA, direct feedback).  Rules that *train* such a B (direct
+    Kolen-Pollack) need it: an optimizer built afterwards over ``model.parameters()`` then holds
+    B; B is not trained by one built before.  BN statistics, the RNG and the rules' step state
+    are left as they were.
+
+    Direct feedback (DFA and its relatives) on a Hugging Face model with a language-model or
+    classification head taps, unless the rule option ``output`` names a module, the last hidden
+    state (the output of the module that feeds the head, e.g. GPT-2's ``transformer.ln_f``;
+    Launay et al. 2020), or with ``output="logits"`` the head's output; rules that project the
+    target (DRTP) tap the logits, where the labels live.  Other models keep the model output as
+    the tap (see :func:`falign.layers.hf.find_hf_tap`).
     """
     the_rule = get_rule(rule, **options)
     if the_rule.seed is None:  # B from (0, layer name), as convert has always made it
         the_rule = get_rule(the_rule, seed=0)
     if not inplace:
         model = copy.deepcopy(model)
+    the_rule = _hf_tap(model, the_rule, example_input)
     if isinstance(model, FeedbackLayer) or any(
         isinstance(m, FeedbackLayer) for m in model.modules()
     ):
@@ -180,6 +189,23 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
     return model
 
 
+def _hf_tap(model: nn.Module, rule: Rule, example: Any) -> Rule:
+    """A direct rule with its tap resolved on a Hugging Face model (the last hidden state, or
+    the logits where asked or where the rule projects the target); any other rule as it is."""
+    output = getattr(rule, "output", None)
+    if output not in ("", LOGITS) or not is_hf_model(model) or isinstance(model, FeedbackLayer):
+        return rule
+    logits = output == LOGITS or getattr(rule, "needs_targets", False)
+    return get_rule(rule, output=find_hf_tap(model, logits=logits, example_input=example))
+
+
+def _call(model: nn.Module, example: Any) -> Any:
+    """``model`` on an example input: a tuple of arguments, a dict of keyword arguments, or one."""
+    if isinstance(example, dict):
+        return model(**example)
+    return model(*(example if isinstance(example, tuple) else (example,)))
+
+
 def _converter(module: nn.Module) -> Callable[[nn.Module, Rule, str], nn.Module] | None:
     """The converter that takes ``module`` (exact types: a subclass has its own forward)."""
     if type(module) in CONVERTERS:
@@ -210,12 +236,11 @@ def _multiplied_parameters(model: nn.Module, example: Any, params: list) -> set[
                         found.add(storages[a.untyped_storage().data_ptr()])
             return func(*args, **(kwargs or {}))
 
-    args = example if isinstance(example, tuple) else (example,)
     was = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]), Spy():
-            model(*args)
+            _call(model, example)
     finally:
         for m, mode in was.items():
             m.train(mode)
@@ -225,12 +250,11 @@ def _multiplied_parameters(model: nn.Module, example: Any, params: list) -> set[
 def _make_lazy_feedback(model: nn.Module, example: Any) -> None:
     """One eval-mode forward with gradients on (so each layer's input needs a gradient exactly
     where it will in training) that makes the lazily shaped B; nothing else changes."""
-    args = example if isinstance(example, tuple) else (example,)
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            model(*args)
+            _call(model, example)
     finally:
         for m, mode in modes.items():
             m.train(mode)
