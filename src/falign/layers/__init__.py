@@ -8,6 +8,7 @@ from .convert import (
     feedback_layers,
     train_step,
 )
+from .export import export
 from .feedback import (
     FeedbackConv1d,
     FeedbackConv2d,
@@ -30,6 +31,7 @@ __all__ = [
     "FeedbackLinear",
     "convert",
     "exact_backward",
+    "export",
     "feedback_layers",
     "set_step",
     "set_targets",

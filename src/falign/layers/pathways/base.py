@@ -111,6 +111,9 @@ class Pathway:
         """Wire the converted ``layers`` into ``model`` (hooks); returns the wiring or None."""
         return None
 
+    def detach(self, model: nn.Module) -> None:
+        """Remove what ``attach`` added to ``model`` (its hooks and modules): ``falign.export``."""
+
     def train_step(self, model: nn.Module, net: nn.Module, x: Tensor, y: Tensor,
                    ctx: StepContext) -> tuple[Tensor, Tensor]:
         """One step's gradients into ``.grad``: (output, loss).  ``net`` is ``model`` or its

@@ -352,6 +352,17 @@ class Direct(Pathway):
             _check_mlp(model)
         return DirectWiring(model, layers, getattr(rule, "output", ""))
 
+    def detach(self, model):
+        """Remove the wiring's hooks (the tap's, the model's) and the feedback points."""
+        owners = {id(m.wiring) for m in model.modules() if getattr(m, "wiring", None) is not None}
+        owners |= {id(m.falign_point) for m in model.modules() if "falign_point" in m._modules}
+        for m in model.modules():
+            for hooks in (m._forward_hooks, m._forward_pre_hooks):
+                for key, hook in list(hooks.items()):
+                    if id(getattr(hook, "__self__", hook)) in owners:
+                        del hooks[key]
+            m._modules.pop("falign_point", None)
+
     def prepare(self, layer, x):
         if layer.wiring is None:
             raise RuntimeError(
