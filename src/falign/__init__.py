@@ -5,6 +5,7 @@
     falign.rules()                                # every rule with its citation
     with falign.exact_backward(model): ...        # true backprop, temporarily
     falign.set_step(model, targets=y)             # the step's labels (DRTP), loss scale, ...
+    plain = falign.export(model)                  # the plain architecture, trained weights, no feedback
 """
 
 from .layers import (
@@ -15,6 +16,7 @@ from .layers import (
     FeedbackLinear,
     convert,
     exact_backward,
+    export,
     feedback_layers,
     set_step,
 )
@@ -33,6 +35,7 @@ __all__ = [
     "convert",
     "create_model",
     "exact_backward",
+    "export",
     "feedback_layers",
     "get_rule",
     "register_rule",
