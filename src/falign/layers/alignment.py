@@ -182,13 +182,22 @@ def compare(model: nn.Module, rule_grads: dict[str, Tensor], rule_signals: dict[
     return out
 
 
-def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn) -> dict[str, LayerAlignment]:
+def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *, world: int = 1,
+                      reduce: Reduce = _identity) -> dict[str, LayerAlignment]:
     """All the measures on one batch: a rule pass and a true-backprop pass (same RNG state, so
-    dropout masks match), in the model's current train/eval mode."""
+    dropout masks match), in the model's current train/eval mode.  ``.grad`` is not read or
+    written, so it may be called between a backward and the optimizer step whatever ``.grad``
+    holds (a sum of accumulated micro-batches).  Under several processes ``loss_fn`` is this
+    process's share of the loss, ``world`` the number of processes and ``reduce`` a sum over
+    them (every process calls it): the measures are then those of the whole global batch, as
+    :class:`StepProbe`'s."""
     rng = torch.get_rng_state()
     rule_grads, rule_signals = _pass(model, x, y, loss_fn, exact=False, rng=rng)
     true_grads, true_signals = _pass(model, x, y, loss_fn, exact=True, rng=rng)
-    return compare(model, rule_grads, rule_signals, true_grads, true_signals)
+    if world > 1:  # the weight gradients averaged like DDP averages them
+        rule_grads = {n: reduce(g) / world for n, g in rule_grads.items()}
+        true_grads = {n: reduce(g) / world for n, g in true_grads.items()}
+    return compare(model, rule_grads, rule_signals, true_grads, true_signals, reduce)
 
 
 class StepProbe:
