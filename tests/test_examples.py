@@ -137,3 +137,37 @@ def test_a_users_rule_and_model_in_a_sweep(tmp_path) -> None:
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env,
                             timeout=120)
     assert loaded.stdout.split() == ["SparseFA", "16"], loaded.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------ the training stacks
+
+
+def _shakespeare_or_skip() -> None:
+    if not (DATA / "shakespeare" / "shakespeare.txt").is_file():
+        pytest.skip(f"the Shakespeare text is not under {DATA} (set FALIGN_DATA)")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_lightning_example_trains_fa_logs_alignment_and_exports_a_plain_model(capsys, monkeypatch) -> None:
+    pytest.importorskip("lightning")
+    _shakespeare_or_skip()
+    monkeypatch.setenv("FALIGN_DATA", str(DATA))
+    main = runpy.run_path(str(EXAMPLES / "lightning_fa.py"), run_name="lightning_example")["main"]
+    assert main(steps=30) == 0
+    out = capsys.readouterr().out
+    assert "step 25: update_angle" in out  # read back from Lightning's CSV logger
+    assert "export: a plain CharTransformer, strict load, same outputs: True" in out
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_hf_trainer_example_trains_dfa_at_ln_f_and_saves_a_plain_gpt2(capsys, monkeypatch) -> None:
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    _shakespeare_or_skip()
+    monkeypatch.setenv("FALIGN_DATA", str(DATA))
+    main = runpy.run_path(str(EXAMPLES / "hf_trainer_dfa.py"), run_name="hf_example")["main"]
+    assert main(steps=30) == 0
+    out = capsys.readouterr().out
+    assert "DFA taps transformer.ln_f (E = 64" in out
+    assert "step 25: update_angle" in out  # read back from the Trainer's log history
+    assert "same logits: True" in out
