@@ -6,8 +6,11 @@ traceback, and the files already in the output directory untouched, byte for byt
 
 from __future__ import annotations
 
+import datetime
+import io
 import json
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -49,19 +52,36 @@ def _write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
+def _killed(run: Path) -> None:
+    """The record of a run killed part-way: a resume reads its last.pt (a finished run's is not
+    needed: the run is read back)."""
+    tracking = json.loads((run / "tracking.json").read_text())
+    (run / "tracking.json").write_text(json.dumps({**tracking, "status": "running"}))
+
+
 def _garbage_ckpt(data: bytes):
     def prepare(run: Path) -> None:
+        _killed(run)
         (run / "last.pt").write_bytes(data)
     return prepare
 
 
 def _truncated_ckpt(run: Path) -> None:
+    _killed(run)
     raw = (run / "last.pt").read_bytes()
     (run / "last.pt").write_bytes(raw[: len(raw) // 2])
 
 
 def _foreign_ckpt(run: Path) -> None:
+    _killed(run)
     torch.save({"model": {"w": torch.zeros(3)}, "epoch": 3}, run / "last.pt")
+
+
+def _unfinished_without_last_pt(run: Path) -> None:
+    """What a run stopped part-way leaves once its last.pt is deleted."""
+    tracking = json.loads((run / "tracking.json").read_text())
+    (run / "tracking.json").write_text(json.dumps({**tracking, "status": "interrupted"}))
+    (run / "last.pt").unlink()
 
 
 # name -> (config: dict | str | bytes, extra args, env, prepare(run_dir), fragment of the message)
@@ -80,7 +100,7 @@ CASES = {
     "garbage_last_pt": (tiny_config(), ["--resume"], {},
                         _garbage_ckpt(random.Random(0).randbytes(4096)), "last.pt"),
     "foreign_checkpoint": (tiny_config(), ["--resume"], {}, _foreign_ckpt, "not a falign checkpoint"),
-    "dir_holds_another_run": (tiny_config(), [], {}, None, "holds another run"),
+    "dir_holds_another_run": (tiny_config(train={"epochs": 2}), [], {}, None, "holds another run"),
 }
 # More bad inputs, run through ``falign.cli.main.main`` in this process (a subprocess costs a
 # torch import each); same contract.
@@ -99,6 +119,9 @@ MORE_CASES = {
     "dfa_loop_without_dfa": (tiny_config(rule={"name": "fa", "options": {"average": "batch"}}),
                              ["--overwrite"], None, "no option 'average'"),
     "unknown_device": (tiny_config(device="gpu"), ["--overwrite"], None, "device"),
+    "epochs_zero": (tiny_config(train={"epochs": 0}), ["--overwrite"], None, "train.epochs"),
+    "resume_unfinished_without_last_pt": (tiny_config(), ["--resume"], _unfinished_without_last_pt,
+                                          "last.pt: missing"),
 }
 
 
@@ -255,6 +278,33 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(data_root, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("command", ["train", "compare", "compare_seeds"])
+def test_the_same_command_twice_reads_the_finished_runs_back(data_root, tmp_path, capsys, command):
+    from falign.cli.main import main
+
+    cfg = str(_tiny_file(tmp_path))
+    out = tmp_path / "out"
+    argv = {"train": ["train", cfg], "compare": ["compare", "--config", cfg, "--rules", "bp,fa"],
+            "compare_seeds": ["compare", "--config", cfg, "--rules", "fa", "--seeds", "0,1"]}[command]
+    argv += ["--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    first = capsys.readouterr().out
+    runs = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*"))
+            if p.suffix == ".pt" or p.name == "tracking.json"}
+    assert main(argv) == 0, capsys.readouterr().err  # the README's command, run again
+    again = capsys.readouterr()
+    assert again.err == ""
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs} == runs  # nothing trained
+    if command != "train":  # the table printed again, with the same numbers
+        table = [line for line in first.splitlines() if line.startswith(("bp ", "fa "))]
+        assert table and table == [line for line in again.out.splitlines()
+                                   if line.startswith(("bp ", "fa "))]
+    # another config in the same folder is still refused, and touches nothing
+    rc = main([*argv, "--set", "optim.lr=0.2"])
+    _check_error(rc, capsys.readouterr().err, "holds another", {}, {})
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in runs} == runs
+
+
 # --------------------------------------------------------------- every flag honoured or refused
 # In this process (``main``): each flag a command takes either reaches the run / report, or is
 # refused with one line, exit 2 and no directory made.
@@ -394,11 +444,42 @@ def test_compare_unknown_name_makes_no_directory(tmp_path, capsys, bad):
         _refused(capsys, main(["compare", *args, "--out", str(out)]), fragment, out)
 
 
+@pytest.mark.parametrize("command", ["compare", "train"])
+def test_a_model_too_big_for_the_images_makes_nothing_and_names_the_padding(data_root, tmp_path, capsys,
+                                                                             command):
+    import re
+
+    from falign.cli.main import main
+
+    out = tmp_path / "out"
+    lenet = tiny_config(model={"name": "lenet", "options": {}}, data={"subset": 100, "val_size": 50})
+    argv = {"compare": ["compare", "--dataset", "mnist", "--model", "lenet", "--rules", "fa", "--epochs",
+                        "1", "--subset", "100", "--device", "cpu"],
+            "train": ["train", str(_write_yaml(tmp_path / "lenet.yaml", lenet))]}[command]
+    rc = main([*argv, "--out", str(out)])
+    err = capsys.readouterr().err
+    _check_error(rc, err, "too small", {}, {})
+    assert not out.exists(), sorted(p.name for p in out.iterdir())  # a corrected retry is not refused
+    hint = re.search(r"data\.options\.pad_to: (\d+)", err)
+    assert hint, err
+    side = int(hint.group(1))
+    # the padding named is enough, and no smaller one of the same parity is
+    assert main([*argv, "--out", str(out), "--set", f"data.options.pad_to={side}"]) == 0, \
+        capsys.readouterr().err
+    assert json.loads((out / ("fa" if command == "compare" else ".") / "tracking.json").read_text())[
+        "status"] == "completed"
+    capsys.readouterr()
+    smaller = tmp_path / "smaller"
+    _refused(capsys, main([*argv, "--out", str(smaller), "--set", f"data.options.pad_to={side - 2}"]),
+             "too small", smaller)
+
+
 @pytest.mark.parametrize("argv,fragment", [
     (["compare", "--seed", "abc"], "--seed"),
     (["compare", "--batch-size", "0"], "--batch-size"),
     (["compare", "--subset", "-5"], "--subset"),
     (["compare", "--epochs", "-1"], "--epochs"),
+    (["compare", "--epochs", "0"], "--epochs"),
     (["train", "x.yaml", "--resume", "--overwrite"], "--overwrite"),
     (["compare", "--resume", "--overwrite"], "--overwrite"),
     (["reproduce", "dfa-mnist", "--resume", "--overwrite"], "--overwrite"),
@@ -422,6 +503,22 @@ def test_sweep_refuses_flags_it_would_ignore(tmp_path, capsys, flags, fragment):
     cfg = _tiny_file(tmp_path, sweep={"sampler": "grid", "params": {"optim.lr": [0.05, 0.1]}})
     out = tmp_path / "sweep"
     _refused(capsys, main(["sweep", str(cfg), "--out", str(out), *flags]), fragment, out)
+
+
+def test_sweep_without_a_sweep_section_names_shipped_configs_that_have_one(tmp_path, capsys):
+    from falign.cli.main import main
+    from falign.training.config import SHIPPED, shipped_configs
+
+    out = tmp_path / "sweep"
+    rc = main(["sweep", str(_tiny_file(tmp_path)), "--out", str(out)])
+    err = capsys.readouterr().err
+    _check_error(rc, err, "no 'sweep' section", {}, {})
+    assert not out.exists()
+    named = [name for name in shipped_configs() if name in err]
+    with_sweep = [n for n in shipped_configs()
+                  if "sweep" in (yaml.safe_load((SHIPPED / f"{n}.yaml").read_text()) or {})]
+    assert named and named == with_sweep, err  # every one it names has a sweep section
+    assert "*" not in err, err
 
 
 def test_data_dir_replaces_the_configs_data_root(data_root, tmp_path, capsys):
@@ -525,6 +622,51 @@ def test_evaluate_best_pt_gives_the_runs_own_test_accuracy(prior_run, capsys):
     # the validation split of the best epoch: the run's best_val_acc (it selected on val)
     _, correct, total = _evaluated(capsys, [str(prior_run / "best.pt"), "--split", "val", "--device", "cpu"])
     assert correct / total == tracking["best_val_acc"] and total == 200
+
+
+def test_evaluate_takes_a_run_directory(prior_run, capsys):
+    tracking = json.loads((prior_run / "tracking.json").read_text())
+    out, correct, total = _evaluated(capsys, [str(prior_run), "--device", "cpu"])
+    assert correct / total == tracking["test_acc"]  # its best.pt
+    assert f"checkpoint: {prior_run / 'best.pt'}" in out
+
+
+def _truncated(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return raw[: len(raw) // 2]
+
+
+UNREADABLE = {  # name -> (the file's bytes from a finished run's best.pt, what the message calls it)
+    "empty": (lambda best: b"", "an empty file"),
+    "text": (lambda best: b"epoch 1: val_acc 0.91\n", "a text file"),
+    "random": (lambda best: random.Random(1).randbytes(5000), "no format torch reads"),
+    "truncated": (_truncated, "zip archive"),
+    "objects": (lambda best: _saved({"when": datetime.date(2020, 1, 1)}), "objects other than tensors"),
+    "pickle": (lambda best: pickle.dumps({"epoch": 1}, protocol=4), "a pickle"),
+}
+
+
+def _saved(obj) -> bytes:
+    """What torch.save writes for ``obj``."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("name", list(UNREADABLE))
+def test_an_unreadable_checkpoint_is_one_whole_line_saying_what_was_expected(prior_run, tmp_path, capsys,
+                                                                             name):
+    from falign.cli.main import main
+
+    content, called = UNREADABLE[name]
+    path = tmp_path / "model.pt"
+    path.write_bytes(content(prior_run / "best.pt"))
+    rc = main(["evaluate", str(path), "--device", "cpu"])
+    err = capsys.readouterr().err
+    _check_error(rc, err, str(path), {}, {})
+    assert called in err and "expected" in err, err
+    for torch_text in ("Weights only", "PytorchStreamReader", "miniz", "weights_only", "EOFError"):
+        assert torch_text not in err, err  # torch's own text, cut mid-sentence, is not passed on
 
 
 def _no_val_split(run: Path) -> None:

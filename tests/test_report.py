@@ -17,7 +17,7 @@ from conftest import mnist_or_skip
 
 from falign.plots import NothingToPlot, plot_alignment, plot_sign_concordance
 from falign.plots.training import _layer_mean_series
-from falign.report import ReportError, load_runs, write_report
+from falign.report import ReportError, load_runs, load_sources, write_report
 from falign.training import AlignmentRecord, RunRecord
 
 FIGURE_NAMES = ["val_accuracy", "loss_curves", "update_angle", "signal_angle", "feedback_angle",
@@ -207,11 +207,21 @@ def test_missing_tracking_json_raises_report_error_naming_the_path(tmp_path: Pat
         write_report([empty], tmp_path / "out")
     assert str(empty) in str(info.value) and "\n" not in str(info.value)
     assert isinstance(info.value, ValueError)
-    # a comparison whose run never started
+    # a comparison stopped before its second run started: the first is reported, the second listed
     comp = tmp_path / "comp"
-    _write(comp / "bp", _tracking("bp", [0.5], 0.5))
-    (comp / "compare.json").write_text(json.dumps({"rules": ["bp", "fa:dense"]}))
-    with pytest.raises(ReportError, match=re.escape(str(comp / "fa-dense"))):
+    _write(comp / "bp", _tracking("bp", [0.5], None, status="interrupted"))
+    (comp / "compare.json").write_text(json.dumps({"rules": ["bp", "fa:dense"], "status": "interrupted"}))
+    sources = load_sources([comp])
+    assert [r.path for r in sources.runs] == [comp / "bp"]
+    assert any(str(comp) in n and "not finished" in n for n in sources.notes), sources.notes
+    assert any("fa:dense" in n and "not started" in n for n in sources.notes), sources.notes
+    assert any("bp" in n and "interrupted" in n for n in sources.notes), sources.notes
+    write_report([comp], tmp_path / "partial")
+    text = (tmp_path / "partial" / "results.txt").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("bp "))
+    assert row.split()[-1] == "interrupted" and "fa:dense" in text.split("Notes:")[1]
+    (comp / "bp" / "tracking.json").unlink()  # no run started at all: nothing to report
+    with pytest.raises(ReportError, match=re.escape(str(comp))):
         load_runs([comp])
     with pytest.raises(ReportError, match=re.escape(str(tmp_path / "nowhere"))):
         load_runs([tmp_path / "nowhere"])

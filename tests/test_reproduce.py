@@ -84,14 +84,21 @@ def _check_summary(out: Path, name: str) -> None:
 def test_resume_reuses_finished_runs(tmp_path: Path) -> None:
     out = tmp_path / "dfa"
     reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
-    tracking = out / "compare" / "dfa" / "seed0" / "tracking.json"
-    before = tracking.stat().st_mtime_ns
-    with pytest.raises(RunDirError):
+    runs = sorted(out.rglob("tracking.json"))
+    before = [p.stat().st_mtime_ns for p in runs]
+    for resume in (False, True):  # the same command again, as it was typed or with --resume
+        logged: list[str] = []
+        report = reproduce("dfa-mnist", scale="smoke", out=out, resume=resume, log=logged.append)
+        assert [p.stat().st_mtime_ns for p in runs] == before  # nothing trained again
+        assert any("already complete" in line for line in logged) and report.is_file()
+        assert json.loads((out / "reproduce.json").read_text())["status"] == "completed"
+    with pytest.raises(RunDirError, match=r"holds the reproduction dfa-mnist \(smoke\)"):
+        reproduce("dfa-mnist", scale="full", out=out, log=lambda s: None)
+    marker = json.loads((out / "reproduce.json").read_text())
+    (out / "reproduce.json").write_text(json.dumps({**marker, "status": "running"}))
+    with pytest.raises(RunDirError, match="not finished.*--resume"):  # unfinished: resume it
         reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
-    logged: list[str] = []
-    reproduce("dfa-mnist", scale="smoke", out=out, resume=True, log=logged.append)
-    assert tracking.stat().st_mtime_ns == before
-    assert any("already complete" in line for line in logged)
+    assert [p.stat().st_mtime_ns for p in runs] == before
 
 
 def test_unknown_target_and_scale(tmp_path: Path) -> None:

@@ -79,12 +79,55 @@ def test_summary_files(compared):
     assert len(logged) == 1 and all(f"\n{r} " in logged[0] for r in RULES)
 
 
-def test_second_compare_without_resume_is_refused(compared):
+def _runs(out) -> dict:
+    """Every run file of a comparison (its runs' records and checkpoints): bytes and mtime."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parent != out}
+
+
+def test_the_same_comparison_again_reads_its_runs_back(compared, tmp_path):
+    import shutil
+
+    out, rows, _ = compared
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy)
+    before = _runs(copy)
+    lines: list[str] = []
+    again = run_compare(base_config(), RULES, copy, log=lines.append)  # no resume: the same command
+    assert again == rows and _runs(copy) == before  # nothing trained, no run file rewritten
+    table = [entry for entry in lines if "best val %" in entry]
+    assert len(table) == 1 and all(f"\n{r} " in table[0] for r in RULES)  # the table, again
+    marker = json.loads((copy / "compare.json").read_text())
+    assert marker["status"] == "completed" and [r["test_acc"] for r in marker["rows"]] == \
+        [r.test_acc for r in rows]
+
+
+@pytest.mark.parametrize("change", ["lr", "rules"])
+def test_another_comparison_in_the_same_folder_is_refused(compared, change):
     out, _, _ = compared
+    base, rules = base_config(), RULES
+    if change == "lr":
+        base.optim.lr = 0.1
+    else:
+        rules = ["bp"]
     before = {p: p.read_bytes() for p in sorted(out.rglob("*.json"))}
     with pytest.raises(RunDirError, match="holds another comparison"):
-        run_compare(base_config(), RULES, out, log=lambda s: None)
+        run_compare(base, rules, out, log=lambda s: None)
     assert {p: p.read_bytes() for p in sorted(out.rglob("*.json"))} == before
+
+
+def test_the_same_unfinished_comparison_without_resume_is_refused(compared, tmp_path):
+    import shutil
+
+    out, _, _ = compared
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy)
+    marker = json.loads((copy / "compare.json").read_text())
+    (copy / "compare.json").write_text(json.dumps({**marker, "status": "interrupted"}))
+    before = {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()}
+    with pytest.raises(RunDirError, match="not finished.*--resume"):
+        run_compare(base_config(), RULES, copy, log=lambda s: None)
+    assert {p: p.read_bytes() for p in sorted(copy.rglob("*")) if p.is_file()} == before
 
 
 def test_resume_reuses_completed_runs(compared):
@@ -186,6 +229,22 @@ def test_an_entry_survives_the_round_trip_through_a_saved_config():
     assert again.compare == cfg.compare and again.compare[1].set == {"optim.lr": 0.1}
 
 
+@pytest.mark.parametrize("seeds", [None, [0]])
+def test_a_method_that_cannot_be_built_writes_nothing(data_root, tmp_path, seeds):
+    from falign.models import ModelError
+    from falign.training.compare import run_compare_seeds
+
+    base = base_config()
+    base.model.name, base.model.options = "lenet", {}  # 28x28 MNIST is too small for LeNet-5
+    out, lines = tmp_path / "cmp", []
+    with pytest.raises(ModelError, match="too small"):
+        if seeds is None:
+            run_compare(base, RULES, out, log=lines.append)
+        else:
+            run_compare_seeds(base, RULES, seeds, out, log=lines.append)
+    assert not out.exists() and lines == []  # refused before the first run was announced
+
+
 def test_a_bad_per_method_value_writes_nothing(tmp_path):
     from falign.training import ConfigError
 
@@ -270,12 +329,18 @@ def test_resume_with_another_seed_trains_only_that_seed(seeded, tmp_path):
 
     from falign.training.compare import run_compare_seeds
 
-    base, out, _, _ = seeded
+    base, out, groups_before, _ = seeded
     copy = tmp_path / "cmp"
     shutil.copytree(out, copy)
     stamps = {p: p.stat().st_mtime_ns for p in copy.rglob("*.pt")}
-    with pytest.raises(RunDirError, match="holds another comparison"):
+    with pytest.raises(RunDirError, match="holds another comparison"):  # other seeds: another one
         run_compare_seeds(base, RULES, [0, 1, 2], copy, log=lambda s: None)
+    lines: list[str] = []
+    again = run_compare_seeds(base, RULES, [0, 1], copy, log=lines.append)  # the same: read back
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert sum("already complete" in line for line in lines) == 4
+    accs = lambda gs: [[r.test_acc for r in g.rows] for g in gs]  # noqa: E731
+    assert accs(again) == accs(groups_before)
     lines: list[str] = []
     groups = run_compare_seeds(base, RULES, [0, 1, 2], copy, resume=True, log=lines.append)
     assert sum("already complete" in line for line in lines) == 4

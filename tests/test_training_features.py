@@ -88,6 +88,58 @@ def test_a_kill_between_mid_epoch_checkpoints_resumes_bit_identically(data_root,
     assert strip(ta) == strip(tb) and ta["test_acc"] == tb["test_acc"]
 
 
+def _records(run) -> int:
+    try:
+        return len(json.loads((run / "tracking.json").read_text())["epochs"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_comparison_records_interrupted_and_the_report_lists_what_finished(data_root, tmp_path,
+                                                                                     sig) -> None:
+    epochs = 25
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(train={"epochs": epochs})))
+    out = tmp_path / "cmp"
+    compare = [sys.executable, "-m", "falign", "compare", "--config", str(path), "--rules", "bp,fa",
+               "--out", str(out)]
+    env = {**os.environ, **ONE_THREAD, "FALIGN_DATA": str(DATA)}
+    victim = subprocess.Popen(compare, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while _records(out / "bp") < 1 and victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        victim.send_signal(sig)  # Ctrl-C, or a scheduler's or `kill`'s SIGTERM
+        _, err = victim.communicate(timeout=60)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    assert victim.returncode == 128 + sig, err  # the shell's convention for a death by that signal
+    assert err.splitlines() == [err.strip()] and "interrupted" in err and "Traceback" not in err, err
+    bp = RunRecord.read(out / "bp" / "tracking.json")
+    assert 1 <= len(bp.epochs) < epochs, "the signal came after bp had finished"
+    assert bp.status == "interrupted" and not bp.finished and bp.test_acc is None, bp.status
+    assert torch.load(out / "bp" / "last.pt", weights_only=True)["epoch"] == len(bp.epochs)
+    assert not (out / "fa").exists()
+    assert json.loads((out / "compare.json").read_text())["status"] == "interrupted"
+
+    report = subprocess.run([sys.executable, "-m", "falign", "report", str(out), "--out",
+                             str(tmp_path / "report")], env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    results = (tmp_path / "report" / "results.txt").read_text()
+    assert next(line for line in results.splitlines() if line.startswith("bp ")).split()[-1] == "interrupted"
+    notes = results.split("Notes:")[1]
+    assert "fa" in notes and "--resume" in notes, results
+
+    resumed = subprocess.run([*compare, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr  # the interrupted run is continued, not read back
+    for rule in ("bp", "fa"):
+        record = RunRecord.read(out / rule / "tracking.json")
+        assert record.status == "completed" and len(record.epochs) == epochs
+
+
 def test_a_character_language_model_trains_on_positions(tmp_path) -> None:
     text = "".join("the quick brown fox jumps over the lazy dog. " for _ in range(80))
     (tmp_path / "corpus.txt").write_text(text, encoding="utf-8")

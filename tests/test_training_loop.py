@@ -134,12 +134,62 @@ def test_load_model_rebuilds_the_best_model(reference):
     assert evaluate(untrained, data.test, data.eval_transform)["acc"] != record.test_acc
 
 
-def test_a_second_run_needs_resume_or_overwrite(reference):
-    cfg, out, _ = reference
-    before = (out / "tracking.json").read_bytes()
-    with pytest.raises(RunDirError, match="holds another run"):
-        train(cfg, out, log=None)
-    assert (out / "tracking.json").read_bytes() == before
+def files(run: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of a run directory: its bytes and modification time."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.iterdir()) if p.is_file()}
+
+
+def test_the_same_finished_run_again_is_read_back_and_another_config_is_refused(reference, tmp_path):
+    cfg, out, record = reference
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    before = files(run)
+    lines: list[str] = []
+    again = train(cfg, run, log=lines.append)  # the README's command, typed a second time
+    assert metrics(again) == metrics(record) and files(run) == before  # nothing trained or written
+    assert any("read back" in line for line in lines), lines
+    for other in ({**cfg.to_dict(), "optim": {**cfg.to_dict()["optim"], "lr": 0.2}},
+                  {**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": 3}}):
+        with pytest.raises(RunDirError, match="holds another run"):
+            train(parse_config(other), run, log=None)
+    assert files(run) == before
+
+
+def test_the_same_unfinished_run_again_without_resume_is_refused(data_root, tmp_path):
+    cfg = parse_config(tiny())
+    train(cfg, tmp_path / "run", log=None, stop_after=1)
+    before = files(tmp_path / "run")
+    with pytest.raises(RunDirError, match="not finished.*--resume"):
+        train(cfg, tmp_path / "run", log=None)
+    assert files(tmp_path / "run") == before
+
+
+def test_resume_of_a_finished_run_whose_last_pt_is_gone_reads_it_back(reference, tmp_path):
+    cfg, out, record = reference
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    (run / "last.pt").unlink()
+    before = files(run)
+    again = train(cfg, run, resume=True, log=None)
+    assert metrics(again) == metrics(record)
+    assert files(run) == before  # best.pt and the record kept, nothing trained from epoch 1
+    longer = parse_config({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "epochs": 3}})
+    with pytest.raises(RunDirError, match=r"last\.pt.*--overwrite"):  # cannot be continued
+        train(longer, run, resume=True, log=None)
+    assert files(run) == before
+
+
+def test_resume_of_an_unfinished_run_whose_last_pt_is_gone_is_refused(data_root, tmp_path):
+    cfg = parse_config(tiny())
+    train(cfg, tmp_path / "run", log=None, stop_after=1)
+    (tmp_path / "run" / "last.pt").unlink()
+    before = files(tmp_path / "run")
+    with pytest.raises(RunDirError) as err:
+        train(cfg, tmp_path / "run", resume=True, log=None)
+    message = str(err.value)
+    assert str(tmp_path / "run" / "last.pt") in message and "--overwrite" in message
+    assert len(message.splitlines()) == 1
+    assert files(tmp_path / "run") == before
 
 
 def test_resume_with_another_config_is_refused(reference):

@@ -10,6 +10,7 @@ import argparse
 import os
 import platform
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -147,7 +148,7 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / cfg.name
     record = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":
-        print(f"run written to {out}")
+        print(f"run: {out} ({record.status})")
     return 0 if record.status == "completed" else 1
 
 
@@ -256,7 +257,11 @@ def cmd_sweep(args) -> int:
     cfg = _data_dir(args, load_config(args.config, args.set))
     spec = cfg.sweep
     if spec is None:
-        raise SweepError(f"{args.config}: no 'sweep' section (see configs/*sweep*.yaml)")
+        from ..training.config import shipped_configs_with
+
+        raise SweepError(f"{args.config}: no 'sweep' section; the shipped configs with one: "
+                         f"{', '.join(shipped_configs_with('sweep'))} (see the config reference, "
+                         "docs/config.md#sweep)")
     if args.worker and args.overwrite:
         raise UsageError("--worker joins the sweep in --out and cannot --overwrite it (replace it "
                          "with one run with --overwrite and without --worker)")
@@ -393,7 +398,6 @@ def _number(kind: type, low: float, *, strict: bool):
 
 
 positive_int = _number(int, 0, strict=True)
-count = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 
 
@@ -462,10 +466,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="intra-op CPU threads of each training process (sets $FALIGN_THREADS; "
                        "default: half the CPUs, at most 8; a resumed run keeps its own)")
 
-    def out_dir(p, what="run"):
-        p.add_argument("--out", help=f"{what} directory")
+    def out_dir(p, what="run", *, reread=True):
+        same = (f"; the same {what} there (the same config), once finished, is read back and "
+                f"nothing trained; another {what} there is refused") if reread else ""
+        p.add_argument("--out", help=f"{what} directory{same}")
         again = p.add_mutually_exclusive_group()
-        again.add_argument("--resume", action="store_true", help=f"continue the {what} in --out")
+        again.add_argument("--resume", action="store_true",
+                           help=f"continue the {what} in --out (after a kill, Ctrl-C or SIGTERM)")
         again.add_argument("--overwrite", action="store_true", help=f"replace the {what} in --out")
 
     p = sub.add_parser("train", help="train one configuration")
@@ -490,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rules", default=None, metavar="RULE,...",
                    help=f"comma-separated, each one of: {_names(rules())}, or a variant such as "
                    f"fa:dense (default {COMPARE_RULES}; with --config, the config's compare list)")
-    p.add_argument("--epochs", type=count, metavar="N", help=f"default {d['epochs']}")
+    p.add_argument("--epochs", type=positive_int, metavar="N", help=f"default {d['epochs']}")
     p.add_argument("--seed", type=int, help=f"default {d['seed']}")
     p.add_argument("--seeds", type=seed_list, metavar="S,S,...",
                    help="train every rule on each of these seeds (runs OUT/RULE/seedS) and report "
@@ -520,13 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     data_dir(p)
     overrides(p)
     threads(p)
-    out_dir(p, "sweep")
+    out_dir(p, "sweep", reread=False)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="a checkpoint's accuracy, loss, confusion matrix and "
                        "per-class report on its run's data")
-    p.add_argument("checkpoint", help="any falign checkpoint (best.pt, last.pt, epoch_NNN.pt); the "
-                   "dataset is rebuilt from the config it holds")
+    p.add_argument("checkpoint", help="any falign checkpoint (best.pt, last.pt, epoch_NNN.pt), or a "
+                   "run directory (its best.pt); the dataset is rebuilt from the config it holds")
     p.add_argument("--split", choices=["test", "val"], default="test", help="default %(default)s")
     p.add_argument("--device", default="auto", metavar="DEVICE",
                    help="one of: auto, cpu, cuda, cuda:N, mps (default %(default)s)")
@@ -588,9 +595,11 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as err:
         print(f"falign: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("falign: interrupted (resume with --resume)", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM while training (training.loop.Interrupted)
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(f"falign: interrupted by {signal.Signals(signum).name} (the runs say so; continue "
+              "with --resume)", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

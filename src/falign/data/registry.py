@@ -19,7 +19,7 @@ from .idx import load_fashion_mnist, load_mnist
 from .text import load_text
 from .transforms import ToFloat
 
-__all__ = ["available_datasets", "download", "load_dataset"]
+__all__ = ["available_datasets", "dataset_options", "download", "load_dataset"]
 
 
 def load_xor(root: Path) -> Loaded:
@@ -66,8 +66,13 @@ def _canonical(name: str) -> str:
     )
 
 
-def _check_options(key: str, loader: Callable[..., Loaded], options: dict) -> None:
-    accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
+def dataset_options(name: str) -> list[str]:
+    """The options (``data.options``) dataset ``name`` takes, e.g. ``pad_to`` for MNIST."""
+    return [p for p in inspect.signature(_REGISTRY[_canonical(name)]).parameters if p != "root"]
+
+
+def _check_options(key: str, options: dict) -> None:
+    accepted = dataset_options(key)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         have = ", ".join(accepted) if accepted else "none"
@@ -123,7 +128,7 @@ def load_dataset(
     """
     key = _canonical(name)
     loader = _REGISTRY[key]
-    _check_options(key, loader, options)
+    _check_options(key, options)
     if subset is not None and subset < 1:
         raise DatasetError(f"subset must be a positive number of samples, got {subset}")
     root_path = data_root(root)

@@ -11,7 +11,14 @@ Registered names: ``mlp``, ``arch1``, ``lenet``, ``resnet``, ``resnet20``, ``res
 from .arch1 import Arch1
 from .lenet import LeNet
 from .mlp import MLP
-from .registry import ModelError, available_models, create_model, model_from_spec, register_model
+from .registry import (
+    InputTooSmallError,
+    ModelError,
+    available_models,
+    create_model,
+    model_from_spec,
+    register_model,
+)
 from .resnet import BasicBlock, CifarResNet, ImageNetResNet, PadShortcut
 from .summary import model_summary
 from .transformer import CharTransformer, ViT
@@ -23,6 +30,7 @@ __all__ = [
     "CharTransformer",
     "CifarResNet",
     "ImageNetResNet",
+    "InputTooSmallError",
     "LeNet",
     "ModelError",
     "PadShortcut",

@@ -9,7 +9,7 @@ from typing import Any
 import torch.nn as nn
 from torch.nn.modules.conv import _ConvNd
 
-from .registry import ModelError, suggest
+from .registry import InputTooSmallError, ModelError, suggest
 
 INITS = ("default", "xavier", "kaiming", "fan_sum_normal")
 
@@ -51,7 +51,8 @@ def after(model: str, size: int, *ops: tuple[str, int]) -> int:
     for op, k in ops:
         out = out - k + 1 if op == "conv" else out // k
         if out < 1:
-            raise ModelError(f"model {model!r}: an input side of {size} is too small for its layers")
+            raise InputTooSmallError(f"model {model!r}: an input side of {size} is too small for its "
+                                     "layers")
     return out
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch.nn as nn
 
 __all__ = [
+    "InputTooSmallError",
     "ModelError",
     "available_models",
     "create_model",
@@ -36,6 +37,10 @@ class ModelError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class InputTooSmallError(ModelError):
+    """The input is too small for a model's layers (a side shrinks below one pixel)."""
 
 
 def suggest(word: str, choices: list[str]) -> str:

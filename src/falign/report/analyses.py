@@ -105,10 +105,11 @@ def run_config(config: Mapping[str, Any], where: str) -> ExperimentConfig:
 
 def evaluate_checkpoint(path: str | Path, *, split: str = "test", device: str | torch.device = "cpu",
                         data_root: str | None = None, download: bool | None = None) -> CheckpointEvaluation:
-    """Rebuild the model of any falign checkpoint and measure it on ``split`` ("test" or "val")
-    of the dataset its config names (``data_root`` replaces the config's root; ``download``
-    its ``data.download``).  On the test split of a run's ``best.pt`` this is the run's
-    recorded ``test_acc``, exactly: the same data, transform, batch size and loss."""
+    """Rebuild the model of any falign checkpoint (a run directory: its ``best.pt``) and measure
+    it on ``split`` ("test" or "val") of the dataset its config names (``data_root`` replaces the
+    config's root; ``download`` its ``data.download``).  On the test split of a run's ``best.pt``
+    this is the run's recorded ``test_acc``, exactly: the same data, transform, batch size and
+    loss."""
     from ..analysis.classification import classification_report
     from ..training.checkpoint import load_checkpoint
     from ..training.loop import build_dataset, evaluate, load_model, loss_and_target, resolve_device
@@ -116,6 +117,11 @@ def evaluate_checkpoint(path: str | Path, *, split: str = "test", device: str | 
     if split not in ("test", "val"):
         raise ReportError(f"split must be 'test' or 'val', not {split!r}")
     path = Path(path)
+    if path.is_dir():
+        if not (path / "best.pt").is_file():
+            raise ReportError(f"{path}: a directory without best.pt (a run that has finished no epoch, "
+                              "or not a run); give a run directory or a checkpoint file")
+        path = path / "best.pt"
     device = resolve_device(str(device))
     ckpt = load_checkpoint(path)  # CheckpointError: missing, corrupt, foreign
     if not isinstance(ckpt.get("config"), dict):

@@ -151,10 +151,18 @@ def _expand(path: Path, sources: list[Source], notes: list[str]) -> list[Path]:
                               "the trial runs under trials/")
         return [path]  # "no tracking.json" is said where the runs are read
     if kind == "compare":
-        if data.get("status") == "running":
-            notes.append(f"comparison {path} has not finished (resume it with `falign compare ... "
-                         f"--resume --out {path}`)")
-        return _compare_dirs(path, data)
+        if data.get("status") != "completed":
+            notes.append(f"comparison {path} has not finished ({data.get('status', 'unknown')}; resume "
+                         f"it with `falign compare ... --resume --out {path}`)")
+        dirs = _compare_dirs(path, data)
+        started = [d for d in dirs if (d / "tracking.json").is_file()]
+        if not started:
+            raise ReportError(f"{path}: the comparison holds no run yet (resume it with `falign "
+                              f"compare ... --resume --out {path}`)")
+        if len(started) < len(dirs):
+            notes.append(f"comparison {path}: not started: "
+                         + ", ".join(_planned(path, d, data) for d in dirs if d not in started))
+        return started
     if kind == "sweep":
         return _sweep_dirs(path, data, notes)
     if data.get("status") != "completed":
@@ -170,6 +178,27 @@ def _expand(path: Path, sources: list[Source], notes: list[str]) -> list[Path]:
     if not dirs:
         raise ReportError(f"{path}: the reproduction holds no runs yet")
     return dirs
+
+
+def _planned(path: Path, run_dir: Path, marker: Mapping[str, Any]) -> str:
+    """A run a comparison planned, by its rule (and seed) as the comparison names it."""
+    for run in marker.get("runs") or []:
+        if isinstance(run, dict) and path / str(run.get("run_dir")) == run_dir:
+            return f"{run.get('rule')} (seed {run.get('seed')})"
+    from ..training.compare import run_label
+
+    names = [str(r) for r in marker.get("rules") or [] if path / run_label(str(r)) == run_dir]
+    return names[0] if names else run_dir.name
+
+
+def _unfinished(run: Run) -> str | None:
+    """A note on a run that has not finished (stopped part-way, or still training)."""
+    record = run.record
+    if record.status not in ("running", "interrupted"):
+        return None
+    planned = (record.config.get("train") or {}).get("epochs")
+    return (f"{run.label}: {record.status} after {len(record.epochs)} of {planned} epochs, not tested "
+            f"(resume it with --resume): {run.path}")
 
 
 def rule_label(config: Mapping[str, Any], fallback: str) -> str:
@@ -223,6 +252,7 @@ def load_sources(paths: Sequence[str | Path]) -> Sources:
     bases = [rule_label(r.config, d.name) for r, d in zip(records, dirs, strict=True)]
     labels = _disambiguate(bases, dirs)
     runs = [Run(label, base, d, r) for label, base, d, r in zip(labels, bases, dirs, records, strict=True)]
+    notes += [note for note in map(_unfinished, runs) if note]
     return Sources(runs, sources, notes)
 
 

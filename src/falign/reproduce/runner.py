@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from ..training.loop import RunDirError
+from ..training.loop import RunDirError, signals_interrupt
 from ..training.record import write_json
 from .base import RESULTS, TARGETS, Context, ReproduceError, _Stop, finished_record, plan
 
@@ -19,12 +19,14 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     ``download`` fetches the datasets it needs when they are missing (``data.download``).
     ``out/results.json`` summarises the runs (every method's config, each seed's test and best
     validation accuracy, the published number) as they finish; ``"status": "completed"`` once
-    the target has.  ``parts`` runs only those parts of a target that has several
-    (``TARGETS[name].parts``; all by default), or one *unit* (``PART/METHOD[/seedK]``, see
-    :func:`falign.reproduce.base.plan`): then only that unit trains, and no report or summary
-    is written (the queue, :mod:`falign.reproduce.queue`, makes the summary from the unit's
-    records); returns None.  ``records`` is the folder of committed run records
-    (``results/runs/NAME``): units it holds finished are read from it, not trained again."""
+    the target has.  The same target and scale again into a finished ``out`` is a resume: the
+    runs are read back, none is trained, and the report is written again.  ``parts`` runs only
+    those parts of a target that has several (``TARGETS[name].parts``; all by default), or one
+    *unit* (``PART/METHOD[/seedK]``, see :func:`falign.reproduce.base.plan`): then only that
+    unit trains, and no report or summary is written (the queue, :mod:`falign.reproduce.queue`,
+    makes the summary from the unit's records); returns None.  ``records`` is the folder of
+    committed run records (``results/runs/NAME``): units it holds finished are read from it,
+    not trained again."""
     if name not in TARGETS:
         import difflib
 
@@ -60,13 +62,23 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     marker = out / "reproduce.json"
     fresh = not out.exists() and unit is None  # units of one target share its folder
     if marker.exists():
-        info = json.loads(marker.read_text())
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            info = None
+        if not isinstance(info, dict) and not overwrite:
+            raise RunDirError(f"{marker}: cannot be read; use another --out or --overwrite")
+        info = info if isinstance(info, dict) else {}
         if (info.get("name"), info.get("scale")) != (name, scale) and not overwrite:
             raise RunDirError(f"{out}: holds the reproduction {info.get('name')} "
                               f"({info.get('scale')}); use another --out or --overwrite")
         if not (resume or overwrite):
-            raise RunDirError(f"{out}: holds this reproduction already (use --resume to continue "
-                              "it or --overwrite to start again)")
+            if info.get("status") != "completed":
+                raise RunDirError(f"{out}: holds this reproduction, not finished ({info.get('status')}); "
+                                  "use --resume to continue it or --overwrite to start again")
+            log(f"{out}: this reproduction is finished; it is resumed, so its runs are read back "
+                "and none is trained")
+            resume = True
         if overwrite and not resume:
             import shutil
 
@@ -79,7 +91,8 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
         ctx.keep_earlier()
     log(f"== reproduce {name} ({scale} scale{'' if unit is None else ', unit ' + unit}) into {out}")
     try:
-        outcome = target.run(ctx)
+        with signals_interrupt():  # SIGTERM, like Ctrl-C, leaves runs and markers "interrupted"
+            outcome = target.run(ctx)
     except _Stop:
         done = ctx.trained_unit
         if done is None:
@@ -89,11 +102,13 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
             log(f"unit {unit}: {rel} " + (f"test accuracy {100 * record.test_acc:.2f}%" if record
                                           else "NOT finished"))
         return None
-    except BaseException:
+    except BaseException as err:
         if fresh and _no_run_yet(out):  # refused before any run (e.g. a missing dataset): leave
             import shutil  # nothing that a rerun would have to step over
 
             shutil.rmtree(out, ignore_errors=True)
+        elif isinstance(err, KeyboardInterrupt):
+            write_json(marker, {"name": name, "scale": scale, "status": "interrupted"})
         raise
 
     from ..report import write_report

@@ -12,8 +12,10 @@ data generator), ``epoch`` and, in ``last.pt``, ``tracking``: the resumable part
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -47,23 +49,53 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         raise
 
 
+#: what a checkpoint error says falign expected
+EXPECTED = "expected a checkpoint written by falign (a run's best.pt, last.pt or epoch_NNN.pt)"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch.load fails in many ways on foreign bytes: all are "corrupt"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first[:160]})") from None
+        with warnings.catch_warnings():  # its note on a foreign pickle's protocol: the error says it
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch.load fails in many ways, in paragraphs: say what the file is
+        what = _what_it_is(path, refused=isinstance(err, pickle.UnpicklingError))
+        raise CheckpointError(f"{path}: not a readable checkpoint: {what}; {EXPECTED}") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a falign checkpoint (no '{FORMAT}' header)")
+        raise CheckpointError(f"{path}: not a falign checkpoint (a torch file without the '{FORMAT}' "
+                              f"header); {EXPECTED}")
     if data.get("version") != VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {data.get('version')} is not supported "
             f"(this falign reads version {VERSION})"
         )
     return data
+
+
+def _what_it_is(path: Path, *, refused: bool) -> str:
+    """What a file that torch cannot load looks like, in a few words; ``refused``: torch read
+    it and refused what it holds (anything but tensors and plain containers)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError as err:
+        return f"a file that cannot be read ({err.strerror})"
+    if size == 0:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):  # what torch.save writes
+        if refused:
+            return f"a torch file of {size} bytes holding objects other than tensors and plain containers"
+        return (f"a zip archive of {size} bytes that torch cannot read (cut short, or not "
+                "written by torch.save)")
+    if head.startswith(b"\x80"):  # a pickle's protocol opcode
+        return f"a pickle of {size} bytes, not in torch.save's format"
+    if all(b >= 32 or b in b"\t\n\r" for b in head):
+        return f"a text file of {size} bytes"
+    return f"{size} bytes in no format torch reads"
 
 
 def rng_state(data_generator: torch.Generator | None) -> dict[str, Any]:

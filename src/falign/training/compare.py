@@ -4,22 +4,29 @@
 on every seed, into ``out/<label>/seed<k>``, and reports the mean and standard deviation over the
 seeds (:class:`SeedRuns`).  The figures are drawn by the caller (``falign compare``,
 ``falign reproduce``) from the returned rows: ``falign.training`` imports no plotting code.
+
+Every method's config is built and checked (its dataset, model and optimizer, see
+:func:`~falign.training.loop.check_config`) before a file is written.  The same comparison asked
+again into its folder, once finished, reads its runs back and trains nothing; another one there
+is refused unless resumed or overwritten.  A comparison stopped by a signal records
+``"status": "interrupted"`` in ``compare.json``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..rules import parse_rule
 from .config import CompareEntry, ExperimentConfig, parse_config, set_values
-from .loop import RunDirError, train
+from .loop import RunDirError, check_config, same_config, signals_interrupt, train
 from .record import RunRecord, write_json
 from .results import ResultRow, format_results, format_table, seconds
 
@@ -74,20 +81,23 @@ def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: st
 
     Drawing is the caller's: ``falign compare`` writes ``val_acc.png`` from the rows'
     ``val_curve`` (:func:`falign.plots.plot_val_curves`).  With ``resume``, a method whose run
-    is finished (completed or diverged) is read back, not trained again.
+    is finished (completed or diverged) is read back, not trained again; so is every method
+    when ``out`` holds this comparison (the same base config and rules), finished.
     """
     out = Path(out)
     marker = out / "compare.json"
-    _check_marker(out, None, resume=resume, overwrite=overwrite)
     configs = compare_configs(base, rules)  # every method's config is valid before any file
-    out.mkdir(parents=True, exist_ok=True)
     labels = list(configs)
+    resume = _check_marker(out, base, labels, None, resume=resume, overwrite=overwrite, log=log)
+    check_configs(configs.values())
+    out.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "running"})
     rows = []
-    for label, cfg in configs.items():
-        record = _train_once(cfg, out / run_label(label), label, resume=resume, overwrite=overwrite,
-                             log=log)
-        rows.append(ResultRow.of(label, record))
+    with signals_interrupt(), _interrupted(marker):
+        for label, cfg in configs.items():
+            record = _train_once(cfg, out / run_label(label), label, resume=resume,
+                                 overwrite=overwrite, log=log)
+            rows.append(ResultRow.of(label, record))
     log(compare_table(rows, base))
     (out / "summary.md").write_text(summary_markdown(rows, base))
     write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "completed",
@@ -108,28 +118,67 @@ def _train_once(cfg: ExperimentConfig, run_dir: Path, title: str, *, resume: boo
     return train(cfg, run_dir, resume=resume, overwrite=overwrite, log=log)
 
 
-def _check_marker(out: Path, seeds: Sequence[int] | None, *, resume: bool, overwrite: bool) -> None:
-    """``out`` holds no comparison, or one that ``resume`` / ``overwrite`` may take over: a
-    comparison over seeds resumes only as one over seeds (its runs are ``<label>/seed<k>``)."""
+def check_configs(configs: Iterable[ExperimentConfig]) -> None:
+    """:func:`~falign.training.loop.check_config` of every config, each dataset built once:
+    a method that cannot train (say a model too big for the images) fails before any file."""
+    datasets: dict[str, Any] = {}
+    checked = set()
+    for cfg in configs:
+        plain = cfg.to_dict()
+        shape = json.dumps({k: v for k, v in plain.items() if k not in ("seed", "name")},
+                           sort_keys=True, default=str)  # the seed changes no shape
+        if shape in checked:
+            continue
+        data_key = json.dumps(plain["data"], sort_keys=True, default=str)
+        datasets[data_key] = check_config(cfg, datasets.get(data_key))
+        checked.add(shape)
+
+
+@contextlib.contextmanager
+def _interrupted(marker: Path):
+    """On a KeyboardInterrupt (Ctrl-C, or SIGTERM under ``signals_interrupt``) in the block, the
+    comparison's marker says ``"status": "interrupted"``."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        with contextlib.suppress(OSError, ValueError):
+            write_json(marker, {**json.loads(marker.read_text(encoding="utf-8")), "status": "interrupted"})
+        raise
+
+
+def _check_marker(out: Path, base: ExperimentConfig, labels: list[str], seeds: Sequence[int] | None, *,
+                  resume: bool, overwrite: bool, log) -> bool:
+    """``out`` holds no comparison, or one that ``resume`` / ``overwrite`` may take over, or
+    this one (the same base config, rules and seeds), finished; returns whether the runs are to
+    be resumed: asked for, or this comparison finished (its runs are read back).  A comparison
+    over seeds resumes only as one over seeds (its runs are ``<label>/seed<k>``)."""
     marker = out / "compare.json"
-    if not marker.exists():
-        return
-    if not (resume or overwrite):
-        raise RunDirError(f"{out}: holds another comparison (use --resume to continue it or "
-                          "--overwrite to replace it)")
-    if not resume:
-        return
+    if not marker.exists() or overwrite:
+        return resume
     try:
         old = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise RunDirError(f"{marker}: cannot be read; use --overwrite to replace the comparison") from None
-    old_seeds = old.get("seeds") if isinstance(old, dict) else None
+    old = old if isinstance(old, dict) else {}
+    same = (old.get("rules") == labels and old.get("seeds") == (None if seeds is None else list(seeds))
+            and isinstance(old.get("base"), dict) and same_config(old["base"], base))
+    if not resume:
+        if not same:
+            raise RunDirError(f"{out}: holds another comparison (use --resume to continue it or "
+                              "--overwrite to replace it)")
+        if old.get("status") != "completed":
+            raise RunDirError(f"{out}: holds this comparison, not finished ({old.get('status')}); "
+                              "use --resume to continue it or --overwrite to start again")
+        log(f"{out}: this comparison is finished; its runs are read back, none is trained")
+        return True
+    old_seeds = old.get("seeds")
     if old_seeds is not None and seeds is None:
         raise RunDirError(f"{out}: holds a comparison over seeds {_seed_text(old_seeds)}; resume it "
                           f"with --seeds {_seed_text(old_seeds)}")
     if old_seeds is None and seeds is not None:
         raise RunDirError(f"{out}: holds a comparison of one seed per rule; --seeds needs another "
                           "--out (or --overwrite)")
+    return True
 
 
 def _seed_text(seeds: Sequence[Any]) -> str:
@@ -171,23 +220,25 @@ def run_compare_seeds(base: ExperimentConfig, rules: list[str | CompareEntry], s
     """
     out = Path(out)
     seeds = [int(s) for s in seeds]
-    _check_marker(out, seeds, resume=resume, overwrite=overwrite)
     configs = seed_configs(base, rules, seeds)  # every config is valid before any file
-    out.mkdir(parents=True, exist_ok=True)
     labels = list(configs)
+    resume = _check_marker(out, base, labels, seeds, resume=resume, overwrite=overwrite, log=log)
+    check_configs(c for by_seed in configs.values() for c in by_seed.values())
+    out.mkdir(parents=True, exist_ok=True)
     planned = [{"rule": label, "seed": seed, "run_dir": seed_run_dir(label, seed)}
                for label in labels for seed in seeds]
     marker = {"rules": labels, "seeds": seeds, "base": base.to_dict(), "status": "running",
               "runs": planned}
     write_json(out / "compare.json", marker)
     groups = []
-    for label, by_seed in configs.items():
-        rows = []
-        for seed, cfg in by_seed.items():
-            record = _train_once(cfg, out / seed_run_dir(label, seed), f"{label}, seed {seed}",
-                                 resume=resume, overwrite=overwrite, log=log)
-            rows.append(ResultRow.of(label, record))
-        groups.append(SeedRuns(label, list(seeds), rows))
+    with signals_interrupt(), _interrupted(out / "compare.json"):
+        for label, by_seed in configs.items():
+            rows = []
+            for seed, cfg in by_seed.items():
+                record = _train_once(cfg, out / seed_run_dir(label, seed), f"{label}, seed {seed}",
+                                     resume=resume, overwrite=overwrite, log=log)
+                rows.append(ResultRow.of(label, record))
+            groups.append(SeedRuns(label, list(seeds), rows))
     log(seed_table(groups, base))
     (out / "summary.md").write_text(seed_summary_markdown(groups, base))
     marker.update(status="completed", runs=[

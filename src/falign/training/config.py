@@ -93,7 +93,7 @@ class ScheduleConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(default=10, ge=0)
+    epochs: int = Field(default=10, ge=1)
     batch_size: int = Field(default=128, ge=1)
     eval_batch_size: int = Field(default=1000, ge=1)
     loss: Literal["cross_entropy", "mse", "bce"] = "cross_entropy"
@@ -395,6 +395,12 @@ SHIPPED = Path(__file__).resolve().parents[1] / "configs"
 def shipped_configs() -> list[str]:
     """Names of the configs shipped with falign (``falign train NAME`` finds them)."""
     return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def shipped_configs_with(section: str) -> list[str]:
+    """Names of the shipped configs that set ``section`` (e.g. ``sweep``)."""
+    return [name for name in shipped_configs()
+            if getattr(load_config(name), section, None) not in (None, [], {})]
 
 
 def _section(annotation: Any) -> type[BaseModel] | None:

@@ -5,7 +5,9 @@ A run directory holds ``tracking.json`` (the :class:`~falign.training.record.Run
 alignment probes), ``config.yaml``, ``last.pt`` (everything needed to resume), ``best.pt``
 (the best-validation model) and, optionally, ``epoch_000.pt`` (before training) ... one per
 epoch.  ``train(..., resume=True)`` after a kill at any moment continues from the last
-complete epoch and ends with the numbers of an uninterrupted run.
+complete epoch and ends with the numbers of an uninterrupted run.  A run stopped by a signal
+(Ctrl-C's SIGINT, a scheduler's SIGTERM) records ``"status": "interrupted"``.  ``train()`` of a
+finished run again -- the same config, or ``resume`` -- reads it back and trains nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import copy
 import math
 import os
 import platform
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,20 +32,52 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..data import Dataset, Split, batches, load_dataset
+from ..data.registry import dataset_options
 from ..layers import StepContext, train_step
 from ..layers.alignment import StepProbe
-from ..models import create_model, model_from_spec
+from ..models import InputTooSmallError, create_model, model_from_spec
 from ..provenance import git_commit
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, ExperimentConfig, parse_config
 from .loggers import Logger, make_loggers
-from .record import AlignmentRecord, EpochRecord, RunRecord
+from .record import AlignmentRecord, EpochRecord, RecordError, RunRecord
 from .record import write_json as write_json  # its home before record.py
 
 
 class RunDirError(ValueError):
-    """The output directory holds another run (and neither resume nor overwrite was asked)."""
+    """The output directory holds another run (and neither resume nor overwrite was asked), or a
+    run that cannot be resumed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by a signal other than Ctrl-C's (SIGTERM); ``signum`` names it.  A
+    KeyboardInterrupt, so whatever stops on Ctrl-C stops on it too."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def signals_interrupt():
+    """SIGTERM raises :class:`Interrupted` inside the block, as SIGINT raises KeyboardInterrupt,
+    so that a run stopped by a scheduler or ``kill`` records it; SIGTERM's default comes back
+    afterwards, also on error.  Only where SIGTERM has its default (ending the process at once:
+    a handler of the caller's own is left alone) and in the main thread (which signals reach)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,9 +114,44 @@ def rule_options(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def build_model(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
-    return create_model(cfg.model.name, rule=cfg.rule.name, num_classes=data.num_classes,
-                        in_shape=tuple(data.input_shape), rule_options=rule_options(cfg),
-                        **cfg.model.options)
+    try:
+        return create_model(cfg.model.name, rule=cfg.rule.name, num_classes=data.num_classes,
+                            in_shape=tuple(data.input_shape), rule_options=rule_options(cfg),
+                            **cfg.model.options)
+    except InputTooSmallError as err:
+        raise InputTooSmallError(f"{err}{_padding_hint(cfg, data)}") from None
+
+
+def _padding_hint(cfg: ExperimentConfig, data: Dataset) -> str:
+    """The end of the message of a model too big for the images: the smallest side N the
+    dataset can pad its square images to (an even number of pixels more) that the model takes,
+    as ``data.options.pad_to: N``; "" when there is none."""
+    if len(data.input_shape) != 3 or "pad_to" not in dataset_options(cfg.data.name):
+        return ""
+    c, h, w = data.input_shape
+    if h != w:
+        return ""
+    for side in range(h + 2, 4 * h + 1, 2):
+        try:
+            create_model(cfg.model.name, num_classes=data.num_classes, in_shape=(c, side, side),
+                         **cfg.model.options)
+        except InputTooSmallError:
+            continue
+        except Exception:  # another reason: no hint
+            return ""
+        return f"; the images are {h}x{w}: set data.options.pad_to: {side} to pad them to fit"
+    return ""
+
+
+def check_config(cfg: ExperimentConfig, data: Dataset | None = None) -> Dataset:
+    """Build what :func:`train` builds before it writes a file -- the dataset, the model, its
+    optimizer -- on the CPU, and drop them: a config that cannot train fails here as it would in
+    train(), with nothing written.  ``data``: a dataset built from the same ``data`` section,
+    reused.  Returns the dataset."""
+    if data is None:
+        data = build_dataset(cfg, torch.device("cpu"))
+    build_optimizer(cfg, build_model(cfg, data))
+    return data
 
 
 class FastPath:
@@ -228,15 +299,70 @@ def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 100
 
 # -- the loop ---------------------------------------------------------------------------------
 
-def prepare_run_dir(out: Path, *, resume: bool, overwrite: bool) -> None:
-    tracking = out / "tracking.json"
+def prepare_run_dir(out: Path, cfg: ExperimentConfig, *, resume: bool,
+                    overwrite: bool) -> RunRecord | None:
+    """What ``out`` holds decides what :func:`train` does; nothing is written here.
+
+    None: train, from epoch 1 (``out`` holds no run, or ``overwrite``) or continued from
+    ``last.pt`` (``resume``).  A record: ``out`` holds this run, finished (``cfg`` is its config,
+    or ``resume`` and nothing left to train: no larger ``train.epochs``), read back as it is.
+    :class:`RunDirError` for another run without ``resume`` or ``overwrite``, for this run
+    unfinished without ``resume``, and for an unfinished run whose ``last.pt`` is gone."""
+    tracking, last = out / "tracking.json", out / "last.pt"
     if out.exists() and not out.is_dir():
         raise RunDirError(f"{out}: exists and is not a directory")
-    if resume or overwrite:
-        return
-    if tracking.exists() or (out / "last.pt").exists():
+    if overwrite or not (tracking.exists() or last.exists()):
+        return None
+    if resume:
+        try:
+            record = RunRecord.read(tracking) if tracking.exists() else None
+        except RecordError:
+            if not last.exists():
+                raise
+            record = None  # last.pt alone resumes the run (and rewrites its record)
+        if record is not None and record.finished and not _more_epochs(record, cfg):
+            _check_same_config(record.config, cfg, tracking)
+            return record
+        if last.exists():
+            return None  # continued from it; its config is checked against cfg when it is read
+        done = f"{len(record.epochs)} of {cfg.train.epochs} epochs"
+        if record.finished:
+            raise RunDirError(f"{last}: missing, so the finished run in {out} ({done}) cannot be "
+                              "continued; --overwrite trains it again from epoch 1")
+        raise RunDirError(f"{last}: missing, so the {record.status} run in {out} ({done}) cannot "
+                          "be resumed; --overwrite trains it again from epoch 1")
+    if not _same_run_config(out / "config.yaml", cfg):
         raise RunDirError(f"{out}: holds another run (use --resume to continue it or "
                           "--overwrite to replace it)")
+    record = RunRecord.read(tracking) if tracking.exists() else None
+    if record is None or not record.finished:
+        state = "no record" if record is None else \
+            f"{record.status}, {len(record.epochs)} of {cfg.train.epochs} epochs"
+        raise RunDirError(f"{out}: holds this run, not finished ({state}); use --resume to "
+                          "continue it or --overwrite to start again")
+    return record
+
+
+def _more_epochs(record: RunRecord, cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` asks a completed run for epochs it has not trained (``--resume`` with a
+    larger ``train.epochs`` continues it)."""
+    return record.status == "completed" and not record.stopped_early and \
+        cfg.train.epochs > len(record.epochs)
+
+
+def _same_run_config(path: Path, cfg: ExperimentConfig) -> bool:
+    """Whether the run's ``config.yaml`` is ``cfg`` (older keys migrated)."""
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(saved, dict) and same_config(saved, cfg)
+
+
+def same_config(saved: dict[str, Any], cfg: ExperimentConfig) -> bool:
+    """Whether a config saved by a run, a comparison or a checkpoint is ``cfg``, every value of
+    it (a saved one of an earlier falign in today's form)."""
+    return _as_current(saved) == cfg.to_dict()
 
 
 def default_threads() -> int:
@@ -297,9 +423,10 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
     torch.set_num_threads(threads or default_threads())
     ddp = distributed.setup(device)
     try:
-        return _train(cfg, out, ddp, distributed.device_for(ddp, device), resume=resume,
-                      overwrite=overwrite, progress=progress, log=log, stop_after=stop_after,
-                      extra_loggers=list(loggers))
+        with signals_interrupt():
+            return _train(cfg, out, ddp, distributed.device_for(ddp, device), resume=resume,
+                          overwrite=overwrite, progress=progress, log=log, stop_after=stop_after,
+                          extra_loggers=list(loggers))
     finally:
         distributed.teardown(ddp)
         torch.set_num_threads(before)
@@ -309,7 +436,12 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
            resume: bool, overwrite: bool, progress: bool | None,
            log: Callable[[str], None] | None, stop_after: int | None,
            extra_loggers: list[Logger]) -> RunRecord:
-    prepare_run_dir(out, resume=resume, overwrite=overwrite)
+    finished = prepare_run_dir(out, cfg, resume=resume, overwrite=overwrite)
+    if finished is not None:
+        if ddp.main and log is not None:
+            log(f"{out}: finished ({finished.status}, {len(finished.epochs)} epochs), read back; "
+                "nothing trained")
+        return finished
     last_path = out / "last.pt"
     saved = None
     if resume and last_path.exists():
@@ -526,9 +658,23 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 f"best epoch {record.best_epoch} ({select_name} acc {100 * record.best_val_acc:.2f}%)"
             say(f"{chosen}, test acc {100 * record.test_acc:.2f}%")
         return record
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (signals_interrupt): the record says so
+        if main:
+            _mark_interrupted(out / "tracking.json")
+        raise
     finally:
         for t in trackers:
             t.close()
+
+
+def _mark_interrupted(path: Path) -> None:
+    """Set the status of the record last written (the epochs that last.pt holds) to
+    ``interrupted``; the partial epoch in memory is not the run's."""
+    with contextlib.suppress(RecordError, OSError):
+        record = RunRecord.read(path)
+        if record.status == "running":
+            record.status = "interrupted"
+            record.write(path)
 
 
 def _save_model(path: Path, model: nn.Module, cfg: ExperimentConfig, epoch: int) -> None:

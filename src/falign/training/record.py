@@ -21,7 +21,7 @@ what every later stage (compare, sweep, report, reproduce, plots) reads.
      "test_acc": 0.92,           # the best epoch's model on the test split; null until the end
      "test_loss": 0.27,          # its mean test loss (per position for a language model)
      "selected_on": "val",       # "val"; "test" (no validation split, or asked); "last"
-     "status": "completed",      # "running", "completed" or "diverged"
+     "status": "completed",      # "running", "completed", "diverged" or "interrupted"
      "environment": {"falign": "0.1.0", "python": "3.12.3", "torch": "...", "device": "cpu", ...},
      "alignment": [              # one entry per probed step (train.alignment_every > 0)
       {"step": 0, "epoch": 1, "layers": {"layers.0": {"update_angle": 88.1, ...}}}
@@ -60,7 +60,7 @@ __all__ = ["RESUMED", "SCHEMA_VERSION", "AlignmentRecord", "EpochRecord", "Recor
 #: version of the ``tracking.json`` schema this module writes (a file without one is version 1)
 SCHEMA_VERSION = 3
 #: the statuses train() writes
-STATUSES = ("running", "completed", "diverged")
+STATUSES = ("running", "completed", "diverged", "interrupted")
 #: the fields of a record that ``last.pt`` carries, so that a resumed run continues them
 RESUMED = ("epochs", "best_epoch", "best_val_acc", "alignment", "stopped_early")
 
@@ -204,10 +204,11 @@ class AlignmentRecord:
 class RunRecord:
     """Everything one training run reports: what `train()` returns and ``tracking.json`` holds.
 
-    Accuracies are fractions.  ``status`` is ``running``, ``completed`` or ``diverged``
-    (``unknown`` for a file that does not say); ``selected_on`` names the split ``best_epoch``
-    was chosen on (``val``, or ``test`` without a validation split).  `read` takes every schema
-    version up to `SCHEMA_VERSION`; `write` writes the newest, atomically.
+    Accuracies are fractions.  ``status`` is ``running``, ``completed``, ``diverged`` or
+    ``interrupted`` (stopped by a signal: Ctrl-C, SIGTERM), ``unknown`` for a file that does not
+    say; ``selected_on`` names the split ``best_epoch`` was chosen on (``val``, or ``test``
+    without a validation split).  `read` takes every schema version up to `SCHEMA_VERSION`;
+    `write` writes the newest, atomically.
     """
 
     config: dict[str, Any] = field(default_factory=dict)
@@ -230,7 +231,8 @@ class RunRecord:
 
     @property
     def finished(self) -> bool:
-        """Completed or diverged: resuming the run would train nothing more."""
+        """Completed or diverged: resuming the run would train nothing more (a running or
+        interrupted run is resumed from its ``last.pt``)."""
         return self.status in ("completed", "diverged")
 
     @property
