@@ -51,7 +51,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from ..layers.alignment import measure_alignment
 from ..layers.pathways.direct import IGNORE_INDEX, set_step
@@ -106,7 +106,7 @@ class FalignCallback(TrainerCallback):
         causal_lm: whether the model's loss shifts its labels (None: from the model's class).
     """
 
-    def __init__(self, trainer, *, alignment_every: int = 0, measures: Sequence[str] = MEASURES,
+    def __init__(self, trainer: Trainer, *, alignment_every: int = 0, measures: Sequence[str] = MEASURES,
                  prefix: str = "falign", causal_lm: bool | None = None) -> None:
         if alignment_every < 0:
             raise ValueError(f"FalignCallback: alignment_every must be >= 0, got {alignment_every}")
