@@ -312,7 +312,7 @@ def test_spec_refuses_imports_outside_the_contract():
 
 
 def test_register_model(monkeypatch):
-    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    monkeypatch.setattr(registry_module, "_REGISTRY", registry_module._REGISTRY.copy())
 
     @register_model("tiny_test_net")
     def tiny(*, num_classes=None, in_shape=None, width: int = 3):

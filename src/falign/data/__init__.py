@@ -20,7 +20,7 @@ from .core import (
     cache_dir,
     data_root,
 )
-from .registry import available_datasets, download, load_dataset
+from .registry import available_datasets, download, load_dataset, register_dataset
 from .transforms import ImageTransform, ToFloat
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Split",
     "ToFloat",
     "available_datasets",
+    "register_dataset",
     "batches",
     "cache_dir",
     "data_root",

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..registry import Registry
 from .cifar import load_cifar10, load_cifar10_jpeg
 from .core import Dataset, DatasetError, Loaded, Split, data_root
 from .fetch import REMOTES, fetch_dataset
@@ -39,7 +40,7 @@ def load_xor(root: Path) -> Loaded:
     )
 
 
-_REGISTRY: dict[str, Callable[..., Loaded]] = {
+_REGISTRY: Registry = Registry("dataset", DatasetError, {
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
@@ -47,7 +48,16 @@ _REGISTRY: dict[str, Callable[..., Loaded]] = {
     "imagefolder": load_imagefolder,
     "text": load_text,
     "xor": load_xor,
-}
+})
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., Loaded]], Callable[..., Loaded]]:
+    """Decorator: register a dataset loader under ``name`` (lower case, words joined by "-"), so
+    configs and ``load_dataset`` find it.  The loader takes the data folder ``root`` and its own
+    options (``data.options``) as keyword arguments and returns a :class:`Loaded`; a name taken
+    by another loader is an error."""
+    key = name.strip().lower().replace("_", "-")
+    return _REGISTRY.decorator(key)
 
 
 def available_datasets() -> list[str]:

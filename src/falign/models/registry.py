@@ -18,6 +18,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..registry import Registry
+
 __all__ = [
     "InputTooSmallError",
     "ModelError",
@@ -27,7 +29,6 @@ __all__ = [
     "register_model",
 ]
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _SPEC_KEYS = ("name", "rule", "rule_options", "num_classes", "in_shape", "options")
 _SHAPE_ARGS = ("num_classes", "in_shape")
 
@@ -41,6 +42,9 @@ class ModelError(ValueError):
 
 class InputTooSmallError(ModelError):
     """The input is too small for a model's layers (a side shrinks below one pixel)."""
+
+
+_REGISTRY: Registry = Registry("model", ModelError)
 
 
 def suggest(word: str, choices: list[str]) -> str:
@@ -60,8 +64,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         existing = _REGISTRY.get(name)
         if existing is not None and _import_path(existing) != _import_path(builder):
             raise ModelError(f"model {name!r} is already registered by {_import_path(existing)}")
-        _REGISTRY[name] = builder
-        return builder
+        return _REGISTRY.register(name, builder, identity=_import_path)
 
     return decorator
 

@@ -33,6 +33,7 @@ import torch
 
 from .. import __version__
 from ..provenance import git_commit
+from ..registry import Registry
 from ..report.analyses import confusion_matrices
 from ..training.compare import method, run_compare, run_compare_seeds, run_label, seed_run_dir
 from ..training.config import ExperimentConfig, SweepConfig, load_config, parse_config, set_values
@@ -109,14 +110,13 @@ class Target:
     page: Callable[[Path, Path], list[Path]] | None = None
 
 
-TARGETS: dict[str, Target] = {}
+TARGETS: Registry = Registry("reproduction", ReproduceError)
 
 
 def register_target(target: Target) -> Target:
     if target.name in TARGETS:
         raise ValueError(f"reproduction '{target.name}' is registered twice")
-    TARGETS[target.name] = target
-    return target
+    return TARGETS.register(target.name, target)
 
 
 @dataclass

@@ -27,12 +27,7 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     makes the summary from the unit's records); returns None.  ``records`` is the folder of
     committed run records (``results/runs/NAME``): units it holds finished are read from it,
     not trained again."""
-    if name not in TARGETS:
-        import difflib
-
-        near = difflib.get_close_matches(name, list(TARGETS), n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ReproduceError(f"unknown reproduction '{name}'{hint} (known: {', '.join(TARGETS)})")
+    TARGETS.lookup(name)  # an unknown name: one line with the nearest
     if scale not in ("smoke", "full"):
         raise ReproduceError(f"scale must be 'smoke' or 'full', not '{scale}'")
     target = TARGETS[name]

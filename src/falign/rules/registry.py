@@ -43,12 +43,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..registry import Registry
+
 
 class RuleError(ValueError):
     """An unknown rule name or an invalid rule option."""
 
 
-_REGISTRY: dict[str, type[Rule]] = {}
+_REGISTRY: Registry = Registry("rule", RuleError)
 
 
 def register_rule(cls: type[Rule]) -> type[Rule]:
@@ -72,8 +74,7 @@ def register_rule(cls: type[Rule]) -> type[Rule]:
     if not dataclasses.is_dataclass(cls) or "__dataclass_fields__" not in cls.__dict__:
         raise RuleError(f"rule '{name}': decorate {cls.__qualname__} with @dataclass (under "
                         "@register_rule) so its options are fields")
-    _REGISTRY[name] = cls
-    return cls
+    return _REGISTRY.register(name, cls, identity=_path)
 
 
 def _path(cls: type) -> str:

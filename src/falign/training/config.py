@@ -114,13 +114,23 @@ class TrainConfig(_Section):
     #: under several processes, batch-norm statistics over the whole global batch (False: each
     #: process normalises its own share, a different computation from one process)
     sync_batchnorm: bool = True
-    #: experiment trackers the run reports to (see falign.training.loggers)
-    loggers: list[Literal["tensorboard", "wandb", "mlflow", "jsonl"]] = Field(default_factory=list)
+    #: experiment trackers the run reports to: tensorboard, wandb, mlflow, jsonl, or one a user
+    #: registered (falign.training.loggers.register_tracker)
+    loggers: list[str] = Field(default_factory=list)
     #: per-step scalars (the training loss) to the trackers every N steps (0: per epoch only)
     log_every: int = Field(default=0, ge=0)
     #: a resumable checkpoint every N training steps within an epoch too (0: after epochs only);
     #: a kill then loses at most N steps, and the resumed run ends bit-identical
     checkpoint_steps: int = Field(default=0, ge=0)
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_trackers(cls, v: list[str]) -> list[str]:
+        from .loggers import TRACKERS
+
+        for name in v:
+            TRACKERS.lookup(name)  # one line naming the nearest tracker
+        return v
 
 
 class SearchSpace(_Section):

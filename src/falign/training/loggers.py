@@ -29,9 +29,11 @@ falign[trackers]``):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..registry import Registry
 from .record import EpochRecord, RunRecord
 
 
@@ -166,12 +168,18 @@ def read_steps(run_dir: str | Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-TRACKERS: dict[str, type[Logger]] = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow,
-                                     "jsonl": JsonLines}
+TRACKERS: Registry = Registry("tracker", ValueError, {"tensorboard": TensorBoard, "wandb": WandB,
+                                                      "mlflow": MLflow, "jsonl": JsonLines})
+
+
+def register_tracker(name: str) -> Callable[[type[Logger]], type[Logger]]:
+    """Decorator: register a :class:`Logger` class under ``name``, so ``train.loggers`` can
+    name it (it is built with no arguments and opened with the run)."""
+    return TRACKERS.decorator(name)
 
 
 def make_loggers(names: list[str]) -> list[Logger]:
-    return [TRACKERS[n]() for n in names]
+    return [TRACKERS.lookup(n)() for n in names]
 
 
 def _run_id(run_dir: Path) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -11,29 +10,23 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ...registry import Registry
+
 if TYPE_CHECKING:
     from ..feedback import FeedbackLayer
 
-_PATHWAYS: dict[str, Pathway] = {}
+_PATHWAYS: Registry = Registry("pathway", ValueError)
 
 
 def register_pathway(cls: type[Pathway]) -> type[Pathway]:
     """Register a :class:`Pathway` subclass under ``cls.name`` (one instance serves all layers:
     per-layer state lives on the layer, per-model state in the wiring ``attach`` makes)."""
-    name = cls.name
-    old = _PATHWAYS.get(name)
-    if old is not None and type(old).__qualname__ != cls.__qualname__:
-        raise ValueError(f"pathway '{name}' is already registered by {type(old).__qualname__}")
-    _PATHWAYS[name] = cls()
+    _PATHWAYS.register(cls.name, cls(), identity=lambda p: type(p).__qualname__)
     return cls
 
 
 def get_pathway(name: str) -> Pathway:
-    if name not in _PATHWAYS:
-        near = difflib.get_close_matches(name, list(_PATHWAYS), n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise ValueError(f"unknown pathway '{name}'{hint} (known: {', '.join(_PATHWAYS)})")
-    return _PATHWAYS[name]
+    return _PATHWAYS.lookup(name)
 
 
 def pathway_names() -> list[str]:
