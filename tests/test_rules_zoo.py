@@ -248,8 +248,28 @@ def test_drtp_labels_at_the_ignore_index_count_in_no_loss() -> None:
     F.cross_entropy(model(X), ignored).backward()
     a1, h1, *_ = forward_by_hand(model, X)
     keep = ignored != -100
-    source = F.one_hot(ignored.clamp_min(0), 3).to(DT) * keep[:, None] / 6
+    # a mean over the labels that count, as cross_entropy's own: 4 of 6
+    source = F.one_hot(ignored.clamp_min(0), 3).to(DT) * keep[:, None] / 4
     close(model[0].weight.grad, (((source @ model[2].feedback.T) * (1 - h1 ** 2)).T @ X))
+
+
+@pytest.mark.parametrize("rule", ["sdfa", "drtp"])
+def test_a_sequences_default_weight_is_one_over_its_positions(rule) -> None:
+    """One label a position and a mean loss over the N x T positions: without a weight given,
+    a position weighs 1/(N T), as in cross_entropy over the flattened positions."""
+    torch.manual_seed(0)
+    model = falign.convert(nn.Sequential(nn.Linear(5, 6, dtype=DT), nn.Tanh(), nn.Linear(6, 3, dtype=DT)),
+                           rule, seed=3)
+    x, y = randn(2, 4, 5, seed=2), torch.tensor([[0, 1, 2, 1], [2, 2, 0, 1]])
+    falign.set_step(model, targets=y)
+    z = model(x)
+    F.cross_entropy(z.reshape(-1, 3), y.reshape(-1)).backward()
+    zz = z.detach().requires_grad_(True)
+    (e,) = torch.autograd.grad(F.cross_entropy(zz.reshape(-1, 3), y.reshape(-1)), zz)
+    source = (F.one_hot(y, 3).to(DT) if rule == "drtp" else torch.sign(e)) / 8
+    h = torch.tanh(x @ model[0].weight.T + model[0].bias).detach()
+    d = (source @ model[2].feedback.T) * (1 - h ** 2)
+    close(model[0].weight.grad, d.reshape(-1, 6).T @ x.reshape(-1, 5))
 
 
 @pytest.mark.parametrize("rule", sorted(falign.rules()))

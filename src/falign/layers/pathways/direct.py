@@ -189,15 +189,25 @@ def one_hot_targets(targets: Tensor, error: Tensor) -> Tensor:
     return targets.reshape(error.shape).to(error.dtype)
 
 
+def _labels_counted(targets: Tensor | None, error: Tensor) -> int:
+    """What a mean loss averages over: the step's class labels other than IGNORE_INDEX (as
+    PyTorch's cross-entropy does), else one per sample, or per position of a sequence's e (N, T, K)."""
+    if targets is not None and not targets.is_floating_point():
+        return max(int((targets != IGNORE_INDEX).sum()), 1)
+    return math.prod(error.shape[:-1]) if error.dim() == 3 else error.shape[0]
+
+
 def direct_source(wiring: DirectWiring, rule, error: Tensor) -> Tensor:
     """What B_i multiplies, (N, *e): the rule's function of e, of the targets and of a
-    sample's weight in the loss (1/N for a mean over N, unless the step says otherwise) times
+    sample's weight in the loss (unless the step says otherwise, 1 over what a mean loss
+    averages: the labels that count, else the samples or a sequence's positions) times
     the loss scale (rules whose signal keeps e's magnitude ignore both: e carries them)."""
     from ..feedback import FeedbackError
 
     weight = wiring.sample_weight
     if weight is None:
-        weight = 1.0 / error.shape[0] if getattr(rule, "reduction", "mean") == "mean" else 1.0
+        mean = getattr(rule, "reduction", "mean") == "mean"
+        weight = 1.0 / _labels_counted(wiring.targets, error) if mean else 1.0
     weight = weight * wiring.loss_scale
     targets = None
     if getattr(rule, "needs_targets", False):
