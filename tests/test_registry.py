@@ -84,3 +84,31 @@ def test_an_unknown_tracker_in_a_config_is_one_line_naming_the_nearest() -> None
         parse_config({"train": {"loggers": ["tensorbord"]}})
     msg = str(err.value)
     assert "unknown tracker 'tensorbord'; did you mean 'tensorboard'?" in msg and "\n" not in msg
+
+
+def test_every_falign_error_is_a_falign_error() -> None:
+    """The command line catches one root class: every error class falign defines derives from
+    it (control flow -- nothing to plot, a stopped target, an interrupt -- excepted)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import falign
+    from falign import FalignError
+
+    control = {"NothingToPlot", "_Stop", "Interrupted"}
+    found = []
+    for info in pkgutil.walk_packages(falign.__path__, "falign."):
+        if info.name.startswith("falign.integrations") or info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == info.name and issubclass(cls, Exception) and not issubclass(cls, Warning) \
+                    and name not in control:
+                found.append(cls)
+    assert len(found) >= 12
+    assert [c.__qualname__ for c in found if not issubclass(c, FalignError)] == []
+    # and each kept the built-in class it had: code catching ValueError still catches it
+    from falign.training.config import ConfigError
+
+    assert issubclass(ConfigError, ValueError)

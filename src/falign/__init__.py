@@ -8,6 +8,7 @@
     plain = falign.export(model)                  # the plain architecture, trained weights, no feedback
 """
 
+from .errors import FalignError
 from .layers import (
     ConversionReport,
     FeedbackConv1d,
@@ -26,6 +27,7 @@ __version__ = "0.2.0.dev0"
 
 __all__ = [
     "ConversionReport",
+    "FalignError",
     "FeedbackConv1d",
     "FeedbackConv2d",
     "FeedbackConv3d",

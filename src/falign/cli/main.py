@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from ..errors import FalignError
+
 COMPARE_RULES = "bp,fa,dfa,usf,frsf"
 
 # Defaults of `falign compare` without --config: a quick, fair comparison (< 5 min on 2 CPU cores
@@ -31,7 +33,7 @@ COMPARE_DEFAULTS = {
 }
 
 
-class UsageError(Exception):
+class UsageError(FalignError):
     """A command line that cannot be carried out as written; the message is one line."""
 
 
@@ -40,29 +42,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{message} (see '{self.prog} --help')")
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..data import DatasetError
-    from ..models import ModelError
-    from ..report import ReportError
-    from ..reproduce import ReproduceError
-    from ..rules import RuleError
-    from ..training.checkpoint import CheckpointError
-    from ..training.config import ConfigError
-    from ..training.loop import RunDirError
-    from ..training.record import RecordError
-
-    errors: list[type[BaseException]] = [UsageError, DatasetError, ModelError, RuleError,
-                                         CheckpointError, ConfigError, RunDirError, RecordError,
-                                         ReportError, ReproduceError]
-    try:
-        from ..training.sweep import SweepError
-
-        errors.append(SweepError)
-    except ImportError:  # optuna not installed
-        pass
-    return tuple(errors)
 
 
 def _data_dir(args, cfg=None):
@@ -592,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "threads", None):
             os.environ["FALIGN_THREADS"] = str(args.threads)
         return args.func(args)
-    except _user_errors() as err:
+    except FalignError as err:
         print(f"falign: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM while training (training.loop.Interrupted)

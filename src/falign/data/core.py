@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import FalignError
+
 __all__ = [
     "BatchTransform",
     "Dataset",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 
-class DatasetError(Exception):
+class DatasetError(FalignError):
     """A dataset cannot be found, read, fetched or configured.
 
     ``str(e)`` is one line saying what went wrong and where (file, directory, expected files),

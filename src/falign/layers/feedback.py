@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import FalignError
 from ..rules import Rule, derive_seed, get_rule
 from .pathways import get_pathway
 from .pathways._ops import ConvSpec
@@ -66,7 +67,7 @@ def outside_compile(method):
     return wrapper
 
 
-class FeedbackError(ValueError):
+class FeedbackError(FalignError, ValueError):
     """A converted model used in a way its rule cannot honour (a trained B left out of the
     optimizer that steps W, an averaged DFA loop on a model that is not an MLP); one line."""
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..errors import FalignError
 from ..registry import Registry
 
 __all__ = [
@@ -33,7 +34,7 @@ _SPEC_KEYS = ("name", "rule", "rule_options", "num_classes", "in_shape", "option
 _SHAPE_ARGS = ("num_classes", "in_shape")
 
 
-class ModelError(ValueError):
+class ModelError(FalignError, ValueError):
     """Unknown model name or invalid model option. The message is always one line."""
 
     def __init__(self, message: str) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..errors import FalignError
 from ..training.record import RecordError, RunRecord
 from ..training.results import ResultRow
 
@@ -26,7 +27,7 @@ PUBLISHED_TITLES: dict[str, str] = {
 }
 
 
-class ReportError(ValueError):
+class ReportError(FalignError, ValueError):
     """A path given to the report is not a run, comparison, sweep or reproduction directory, or its
     files are unreadable; an analysis asked of the report cannot be made."""
 

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from .. import __version__
+from ..errors import FalignError
 from ..provenance import git_commit
 from ..registry import Registry
 from ..report.analyses import confusion_matrices
@@ -44,7 +45,7 @@ RESULTS = "results.json"
 RESULTS_SCHEMA = 1
 
 
-class ReproduceError(ValueError):
+class ReproduceError(FalignError, ValueError):
     """Unknown target or scale, or an output directory holding another reproduction."""
 
 

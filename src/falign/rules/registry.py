@@ -43,10 +43,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..errors import FalignError
 from ..registry import Registry
 
 
-class RuleError(ValueError):
+class RuleError(FalignError, ValueError):
     """An unknown rule name or an invalid rule option."""
 
 

@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 
+from ..errors import FalignError
 from .record import new_file_mode
 
 FORMAT = "falign-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(FalignError, ValueError):
     """A missing, corrupt, foreign or incompatible checkpoint; one-line message."""
 
 

@@ -26,8 +26,10 @@ from pydantic import (
     model_validator,
 )
 
+from ..errors import FalignError
 
-class ConfigError(ValueError):
+
+class ConfigError(FalignError, ValueError):
     """An invalid config file, key, type or value; the message is one line."""
 
 

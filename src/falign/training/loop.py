@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..data import Dataset, Split, batches, load_dataset
 from ..data.registry import dataset_options
+from ..errors import FalignError
 from ..layers import StepContext, train_step
 from ..layers.alignment import StepProbe
 from ..models import InputTooSmallError, create_model, model_from_spec
@@ -45,7 +46,7 @@ from .record import AlignmentRecord, EpochRecord, RecordError, RunRecord
 from .record import write_json as write_json  # its home before record.py
 
 
-class RunDirError(ValueError):
+class RunDirError(FalignError, ValueError):
     """The output directory holds another run (and neither resume nor overwrite was asked), or a
     run that cannot be resumed."""
 

@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import FalignError
+
 __all__ = ["RESUMED", "SCHEMA_VERSION", "AlignmentRecord", "EpochRecord", "RecordError", "RunRecord",
            "write_json"]
 
@@ -65,7 +67,7 @@ STATUSES = ("running", "completed", "diverged", "interrupted")
 RESUMED = ("epochs", "best_epoch", "best_val_acc", "alignment", "stopped_early")
 
 
-class RecordError(ValueError):
+class RecordError(FalignError, ValueError):
     """A ``tracking.json`` that cannot be read as a run record; one-line message naming it."""
 
 

@@ -54,6 +54,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..errors import FalignError
 from ..rules import parse_rule
 from .config import (
     ConfigError,
@@ -75,7 +76,7 @@ STALE_BEATS = 6
 MAX_RETRIES = 3
 
 
-class SweepError(ValueError):
+class SweepError(FalignError, ValueError):
     """An invalid sweep specification or storage; one-line message."""
 
 
