@@ -112,3 +112,15 @@ def test_every_falign_error_is_a_falign_error() -> None:
     from falign.training.config import ConfigError
 
     assert issubclass(ConfigError, ValueError)
+
+
+def test_a_users_tracker_by_import_path_needs_no_registration(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(data_registry, "_REGISTRY", data_registry._REGISTRY.copy())
+    data_registry.register_dataset("two-rings")(_ring)
+    cfg = parse_config({"name": "user", "device": "cpu", "data": {"name": "two-rings"},
+                        "model": {"name": "mlp", "options": {"sizes": [2, 8, 2]}}, "rule": {"name": "fa"},
+                        "optim": {"name": "sgd", "lr": 0.1},
+                        "train": {"epochs": 1, "batch_size": 10, "loggers": ["test_registry:Collect"]}})
+    Collect.seen = []
+    train(cfg, tmp_path / "run", log=None)
+    assert len(Collect.seen) == 1

@@ -221,14 +221,33 @@ def test_units_running_outside_the_queue_take_their_share_of_the_jobs(tmp_path: 
 
     def sleep(s):  # the outside unit "ends" after the queue's first wait
         calls.append(s)
+        logs.append("(wait)")
         pid.unlink(missing_ok=True)
         reproduce("lillicrap-2016", out=runs / "lillicrap-2016", parts=["compare/fa/seed0"],
                   resume=True, log=lambda s: None)
 
     monkeypatch.setattr(q.time, "sleep", sleep)
-    run_queue(["lillicrap-2016"], runs=runs, results=results, repo=tmp_path, code=None, jobs=2,
+    run_queue(["lillicrap-2016"], runs=runs, results=results, repo=tmp_path, code=None, jobs=1,
               scale="smoke", log=logs.append)
-    started = [s for s in logs if s.startswith("queue: started")]
-    # jobs=2: one slot for the queue while the outside unit runs, then it collects that one
-    assert started == [s for s in started if "compare/bp/seed0" in s] and len(started) == 1
-    assert calls and sum(" done: test " in s for s in logs) == 2
+    # jobs=1 and the outside unit running: nothing starts before it ends (the first wait);
+    # then the queue collects it and trains the other unit
+    first_start = next(i for i, s in enumerate(logs) if s.startswith("queue: started"))
+    assert logs.index("(wait)") < first_start and "compare/bp/seed0" in logs[first_start]
+    assert sum(" done: test " in s for s in logs) == 2
+    assert [s for s in logs if s.startswith("queue: started")] == [logs[first_start]]
+
+
+def test_a_diverged_run_is_done_and_a_sweep_unit_owns_only_its_own_trials(tmp_path: Path) -> None:
+    from falign.reproduce.base import finished_record
+
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "tracking.json").write_text(json.dumps({"schema": 3, "status": "diverged", "epochs": [],
+                                                   "config": {}, "environment": {}}))
+    assert finished_record(run) is not None  # an outcome: never trained again
+    unit = _unit("lance-kieu-2026", "sweep/fa", scale="full")
+    trials = tmp_path / "sweep" / "trials"
+    for name in ("arch1-cifar10-fa-000", "arch1-cifar10-fa-008", "arch1-cifar10-fa-dense-000"):
+        (trials / name).mkdir(parents=True)
+    matched = sorted(p.name for pattern in unit.extra for p in tmp_path.glob(pattern))
+    assert matched == ["arch1-cifar10-fa-000", "arch1-cifar10-fa-008"]

@@ -91,3 +91,20 @@ def test_the_queue_rewrites_the_page_and_its_figure(tmp_path: Path) -> None:
     assert (tmp_path / PAGE).read_text() == page(_summary(), "figures/rule-guide.png")
     assert (tmp_path / FIGURE).stat().st_size > 0
     assert tmp_path / PAGE not in write_page(tmp_path / "results", tmp_path)  # unchanged: not rewritten
+
+
+def test_partial_data_says_what_is_not_measured_and_draws(tmp_path: Path) -> None:
+    """The first unit to finish may be any (task, rule, optimizer): the page says which rules
+    and optimizers are not measured yet, and the figure draws a panel that has no line yet."""
+    from falign.reproduce.guide import figure
+
+    one = {"status": "partial", "methods": [
+        {"part": "mnist-mlp", "method": "bp-adam", "config": {"optim": {"lr": 0.001}},
+         "trials": [_trial(x, 0.9) for x in GUIDE_LR["adam"]], "runs": [{"test_acc": 0.95}],
+         "test_acc_mean": 0.95, "test_acc_std": 0.0},
+        {"part": "mnist-mlp", "method": "fa-sgd", "trials": [], "runs": [], "test_acc_mean": None}]}
+    lines = advice(grid_table(one))
+    assert lines[0].startswith("**bp** on mnist-mlp: with Adam, best at lr 0.001") and \
+        "SGD + momentum 0.9 not measured yet" in lines[0]
+    assert lines[1] == "**fa** on mnist-mlp: not measured yet."
+    assert figure(one, tmp_path / "fig.png").stat().st_size > 0

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
-from falign.training import RunDirError, parse_config
+from falign.training import RunDirError, RunRecord, parse_config
 from falign.training.compare import compare_configs, run_compare
 
 RULES = ["bp", "fa"]
@@ -372,3 +373,16 @@ def test_the_figure_with_error_bars(seeded, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and pdf.read_bytes()[:5] == b"%PDF-"
     with pytest.raises(NothingToPlot):
         plot_seed_summary({"bp": []}, tmp_path / "none")
+
+
+def test_resume_with_another_config_does_not_pass_the_old_runs_off_as_the_new(compared, tmp_path):
+    """--resume with more epochs continues each run to them; the finished runs of the asked
+    config are what the table reports, not the earlier runs read back as they were."""
+    out, _, _ = compared
+    copy = tmp_path / "cmp"
+    shutil.copytree(out, copy)
+    longer = base_config()
+    longer.train.epochs = 3
+    rows = run_compare(longer, RULES, copy, resume=True, log=lambda s: None)
+    assert all(len(RunRecord.read(copy / r / "tracking.json").epochs) == 3 for r in RULES)
+    assert [r.label for r in rows] == RULES

@@ -365,3 +365,18 @@ def test_a_run_started_by_falign_0_1_resumes(data_root, tmp_path):
     torch.save(ckpt, path)
     resumed = train(cfg, tmp_path / "old", resume=True, log=None)
     assert metrics(resumed) == metrics(whole)
+
+
+def test_resume_of_a_run_stopped_in_its_first_epoch_starts_it_again(data_root, tmp_path):
+    """Stopped before its first epoch ended (a record, no last.pt yet): nothing is lost, so
+    --resume trains it from epoch 1 rather than refusing, and ends as an uninterrupted run."""
+    cfg = parse_config(tiny())
+    whole = train(cfg, tmp_path / "whole", log=None)
+    out = tmp_path / "stopped"
+    train(cfg, out, log=None, stop_after=1)
+    (out / "last.pt").unlink()
+    record = json.loads((out / "tracking.json").read_text())
+    record.update(status="interrupted", epochs=[])
+    (out / "tracking.json").write_text(json.dumps(record))
+    resumed = train(cfg, out, resume=True, log=None)
+    assert metrics(resumed)["epochs"] == metrics(whole)["epochs"] and resumed.status == "completed"

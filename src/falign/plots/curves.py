@@ -128,7 +128,12 @@ def plot_lr_grid(
             ax.grid(True, linewidth=0.4, alpha=0.5)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 7), frameon=False)
+        legend: dict[str, Any] = {}  # every series once, whichever panel drew it
+        for ax in axes.flat:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                legend.setdefault(label, handle)
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+                       ncol=max(1, min(len(legend), 7)), frameon=False)
         stem = Path(path).with_suffix("")
         return _style.save_figure(fig, stem)[0]

@@ -74,13 +74,15 @@ class Unit:
 
 
 def finished_record(run_dir: Path) -> RunRecord | None:
-    """The run's record when it is done: ``completed`` with a test accuracy (an interrupted or
-    running run is not)."""
+    """The run's record when it is done: ``completed`` with a test accuracy, or ``diverged``
+    (its loss became NaN or infinite: an outcome, not a run to train again); an interrupted or
+    running run is not done."""
     path = Path(run_dir) / "tracking.json"
     if not path.is_file():
         return None
     record = RunRecord.read(path)
-    return record if record.status == "completed" and record.test_acc is not None else None
+    done = record.status == "diverged" or (record.status == "completed" and record.test_acc is not None)
+    return record if done else None
 
 
 class _Stop(Exception):  # noqa: N818  (control flow, not an error)
@@ -277,14 +279,14 @@ class Context:
             finals = tuple(f"{sub}/final/{run_label(label)}-seed{s}" for s in spec.final_seeds)
             study = f"{cfg.name}-{label.replace(':', '-')}"
             units.append(Unit(sub, label, None, finals, published.get(label),
-                              extra=(f"{sub}/trials/{study}-*",)))
+                              extra=(f"{sub}/trials/{study}-[0-9][0-9][0-9]*",)))
         todo = self._units(units)
         summary: dict[str, Any] = {"rules": {}}
         search = []
         for u in todo:
             finished = all(finished_record(self.out / r) for r in u.run_dirs)
             if finished:  # resumed from its own trials, or read from the records alone
-                if any(out.glob(f"trials/{cfg.name}-{u.method.replace(':', '-')}-*")):
+                if any(out.glob(f"trials/{cfg.name}-{u.method.replace(':', '-')}-[0-9][0-9][0-9]*")):
                     search.append(u.method)
                 continue
             configs = [self.committed_config(r) for r in u.run_dirs]

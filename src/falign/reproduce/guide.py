@@ -170,10 +170,22 @@ def advice(grid: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     for task, by_rule in grid.items():
         bp = max((e["test_mean"] or 0 for e in by_rule.get("bp", {}).values()), default=None)
         for rule, by_opt in by_rule.items():
-            best = max(by_opt.items(), key=lambda kv: kv[1]["test_mean"] or -1)
-            opt, e = best
-            text = (f"**{rule}** on {task}: best with {OPTIMIZERS.get(opt, opt)} at lr {e['best_lr']:g}"
-                    if e["best_lr"] is not None else f"**{rule}** on {task}: no learning rate learned")
+            measured = {o: e for o, e in by_opt.items() if e["lrs"]}
+            if not measured:
+                lines.append(f"**{rule}** on {task}: not measured yet.")
+                continue
+            finals = {o: e for o, e in measured.items() if e["test_mean"] is not None}
+            pool = finals or measured
+            opt, e = max(pool.items(), key=lambda kv: kv[1]["test_mean"] if finals else
+                         max((v for v in kv[1]["val"].values() if v is not None), default=-1))
+            missing = [OPTIMIZERS.get(o, o) for o in GUIDE_LR if o not in finals]
+            if e["best_lr"] is None:
+                text = f"**{rule}** on {task}: no learning rate learned under {OPTIMIZERS.get(opt, opt)}"
+            elif len(finals) == len(GUIDE_LR):
+                text = f"**{rule}** on {task}: best with {OPTIMIZERS.get(opt, opt)} at lr {e['best_lr']:g}"
+            else:
+                text = (f"**{rule}** on {task}: with {OPTIMIZERS.get(opt, opt)}, best at lr {e['best_lr']:g} "
+                        f"({', '.join(missing)} not measured yet)")
             if e["test_mean"] is not None:
                 text += (f", {_pct(e['test_mean'], e['test_std'])}% test over {e['seeds']} "
                          f"seed{'s' if e['seeds'] != 1 else ''}")

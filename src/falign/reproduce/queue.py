@@ -250,12 +250,20 @@ def refresh(name: str, results: Path, repo: Path) -> list[Path]:
     block = tables.render(tables.load_results(results))
     for rel in ("README.md", "docs/experiments/results.md"):
         path = Path(repo) / rel
-        if path.is_file() and tables.rewrite(path, block):
+        if path.is_file() and not _edited(repo, path) and tables.rewrite(path, block):
             changed.append(path)
     page = TARGETS[name].page
     if page is not None:
         changed += page(Path(results), Path(repo))
     return changed
+
+
+def _edited(repo: Path, path: Path) -> bool:
+    """Whether ``path`` has changes not committed (someone is editing it): the queue then leaves
+    it alone rather than commit their edits with its tables."""
+    diff = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--", str(path)],
+                          capture_output=True)
+    return diff.returncode == 1
 
 
 def _finish(name: str, unit: Unit, *, runs: Path, results: Path, repo: Path, scale: str,
@@ -319,6 +327,11 @@ def run_queue(names: Sequence[str], *, runs: Path, results: Path, repo: Path, co
                 failed.add(key)
                 log(f"queue: {key} FAILED (exit {proc.returncode}, after "
                     f"{(time.time() - started) / 3600:.2f} h); log: {runs / 'logs' / (_safe(key) + '.log')}")
+                continue
+            if not all(finished_record(runs / name / rel) for rel in unit.run_dirs):
+                failed.add(key)  # ended well but left runs unfinished (e.g. a grid that all
+                log(f"queue: {key} ended without finishing its runs; not started again "  # diverged)
+                    f"(log: {runs / 'logs' / (_safe(key) + '.log')})")
                 continue
             _finish(name, unit, runs=runs, results=results, repo=repo, scale=scale, commit=commit,
                     log=log)

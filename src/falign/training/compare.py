@@ -111,9 +111,10 @@ def _train_once(cfg: ExperimentConfig, run_dir: Path, title: str, *, resume: boo
     trained (continued, with ``resume``)."""
     done = run_dir / "tracking.json"
     record = RunRecord.read(done) if resume and done.exists() else None
-    if record is not None and record.finished:
+    if record is not None and record.finished and same_config(record.config, cfg) \
+            and not (record.status == "completed" and cfg.train.epochs > len(record.epochs)):
         log(f"== {title}: already complete, reusing {run_dir}")
-        return record
+        return record  # (another config, or more epochs: train() checks and continues or refuses)
     log(f"== {title}")
     return train(cfg, run_dir, resume=resume, overwrite=overwrite, log=log)
 

@@ -116,8 +116,9 @@ class TrainConfig(_Section):
     #: under several processes, batch-norm statistics over the whole global batch (False: each
     #: process normalises its own share, a different computation from one process)
     sync_batchnorm: bool = True
-    #: experiment trackers the run reports to: tensorboard, wandb, mlflow, jsonl, or one a user
-    #: registered (falign.training.loggers.register_tracker)
+    #: experiment trackers the run reports to: tensorboard, wandb, mlflow, jsonl, one a user
+    #: registered (falign.training.loggers.register_tracker), or a Logger class by import path
+    #: (``mypkg.trackers:MyTracker``, found in any process, the command line's included)
     loggers: list[str] = Field(default_factory=list)
     #: per-step scalars (the training loss) to the trackers every N steps (0: per epoch only)
     log_every: int = Field(default=0, ge=0)
@@ -131,7 +132,8 @@ class TrainConfig(_Section):
         from .loggers import TRACKERS
 
         for name in v:
-            TRACKERS.lookup(name)  # one line naming the nearest tracker
+            if ":" not in name:  # module:Class, a user's tracker, is imported when the run starts
+                TRACKERS.lookup(name)  # one line naming the nearest tracker
         return v
 
 

@@ -179,7 +179,8 @@ def register_tracker(name: str) -> Callable[[type[Logger]], type[Logger]]:
 
 
 def make_loggers(names: list[str]) -> list[Logger]:
-    return [TRACKERS.lookup(n)() for n in names]
+    """The trackers ``train.loggers`` names: registered names, or ``module:Class`` paths."""
+    return [(TRACKERS.resolve(n) if ":" in n else TRACKERS.lookup(n))() for n in names]
 
 
 def _run_id(run_dir: Path) -> str:

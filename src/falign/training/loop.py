@@ -326,6 +326,10 @@ def prepare_run_dir(out: Path, cfg: ExperimentConfig, *, resume: bool,
             return record
         if last.exists():
             return None  # continued from it; its config is checked against cfg when it is read
+        if record is None or not record.epochs:  # stopped in its first epoch: nothing to lose
+            if record is not None and not record.finished:
+                _check_same_config(record.config, cfg, tracking)
+            return None
         done = f"{len(record.epochs)} of {cfg.train.epochs} epochs"
         if record.finished:
             raise RunDirError(f"{last}: missing, so the finished run in {out} ({done}) cannot be "
