@@ -251,3 +251,16 @@ def test_a_diverged_run_is_done_and_a_sweep_unit_owns_only_its_own_trials(tmp_pa
         (trials / name).mkdir(parents=True)
     matched = sorted(p.name for pattern in unit.extra for p in tmp_path.glob(pattern))
     assert matched == ["arch1-cifar10-fa-000", "arch1-cifar10-fa-008"]
+
+
+def test_a_unit_finished_outside_is_collected_even_while_every_job_is_busy(tmp_path: Path) -> None:
+    """jobs=1: the queue starts the pending unit and, in the same pass, collects the unit
+    trained by hand, rather than after the started one ends."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    reproduce("lillicrap-2016", out=runs / "lillicrap-2016", parts=["compare/fa/seed0"], resume=True,
+              log=lambda s: None)
+    logs: list[str] = []
+    run_queue(["lillicrap-2016"], runs=runs, results=results, repo=tmp_path, code=None, jobs=1,
+              poll=0.5, scale="smoke", log=logs.append)
+    done = [s for s in logs if " done: test " in s]
+    assert len(done) == 2 and "compare/fa/seed0" in done[0] and "compare/bp/seed0" in done[1]

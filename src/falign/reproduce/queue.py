@@ -342,36 +342,36 @@ def run_queue(names: Sequence[str], *, runs: Path, results: Path, repo: Path, co
         others = sum(running(runs, n, u) for n in names for u, st in unit_states(n, results, scale)
                      if st == "pending" and f"{n}:{u.name}" not in active)
         free = jobs - len(active) - others
-        if free > 0:
-            for name, unit in _pending(names, runs, results, failed | set(active), scale):
-                if free <= 0:
-                    break
-                key = f"{name}:{unit.name}"
-                if all(finished_record(runs / name / rel) for rel in unit.run_dirs):
-                    # trained and not collected yet (by a process started by hand, or a queue
-                    # stopped before it collected): collect it, train nothing
-                    _finish(name, unit, runs=runs, results=results, repo=repo, scale=scale,
-                            commit=commit, log=log)
-                    continue
-                free -= 1
-                (runs / "logs").mkdir(parents=True, exist_ok=True)
-                logf = open(runs / "logs" / (_safe(key) + ".log"), "a")  # noqa: SIM115
-                env = {**os.environ, "FALIGN_THREADS": str(threads)}
-                if checkout is not None:
-                    env["PYTHONPATH"] = str(checkout / "src")
-                cmd = ["nice", "-n", "10", sys.executable, "-m", "falign", "reproduce", name,
-                       "--scale", scale, "--part", unit.name, "--out", str(runs / name), "--resume",
-                       "--records", str(records_dir(results, name)), "--threads", str(threads)]
-                (runs / name).mkdir(parents=True, exist_ok=True)
-                records_dir(results, name).mkdir(parents=True, exist_ok=True)
-                proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                        cwd=checkout or repo, start_new_session=True)
-                logf.close()
-                pid = _pid_file(runs, name, unit)
-                pid.parent.mkdir(parents=True, exist_ok=True)
-                pid.write_text(f"{proc.pid}\n")
-                active[key] = (proc, name, unit, time.time())
-                log(f"queue: started {key} (pid {proc.pid})")
+        # every pass: collect what finished, start what the free jobs allow
+        for name, unit in _pending(names, runs, results, failed | set(active), scale):
+            key = f"{name}:{unit.name}"
+            if all(finished_record(runs / name / rel) for rel in unit.run_dirs):
+                # trained and not collected yet (by a process started by hand, or a queue
+                # stopped before it collected): collect it, train nothing, whatever the jobs
+                _finish(name, unit, runs=runs, results=results, repo=repo, scale=scale,
+                        commit=commit, log=log)
+                continue
+            if free <= 0:
+                continue
+            free -= 1
+            (runs / "logs").mkdir(parents=True, exist_ok=True)
+            logf = open(runs / "logs" / (_safe(key) + ".log"), "a")  # noqa: SIM115
+            env = {**os.environ, "FALIGN_THREADS": str(threads)}
+            if checkout is not None:
+                env["PYTHONPATH"] = str(checkout / "src")
+            cmd = ["nice", "-n", "10", sys.executable, "-m", "falign", "reproduce", name,
+                   "--scale", scale, "--part", unit.name, "--out", str(runs / name), "--resume",
+                   "--records", str(records_dir(results, name)), "--threads", str(threads)]
+            (runs / name).mkdir(parents=True, exist_ok=True)
+            records_dir(results, name).mkdir(parents=True, exist_ok=True)
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                    cwd=checkout or repo, start_new_session=True)
+            logf.close()
+            pid = _pid_file(runs, name, unit)
+            pid.parent.mkdir(parents=True, exist_ok=True)
+            pid.write_text(f"{proc.pid}\n")
+            active[key] = (proc, name, unit, time.time())
+            log(f"queue: started {key} (pid {proc.pid})")
         if not active and not others:
             log("queue: nothing pending" + (f" ({len(failed)} failed)" if failed else ""))
             return
