@@ -116,7 +116,8 @@ def target_table(summary: dict[str, Any]) -> str:
                  + (f" at {git['commit'][:10]}" if git.get("commit") else "")
                  + f", torch {summary.get('torch')}; {hw.get('cpu') or 'CPU'} ({hw.get('cpus')} cores"
                  + (f", {hw['gpu']}" if hw.get("gpu") else "") + f"); {hours:.1f} h of training"
-                 + ("" if status == "completed" else f"; **status: {status}** (partial)") + ".")
+                 + ("" if status == "completed" else f"; **status: {status}**"
+                    + ("" if status == "partial" else " (partial)")) + ".")
     lines.append("")
     methods = summary.get("methods") or []
     has_published = any(m.get("published") is not None for m in methods)
