@@ -286,7 +286,7 @@ class Context:
         for u in todo:
             finished = all(finished_record(self.out / r) for r in u.run_dirs)
             if finished:  # resumed from its own trials, or read from the records alone
-                if any(out.glob(f"trials/{cfg.name}-{u.method.replace(':', '-')}-[0-9][0-9][0-9]*")):
+                if any(any(self.out.glob(pattern)) for pattern in u.extra):
                     search.append(u.method)
                 continue
             configs = [self.committed_config(r) for r in u.run_dirs]
