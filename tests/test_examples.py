@@ -36,12 +36,15 @@ import falign  # noqa: E402
 def registry_as_before():
     """The example registers its rule in this process: take it out again afterwards, so the
     tests that list the registry see falign's own rules."""
+    from falign.layers.pathways import base
     from falign.rules import registry
 
-    before = dict(registry._REGISTRY)
+    before, pathways = dict(registry._REGISTRY), dict(base._PATHWAYS)
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(before)
+    dict.clear(base._PATHWAYS)
+    dict.update(base._PATHWAYS, pathways)
 
 
 def test_custom_rule_example_passes_the_contract_suite_and_learns(capsys, registry_as_before) -> None:
@@ -171,3 +174,53 @@ def test_hf_trainer_example_trains_dfa_at_ln_f_and_saves_a_plain_gpt2(capsys, mo
     assert "DFA taps transformer.ln_f (E = 64" in out
     assert "step 25: update_angle" in out  # read back from the Trainer's log history
     assert "same logits: True" in out
+
+
+# ------------------------------------------------------------------------ a pathway of one's own
+
+def test_custom_pathway_example_passes_the_contract_suite_and_learns(capsys, monkeypatch,
+                                                                    registry_as_before) -> None:
+    import importlib
+
+    # imported as a module (not run from its path): torch.compile's check imports the module
+    # that defines the example's autograd Function by name
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.delitem(sys.modules, "custom_pathway", raising=False)
+    main = importlib.import_module("custom_pathway").main
+    assert main(steps=200) == 0
+    out = capsys.readouterr().out
+    assert "contract suite: passed" in out and "learned the task: True" in out
+
+
+def test_a_users_pathway_from_a_config_trains_saves_and_reloads(tmp_path) -> None:
+    """The rule that takes the pathway is named by import path in the config; importing its
+    module registers the pathway, in training and again when the checkpoint is reloaded."""
+    mnist_or_skip()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(rule={"name": "custom_pathway:NormalizedFA"})))
+    run = subprocess.run([sys.executable, "-m", "falign", "train", str(cfg), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, env=_env(), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    best = str(tmp_path / "r" / "best.pt")
+    check = (f"from falign.training import load_model; m = load_model({best!r}); "
+             "print(m.layers[1].pathway.name, m.layers[1].pathway.reference_input_grad.__qualname__)")
+    loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=_env(),
+                            timeout=120)
+    assert loaded.stdout.split() == ["normalized_kernel", "NormalizedKernel.reference_input_grad"], \
+        loaded.stderr[-2000:]
+
+
+def test_a_pathway_named_by_import_path(tmp_path, monkeypatch, registry_as_before) -> None:
+    (tmp_path / "mypathways.py").write_text(
+        "from falign.layers.pathways.kernel import Kernel\n\n\n"
+        "class Twice(Kernel):\n    name = 'twice_kernel'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from falign.layers.pathways import PathwayError, get_pathway, pathway_names
+
+    assert get_pathway("mypathways:Twice").name == "twice_kernel"
+    assert "twice_kernel" in pathway_names()
+    assert get_pathway("twice_kernel") is get_pathway("mypathways:Twice")
+    with pytest.raises(PathwayError, match="cannot import"):
+        get_pathway("mypathways:Nothing")
+    with pytest.raises(PathwayError, match="not a falign Pathway"):
+        get_pathway("mypathways:Kernel.__init__")

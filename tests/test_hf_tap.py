@@ -112,7 +112,7 @@ def test_the_default_tap_trains_as_the_tap_named_by_hand_and_e_is_the_true_gradi
         converted = falign.convert(copy.deepcopy(model), "dfa", seed=3, **options)
         converted(ids, labels=ids).loss.backward()
         grads.append({n: p.grad for n, p in converted.named_parameters()})
-        wiring = converted.lm_head.wiring
+        wiring = converted.lm_head.pathway_state.wiring
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=0, atol=0, msg=name)

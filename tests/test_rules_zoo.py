@@ -320,4 +320,4 @@ def test_drtp_through_the_runners_step_gets_the_labels() -> None:
     a1, h1, *_ = forward_by_hand(model, X)
     d1 = ((F.one_hot(Y, 3).to(DT) / 6) @ model[2].feedback.T) * (1 - h1 ** 2)
     close(model[0].weight.grad, d1.T @ X)
-    assert model[0].wiring.targets is None  # cleared after the step
+    assert model[0].pathway_state.wiring.step.targets is None  # cleared after the step

@@ -22,7 +22,9 @@ falign's own test suite runs the same checks over every registered rule
 * ``compile`` -- ``torch.compile`` (aot_eager) gives the eager outputs and gradients;
 * ``processes`` -- two gloo processes under torchrun end with one process's weights.
 
-A pathway of a user's own declares its formula as ``Pathway.reference_input_grad``.
+Each pathway declares its formula as ``Pathway.reference_input_grad`` (the built-in ones:
+``kernel_input_grad``, ``dense_input_grad``, ``direct_input_grad``, importable from here);
+a pathway of a user's own declares its own.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import set_step
+from .layers.pathways.dense import dense_input_grad  # noqa: F401  (the formulas, public here)
+from .layers.pathways.direct import direct_input_grad  # noqa: F401
+from .layers.pathways.kernel import kernel_input_grad  # noqa: F401
 
 DT = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-12}
@@ -116,98 +121,16 @@ def _probe_model(case: LayerCase, init: int = 0) -> nn.Module:
     return _Probe(layer, out_numel)
 
 
-# -- the pathways' formulas, written out ---------------------------------------------------------
-
-def _padding(conv: nn.Module) -> tuple[list[int], str]:
-    """F.pad argument and mode equivalent to the layer's padding."""
-    nd = conv.weight.dim() - 2
-    if conv.padding == "same":
-        pads = []
-        for k, d in zip(conv.kernel_size, conv.dilation, strict=True):
-            total = d * (k - 1)
-            pads.append((total // 2, total - total // 2))
-    elif conv.padding == "valid":
-        pads = [(0, 0)] * nd
-    else:
-        pads = [(p, p) for p in conv.padding]
-    mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-    return [v for lr in reversed(pads) for v in lr], mode
-
-
-def _prepadded(conv: nn.Module) -> bool:
-    """Whether a per-sample-map B (dense, direct) acts on the padded map: padding modes other
-    than zeros, and asymmetric 'same' padding, are applied before the convolution."""
-    pad, mode = _padding(conv)
-    return mode != "constant" or any(a != b for a, b in zip(pad[::2], pad[1::2], strict=True))
-
-
-def _through_pad(conv: nn.Module, x: torch.Tensor, grad_of_padded: Callable) -> torch.Tensor:
-    pad, mode = _padding(conv)
-    xx = x.detach().clone().requires_grad_(True)
-    xp = F.pad(xx, pad, mode=mode)
-    (gx,) = torch.autograd.grad(xp, xx, grad_of_padded(xp))
-    return gx
-
-
-def kernel_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """g @ B for a linear layer; the transposed convolution with kernel B for a convolution."""
-    if isinstance(layer, nn.Linear):
-        return g @ b
-    grad_input = {3: torch.nn.grad.conv1d_input, 4: torch.nn.grad.conv2d_input,
-                  5: torch.nn.grad.conv3d_input}[layer.weight.dim()]
-    return _through_pad(layer, x, lambda xp: grad_input(xp.shape, b, g, layer.stride, 0, layer.dilation,
-                                                        layer.groups))
-
-
-def dense_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """g.flatten(1) @ B on the (padded) input map of one sample."""
-    if isinstance(layer, nn.Linear):
-        return g @ b
-    if not _prepadded(layer):
-        return (g.flatten(1) @ b).reshape(x.shape)
-    return _through_pad(layer, x, lambda xp: (g.flatten(1) @ b).reshape(xp.shape))
-
-
-def direct_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """What the rule projects, s (e for DFA, w sign(e), w y*, ...), sent to the layer input:
-    for a linear layer with B of shape (D, E), position by position (``g[..., t, :] = s[..., t, :]
-    B^T``), or, when s is one vector a sample, the same ``s[n] B^T`` at every position of sample
-    n; otherwise ``s.flatten(1) B^T`` with B of shape (*input, *e), on the (padded) map."""
-    if isinstance(layer, nn.Linear) and b.dim() == 2 and b.shape[0] == x.shape[-1]:
-        if s.shape[:-1] == x.shape[:-1]:
-            return torch.einsum("...e,de->...d", s, b)
-        per_sample = torch.einsum("ne,de->nd", s.reshape(s.shape[0], -1), b)  # (N, D)
-        return per_sample.reshape(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1]).expand(x.shape)
-
-    def formula(xp):
-        return (s.flatten(1) @ b.reshape(-1, s[0].numel()).T).reshape(xp.shape)
-
-    if isinstance(layer, nn.Linear) or not _prepadded(layer):
-        return formula(x)
-    return _through_pad(layer, x, formula)
-
-
-REFERENCES = {"exact": "kernel", "kernel": "kernel", "dense": "dense", "direct": "direct"}
-
+# -- the pathways' formulas, written out (each pathway declares its own) ------------------------
 
 def reference_input_grad(layer, x, g, e, targets=None) -> torch.Tensor:
-    """The pathway's formula for the gradient sent to ``x``, from B = effective_feedback();
-    for direct feedback, what B multiplies is the rule's ``direct_signal(e, y*, 1/N)``."""
-    custom = getattr(layer.pathway, "reference_input_grad", None)
-    if custom is not None:
-        return custom(layer, x, g, e)
-    kind = REFERENCES.get(layer.pathway.name)
-    if kind is None:
-        raise AssertionError(f"pathway '{layer.pathway.name}' declares no reference_input_grad(layer, "
-                             "x, g, e): the contract suite cannot check its input gradient")
-    b = layer.effective_feedback()
-    if kind == "direct":
-        onehot = None if targets is None else F.one_hot(targets, e[0].numel()).to(e.dtype).reshape(e.shape)
-        source = layer.rule.direct_signal(e, onehot, 1.0 / e.shape[0])
-        return direct_input_grad(layer, x, b, source)
-    if b.shape != layer.weight.shape:
-        return dense_input_grad(layer, x, b, g)
-    return kernel_input_grad(layer, x, b, g)
+    """The layer's pathway's formula for the gradient sent to ``x`` (``Pathway.
+    reference_input_grad``), from B = effective_feedback(); for direct feedback, what B
+    multiplies is the rule's ``direct_signal(e, y*, 1/N)``."""
+    try:
+        return layer.pathway.reference_input_grad(layer, x, g, e, targets)
+    except NotImplementedError as err:
+        raise AssertionError(str(err)) from None
 
 
 # -- the checks ---------------------------------------------------------------------------------

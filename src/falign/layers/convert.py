@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..rules import Rule, get_rule
+from ..rules import DirectRule, Rule, get_rule
 from .attention import convert_attention
 from .feedback import LAYER_TYPES, FeedbackLayer, from_plain
 from .hf import LOGITS, convert_hf_conv1d, find_hf_tap, is_hf_conv1d, is_hf_model
@@ -192,10 +192,10 @@ def convert(model: nn.Module, rule: str | type[Rule] | Rule, *, inplace: bool = 
 def _hf_tap(model: nn.Module, rule: Rule, example: Any) -> Rule:
     """A direct rule with its tap resolved on a Hugging Face model (the last hidden state, or
     the logits where asked or where the rule projects the target); any other rule as it is."""
-    output = getattr(rule, "output", None)
-    if output not in ("", LOGITS) or not is_hf_model(model) or isinstance(model, FeedbackLayer):
+    if not isinstance(rule, DirectRule) or rule.output not in ("", LOGITS) or not is_hf_model(model) \
+            or isinstance(model, FeedbackLayer):
         return rule
-    logits = output == LOGITS or getattr(rule, "needs_targets", False)
+    logits = rule.output == LOGITS or rule.needs_targets
     return get_rule(rule, output=find_hf_tap(model, logits=logits, example_input=example))
 
 

@@ -29,47 +29,16 @@ cycle: reading B after ``optimizer.step()`` gives the B of the next step.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import FalignError
 from ..rules import Rule, derive_seed, get_rule
+from .errors import FeedbackError
 from .pathways import get_pathway
-from .pathways._ops import ConvSpec
-
-# torch.compiler.is_compiling arrived in torch 2.3; before it, layers trace as they always did
-_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
-
-
-def outside_compile(method):
-    """Run ``method`` eagerly, outside any ``torch.compile`` graph.
-
-    The per-step rule state (a Python step counter, W's version counter, seeded
-    ``torch.Generator`` draws, buffers created or replaced on the module) cannot be traced:
-    dynamo refuses to build a Generator in a graph, and it would specialise on the int step and
-    recompile every step until its recompile limit sends the whole layer, custom backward
-    included, back to eager.  Calling the skipped ``torch.compiler.disable`` while tracing makes
-    dynamo graph-break around this one call; the autograd Function after it is still compiled
-    with its backward.  Outside compilation this is a plain call (and ``import falign`` does not
-    import dynamo).
-    """
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        if _is_compiling():
-            return torch.compiler.disable(method)(*args, **kwargs)
-        return method(*args, **kwargs)
-
-    return wrapper
-
-
-class FeedbackError(FalignError, ValueError):
-    """A converted model used in a way its rule cannot honour (a trained B left out of the
-    optimizer that steps W, an averaged DFA loop on a model that is not an MLP); one line."""
+from .pathways._ops import ConvSpec, outside_compile
 
 
 def layer_seed(rule: Rule, name: str) -> int:
@@ -90,11 +59,8 @@ class FeedbackLayer:
     rule: Rule
     feedback: Tensor | None
     feedback_step: Tensor
-    wiring = None  # set by a pathway that wires the model (direct feedback)
-    #: a recurrent weight (W_hh, a slot): see FeedbackSlot; the step whose state is the input
-    recurrent = False
-    position: int | None = None
-    time_dim = 0
+    #: what the layer's pathway keeps for it (``Pathway.layer_state``; None for most pathways)
+    pathway_state: object = None
 
     @property
     def param(self) -> nn.Parameter:
@@ -114,7 +80,7 @@ class FeedbackLayer:
         self._step = 0  # optimizer steps seen
         self._state_step = -1  # steps the stored part belongs to (-1: made at conversion)
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of W at the last sync
-        self.pending_input_shape: tuple[int, ...] | None = None
+        self.pathway_state = self.pathway.layer_state(self)
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(self.weight)
         self.feedback_std = rule.resolved_scale(fan_in, fan_out)
         self.register_buffer("feedback_step", torch.zeros((), dtype=torch.long))
@@ -393,6 +359,11 @@ class FeedbackSlot(FeedbackLayer, nn.Module):
 
     op = "linear"
     bias = None
+    #: a recurrent weight (W_hh): its input is the previous state, along ``time_dim`` of the
+    #: sequence; ``position`` is the step whose output the state under way is (see ``step``)
+    recurrent = False
+    time_dim = 0
+    position: int | None = None
 
     def __init__(self, param: nn.Parameter, rule: Rule, name: str, *, rows: slice | None = None,
                  transposed: bool = False) -> None:

@@ -7,6 +7,7 @@ imported here, so adding a rule to falign is adding one file.
 import importlib as _importlib
 import pkgutil as _pkgutil
 
+from ._direct import DirectRule
 from .registry import (
     Rule,
     RuleError,
@@ -25,5 +26,5 @@ for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _info.name != "registry" and not _info.name.startswith("_"):
         _importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["Rule", "RuleError", "derive_seed", "gaussian", "get_rule", "parse_rule", "register_rule",
-           "rule_names", "rule_spec", "rules", "xavier_std"]
+__all__ = ["DirectRule", "Rule", "RuleError", "derive_seed", "gaussian", "get_rule", "parse_rule",
+           "register_rule", "rule_names", "rule_spec", "rules", "xavier_std"]

@@ -30,6 +30,12 @@ class DirectRule(Rule):
     """
 
     pathway: ClassVar[str] = "direct"
+    #: how a sample is weighted in the signal where the step does not say (``set_step``):
+    #: "mean" -> 1 over what a mean loss averages, "sum" -> 1 (a rule may make it an option)
+    reduction: ClassVar[str] = "mean"
+    #: DFA's batch- and class-averaged training loops (options of ``dfa``)
+    average: ClassVar[str] = "sample"
+    average_step: ClassVar[str] = "mean"
     _above_choices: ClassVar[tuple[str, ...]] = ("cut", "keep")
     _recurrent_choices: ClassVar[tuple[str, ...]] = ("none", "step")
 
@@ -38,6 +44,12 @@ class DirectRule(Rule):
     points: list[str] | None = None
     shared: bool = False
     recurrent: str = "none"
+
+    def direct_signal(self, error, targets, weight):
+        """What B_i multiplies, (N, *e): a function of the error e at the tap, of the step's
+        targets in e's shape (None unless ``needs_targets``) and of ``weight``, a sample's
+        weight in the loss times the loss scale (e already carries both)."""
+        raise NotImplementedError(f"rule '{self.name}' declares no direct_signal(error, targets, weight)")
 
     def init_feedback(self, weight, shape, std, seed):
         return gaussian(shape, std, seed, dtype=weight.dtype, device=weight.device)

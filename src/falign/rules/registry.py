@@ -113,6 +113,8 @@ class Rule:
     default_scale: ClassVar[float | None] = None
     #: B is an ``nn.Parameter`` trained by the user's optimizer (gradient: :meth:`feedback_grad`)
     learned: ClassVar[bool] = False
+    #: whether the backward needs each step's labels (``falign.set_step(model, targets=y)``)
+    needs_targets: ClassVar[bool] = False
     #: where a trained B must be stepped: "weight" (in W's parameter group: KP's same learning
     #: rate and schedule) or "any" (by some optimizer, e.g. with a learning rate of its own)
     feedback_group: ClassVar[str] = "weight"

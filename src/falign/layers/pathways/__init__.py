@@ -12,13 +12,20 @@ training step of its own.  A rule picks a pathway by name (``Rule.pathway``); no
 * ``direct`` -- ``B_i e`` from the error at the network's logits (DFA), and the DFA report's
   batch- and class-averaged training loops.
 
-A user's pathway subclasses :class:`Pathway` and is registered with :func:`register_pathway`.
+Every module of this package except ``base`` and private ones (``_ops``, ``_formulas``)
+defines and registers a pathway; they are all imported here, so adding a pathway to falign is
+adding one file.  A user's pathway subclasses :class:`Pathway` and is registered with
+:func:`register_pathway`, or is named by import path (``rule.pathway =
+"mypkg.feedback:MyPathway"``, imported and registered on first use).
 """
 
-from . import dense as _dense  # noqa: F401  (registers)
-from . import direct as _direct  # noqa: F401
-from . import exact as _exact  # noqa: F401
-from . import kernel as _kernel  # noqa: F401
-from .base import Pathway, StepContext, get_pathway, pathway_names, register_pathway
+import importlib as _importlib
+import pkgutil as _pkgutil
 
-__all__ = ["Pathway", "StepContext", "get_pathway", "pathway_names", "register_pathway"]
+from .base import Pathway, PathwayError, StepContext, get_pathway, pathway_names, register_pathway
+
+for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if _info.name != "base" and not _info.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["Pathway", "PathwayError", "StepContext", "get_pathway", "pathway_names", "register_pathway"]

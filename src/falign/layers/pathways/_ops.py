@@ -1,7 +1,9 @@
-"""Pieces the pathways' Functions share: the local weight gradients and conv geometry."""
+"""Pieces the pathways' Functions share: the local weight gradients, conv geometry, and the
+way per-step state stays outside ``torch.compile`` graphs."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -46,3 +48,29 @@ def linear_weight_grads(grad_out: Tensor, x: Tensor, weight: Tensor, need_w: boo
 
 def as_dtype(t: Tensor | None, like: Tensor | None) -> Tensor | None:
     return None if t is None or like is None else t.to(like.dtype)
+
+
+# torch.compiler.is_compiling arrived in torch 2.3; before it, layers trace as they always did
+_is_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
+
+
+def outside_compile(method):
+    """Run ``method`` eagerly, outside any ``torch.compile`` graph.
+
+    The per-step rule state (a Python step counter, W's version counter, seeded
+    ``torch.Generator`` draws, buffers created or replaced on the module) cannot be traced:
+    dynamo refuses to build a Generator in a graph, and it would specialise on the int step and
+    recompile every step until its recompile limit sends the whole layer, custom backward
+    included, back to eager.  Calling the skipped ``torch.compiler.disable`` while tracing makes
+    dynamo graph-break around this one call; the autograd Function after it is still compiled
+    with its backward.  Outside compilation this is a plain call (and ``import falign`` does not
+    import dynamo).
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        if _is_compiling():
+            return torch.compiler.disable(method)(*args, **kwargs)
+        return method(*args, **kwargs)
+
+    return wrapper

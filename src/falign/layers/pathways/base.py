@@ -5,28 +5,44 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from ...errors import FalignError
 from ...registry import Registry
 
-if TYPE_CHECKING:
-    from ..feedback import FeedbackLayer
 
-_PATHWAYS: Registry = Registry("pathway", ValueError)
+class PathwayError(FalignError, ValueError):
+    """An unknown pathway name, or an import path that names no :class:`Pathway`; one line."""
+
+
+_PATHWAYS: Registry = Registry("pathway", PathwayError)
+
+#: a converted layer (``falign.layers.feedback.FeedbackLayer``), as the pathways see it
+FeedbackLayer = nn.Module
 
 
 def register_pathway(cls: type[Pathway]) -> type[Pathway]:
     """Register a :class:`Pathway` subclass under ``cls.name`` (one instance serves all layers:
-    per-layer state lives on the layer, per-model state in the wiring ``attach`` makes)."""
-    _PATHWAYS.register(cls.name, cls(), identity=lambda p: type(p).__qualname__)
+    per-layer state lives in the object ``layer_state`` makes, per-model state in the wiring
+    ``attach`` makes)."""
+    _PATHWAYS.register(cls.name, cls(), identity=lambda p: f"{type(p).__module__}:{type(p).__qualname__}")
     return cls
 
 
 def get_pathway(name: str) -> Pathway:
-    return _PATHWAYS.lookup(name)
+    """The registered pathway ``name``, or the :class:`Pathway` subclass an import path
+    (``"mypkg.feedback:MyPathway"``) names, imported and registered under its ``name``."""
+    if name in _PATHWAYS or ":" not in name:
+        return _PATHWAYS.lookup(name)
+    cls = _PATHWAYS.resolve(name)
+    if not (isinstance(cls, type) and issubclass(cls, Pathway) and cls.name):
+        raise PathwayError(f"pathway '{name}' is not a falign Pathway subclass with a name")
+    if type(_PATHWAYS.get(cls.name)) is not cls:
+        register_pathway(cls)
+    return _PATHWAYS[cls.name]
 
 
 def pathway_names() -> list[str]:
@@ -62,6 +78,11 @@ class Pathway:
     name: ClassVar[str] = ""
 
     # -- per layer --------------------------------------------------------------------------
+    def layer_state(self, layer: FeedbackLayer) -> Any:
+        """The object this pathway keeps for one converted layer (``layer.pathway_state``),
+        made at conversion; None: nothing beyond the layer's B and step state."""
+        return None
+
     def lazy(self, layer: FeedbackLayer) -> bool:
         """Whether B's shape is known only at the layer's first forward."""
         return False
@@ -98,6 +119,16 @@ class Pathway:
 
     def conv(self, layer: FeedbackLayer, x: Tensor, feedback: Tensor | None) -> Tensor:
         raise NotImplementedError(f"pathway '{self.name}' has no convolution op")
+
+    def reference_input_grad(self, layer: FeedbackLayer, x: Tensor, g: Tensor, e: Tensor,
+                             targets: Tensor | None = None) -> Tensor:
+        """The gradient this pathway sends to the layer's input ``x``, written out from its
+        formula (float64, the B ``layer.effective_feedback()`` returns) and independent of the
+        autograd Functions: what the contract suite (``falign.testing``) checks them against.
+        ``g`` is the gradient arriving at the layer's output, ``e`` the one at the model's
+        output, ``targets`` the step's class labels."""
+        raise NotImplementedError(f"pathway '{self.name}' declares no reference_input_grad(layer, "
+                                  "x, g, e, targets): the contract suite cannot check its input gradient")
 
     # -- per model --------------------------------------------------------------------------
     def attach(self, model: nn.Module, layers: list[FeedbackLayer]) -> Any:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
+from ._formulas import prepadded, through_pad
 from ._ops import as_dtype, conv_backward
 from .base import register_pathway
-from .kernel import Kernel
+from .kernel import Kernel, kernel_input_grad
 
 
 class DenseConvFn(torch.autograd.Function):
@@ -35,9 +37,24 @@ class DenseConvFn(torch.autograd.Function):
         return as_dtype(gx, x), as_dtype(gw, weight), as_dtype(gb, weight), None, None, None
 
 
+def dense_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The dense pathway's formula: g.flatten(1) @ B on the (padded) input map of one sample."""
+    if isinstance(layer, nn.Linear):
+        return g @ b
+    if not prepadded(layer):
+        return (g.flatten(1) @ b).reshape(x.shape)
+    return through_pad(layer, x, lambda xp: (g.flatten(1) @ b).reshape(xp.shape))
+
+
 @register_pathway
 class Dense(Kernel):
     name = "dense"
+
+    def reference_input_grad(self, layer, x, g, e, targets=None):
+        b = layer.effective_feedback()
+        if b.shape == layer.weight.shape:  # a linear layer: the kernel pathway
+            return kernel_input_grad(layer, x, b, g)
+        return dense_input_grad(layer, x, b, g)
 
     def lazy(self, layer):
         return layer.op == "conv"

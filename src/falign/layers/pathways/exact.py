@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Pathway, register_pathway
+from .kernel import kernel_input_grad
 
 
 @register_pathway
@@ -14,3 +15,6 @@ class Exact(Pathway):
 
     def effective(self, layer):
         return layer.weight.detach()
+
+    def reference_input_grad(self, layer, x, g, e, targets=None):
+        return kernel_input_grad(layer, x, layer.effective_feedback(), g)  # backprop: B = W

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ._formulas import through_pad
 from ._ops import as_dtype, conv_backward, linear_weight_grads
 from .base import Pathway, register_pathway
 
@@ -55,9 +57,23 @@ class KernelConvFn(torch.autograd.Function):
                 gfb, None, None)
 
 
+def kernel_input_grad(layer: nn.Module, x: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The kernel pathway's formula: g @ B for a linear layer; the transposed convolution with
+    kernel B (on the padded input) for a convolution."""
+    if isinstance(layer, nn.Linear):
+        return g @ b
+    grad_input = {3: torch.nn.grad.conv1d_input, 4: torch.nn.grad.conv2d_input,
+                  5: torch.nn.grad.conv3d_input}[layer.weight.dim()]
+    return through_pad(layer, x, lambda xp: grad_input(xp.shape, b, g, layer.stride, 0, layer.dilation,
+                                                       layer.groups))
+
+
 @register_pathway
 class Kernel(Pathway):
     name = "kernel"
+
+    def reference_input_grad(self, layer, x, g, e, targets=None):
+        return kernel_input_grad(layer, x, layer.effective_feedback(), g)
 
     def linear(self, layer, x, feedback):
         return KernelLinearFn.apply(x, layer.weight, layer.bias, feedback, layer.rule)

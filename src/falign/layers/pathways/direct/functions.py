@@ -1,0 +1,129 @@
+"""The direct pathway's autograd Functions: a converted layer's forward is the plain op; its
+backward sends the layer's input ``s B_i^T`` (``s`` the rule's function of the error e the
+wiring recorded) in place of the gradient from above, and gives W, b and a trained B_i their
+local gradients."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .._ops import as_dtype, conv_backward, linear_weight_grads, outside_compile
+from .signal import feedback_rows, project
+from .state import timing
+
+
+def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
+                 position: int | None = None) -> Tensor | None:
+    """The signal a layer's input receives: ``s B_i^T`` per position (token-wise), per sample
+    broadcast over positions, or for the whole per-sample map (``s`` the rule's function of e).
+    A recurrent weight's input is a feedback point only under ``recurrent="step"``."""
+    error = wiring.error
+    feedback = layer.feedback if feedback is None else feedback  # lazy B: made after the forward
+    recurrent, time_dim, _ = timing(layer)
+    if recurrent and layer.rule.recurrent != "step":
+        return None
+    if error is None:
+        raise RuntimeError(
+            "DFA layer got no output error: the backward pass did not start at the output the "
+            "DFA hook taps (call backward on a loss computed from the converted model's output)"
+        )
+    if feedback is None:
+        raise RuntimeError("DFA feedback matrix was never created (no training-mode forward)")
+    source = wiring.source(layer.rule, error)
+    if position is not None and source.dim() > 2:  # the error of one time step
+        source = source.select(time_dim, position)
+    b = layer.rule.matrix(layer.weight, feedback)
+    return project(source, b, tuple(x_shape), dtype, op=layer.op)
+
+
+def feedback_grad(ctx, x: Tensor, feedback: Tensor) -> Tensor:
+    """A trained B_i's gradient, from the layer input and e as pairs of rows (the rule says
+    what to make of them)."""
+    error = ctx.wiring.error
+    recurrent, time_dim, _ = timing(ctx.layer)
+    if recurrent and (ctx.layer.rule.recurrent != "step" or ctx.position is None):
+        return torch.zeros_like(feedback)  # no feedback point at this state: B is not used
+    if ctx.position is not None and error.dim() > 2:
+        error = error.select(time_dim, ctx.position)
+    h, e = feedback_rows(x, error, tuple(feedback.shape))
+    g = ctx.layer.rule.feedback_grad(inputs=h.to(e.dtype), error=e, shape=tuple(feedback.shape))
+    return g.reshape(feedback.shape).to(feedback.dtype)
+
+
+class Collect(torch.autograd.Function):
+    """Identity; its backward adds the gradient a layer sends to its input to the wiring's
+    record for that input (``collected``, see ``DirectWiring.collect``)."""
+
+    @staticmethod
+    def forward(ctx, x, collected, key):
+        ctx.collected, ctx.key = collected, key
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        acc = ctx.collected
+        acc[ctx.key] = g if ctx.key not in acc else acc[ctx.key] + g
+        return g, None, None
+
+
+class Inject(torch.autograd.Function):
+    """Identity at a feedback point's module output; its backward sends ``s B^T`` in place of
+    the gradient from above (``above="cut"``) or adds it (``"keep"``)."""
+
+    @staticmethod
+    def forward(ctx, out, point, wiring):
+        ctx.point, ctx.wiring = point, wiring
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, g):
+        signal = input_signal(ctx.wiring, ctx.point, None, g.shape, g.dtype)
+        return (signal if ctx.wiring.cut else g + signal), None, None
+
+
+class DirectLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, layer, wiring):
+        ctx.layer, ctx.wiring, ctx.position = layer, wiring, timing(layer)[2]
+        ctx.save_for_backward(x, weight, feedback)
+        return nn.functional.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, feedback = ctx.saved_tensors
+        need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
+        gx = input_signal(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype,
+                          ctx.position) if need_x else None
+        gw, gb = linear_weight_grads(g, x, weight, need_w, need_b)
+        gfb = feedback_grad(ctx, x, feedback) if need_fb else None
+        return gx, gw, gb, gfb, None, None
+
+
+class DirectConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, feedback, layer, wiring):
+        ctx.layer, ctx.wiring, ctx.has_bias, ctx.position = layer, wiring, bias is not None, None
+        ctx.save_for_backward(x, weight, feedback)
+        return layer.spec.forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, feedback = ctx.saved_tensors
+        need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
+        need_b = need_b and ctx.has_bias
+        gw = gb = None
+        if need_w or need_b:
+            _, gw, gb = conv_backward(g, x, weight, ctx.layer.spec, [False, need_w, need_b])
+        gx = input_signal(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype) if need_x else None
+        gfb = feedback_grad(ctx, x, feedback) if need_fb else None
+        return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None, None
+
+
+def apply_eager(fn, x, layer, feedback):
+    """``fn.apply`` outside any ``torch.compile`` graph.  DFA's backward reads e from the
+    wiring, written by the tap's pre-hook earlier in the same pass: a dependency no traced graph
+    holds.  Dynamo traces a Function's backward at forward time and would bake in the e the
+    wiring held then (the previous step's), so these Functions stay eager."""
+    return outside_compile(fn.apply)(x, layer.weight, layer.bias, feedback, layer,
+                                     layer.pathway_state.wiring)

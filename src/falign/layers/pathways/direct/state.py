@@ -1,0 +1,39 @@
+"""The direct pathway's state: per converted layer (``layer.pathway_state``) and per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+
+@dataclass
+class StepState:
+    """What the training step under way gave besides its input (``set_step``)."""
+
+    #: labels (N,) / (N, T) or float targets (N, K); None: not given
+    targets: Tensor | None = None
+    #: the wiring's forward count when they were given (stale after the next forward)
+    targets_at: int = -1
+    #: a sample's weight in the loss (1/N for a mean); None: from the rule's ``reduction``
+    sample_weight: float | None = None
+    #: the factor the loss was multiplied by before backward (a GradScaler's)
+    loss_scale: float = 1.0
+
+
+@dataclass
+class DirectLayerState:
+    """What the direct pathway keeps for one converted layer (``layer.pathway_state``)."""
+
+    #: the model's wiring (set when the model is converted)
+    wiring: Any = None
+    #: the (batch-included) input shape whose B_i waits for e's shape
+    pending_input_shape: tuple[int, ...] | None = None
+
+
+def timing(layer) -> tuple[bool, int, int | None]:
+    """(recurrent, time_dim, position) of a layer: a recurrent weight's slot says which step its
+    input belongs to (``FeedbackSlot``); every other layer sees whole sequences."""
+    return (getattr(layer, "recurrent", False), getattr(layer, "time_dim", 0),
+            getattr(layer, "position", None))

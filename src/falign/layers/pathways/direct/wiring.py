@@ -1,0 +1,230 @@
+"""The direct pathway's per-model wiring: where e is tapped, what the step under way gave
+(``set_step``), and the record of what each layer input receives under ``above="cut"``.
+
+``e`` is the gradient of the loss at the network's *logits*: the wiring taps the model's
+output, and where the output comes from a trailing Softmax, LogSoftmax, Sigmoid or Tanh (a
+module or a functional call) it taps that activation's input instead, so a model that ends in
+``LogSoftmax`` trained with ``nll_loss`` gets exactly the updates of the same model ending in
+logits trained with ``cross_entropy``.  A rule option ``output`` names the module whose output
+is the tap instead.  ``e`` is read off the autograd graph by a pre-hook on the node that made
+the tapped tensor, so it is recorded before any hidden layer's backward runs.
+
+Every hook the wiring installs is held by the converted model or by the autograd graph of one
+pass: the forward hooks sit on the model's own modules (removed by ``Direct.detach``, which
+``falign.export`` calls), and the hooks on a pass's tensors and graph nodes hold the wiring
+weakly, so a tensor kept by the user does not keep the model alive.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+import weakref
+
+import torch
+from torch import Tensor, nn
+
+from ....rules import derive_seed, gaussian
+from ...errors import FeedbackError
+from .functions import Collect
+from .points import attach_points
+from .signal import feedback_shape, labels_counted, one_hot_targets
+from .state import DirectLayerState, StepState, timing
+
+#: autograd nodes of a final activation: e is taken at their input (the logits)
+OUTPUT_ACTIVATIONS = ("LogSoftmaxBackward0", "SoftmaxBackward0", "SigmoidBackward0", "TanhBackward0")
+#: other pointwise non-linearities: e taken after one of them is probably not at the logits
+POINTWISE = ("LogBackward0", "ExpBackward0", "ReluBackward0", "GeluBackward0", "SoftplusBackward0",
+             "EluBackward0", "LeakyReluBackward0", "HardtanhBackward0", "SiluBackward0",
+             "PowBackward0", "ClampBackward1", "AbsBackward0")
+
+
+class DirectWiring:
+    """Per converted model: where e is tapped, the e of the backward pass under way and the
+    step's state."""
+
+    def __init__(self, model: nn.Module, layers: list, output: str) -> None:
+        self.layers = layers
+        self.output = output
+        self.error: Tensor | None = None
+        self.step = StepState()
+        self.forwards = 0
+        self.warned = False
+        rule = layers[0].rule
+        self.cut = rule.above == "cut"
+        self.shared = bool(rule.shared)
+        self.seed = rule.seed
+        self.collected: dict[int, Tensor] = {}  # key of a layer input -> signals sent to it
+        self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
+        for layer in layers:
+            layer.pathway_state.wiring = self
+        self.points = attach_points(model, rule, self) if rule.points else []
+        target = model.get_submodule(output) if output else model
+        target.register_forward_hook(self)
+        # layers that run after the tap (a language model's vocabulary projection, when e is
+        # taken at the last hidden state) are part of "the loss": they learn by backprop
+        self.tapped = False
+        model.register_forward_pre_hook(self._begin)
+
+    def __deepcopy__(self, memo):  # a copy of a converted model gets its own, empty wiring
+        new = DirectWiring.__new__(DirectWiring)
+        memo[id(self)] = new
+        new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("layers", "points")})
+        new.layers = copy.deepcopy(self.layers, memo)
+        new.points = copy.deepcopy(self.points, memo)
+        new.error, new.step, new.collected, new.hooked = None, StepState(), {}, {}
+        return new
+
+    def _begin(self, module, args):
+        self.tapped = False
+
+    def __call__(self, module, args, output):
+        self.tapped = True
+        self.forwards += 1
+        self.hooked.clear()
+        self.collected.clear()
+        if not isinstance(output, Tensor):
+            raise TypeError(
+                "DFA taps a tensor output; this module returned "
+                f"{type(output).__name__} (pass output='<submodule name>' to convert)"
+            )
+        self._make_feedback(tuple(output.shape))
+        if not output.requires_grad or output.grad_fn is None:
+            return
+        node, index = output.grad_fn, output.output_nr
+        if not self.output:
+            while type(node).__name__ in OUTPUT_ACTIVATIONS:
+                node, index = node.next_functions[0]
+                if node is None:
+                    return
+            if not self.warned and type(node).__name__ in POINTWISE:
+                self.warned = True
+                warnings.warn(
+                    f"DFA takes e at the model output, which a pointwise {type(node).__name__[:-9]} "
+                    "makes: e is taken after it; if the logits are earlier, convert with "
+                    "output='<name of the module whose output is the logits>'",
+                    stacklevel=2,
+                )
+        node.register_prehook(_record_error(weakref.ref(self), index))
+
+    def _make_feedback(self, error_shape: tuple[int, ...]) -> None:
+        """Make the B_i whose shapes waited for e's; with ``shared``, every B_i is the first rows
+        of one random matrix (Launay et al.'s single feedback matrix)."""
+        pending = []
+        for m in (*self.layers, *self.points):
+            shape = m.pathway_state.pending_input_shape
+            if m.feedback is None and shape is not None:
+                pending.append((m, feedback_shape(shape, error_shape, op=m.op, recurrent=timing(m)[0])))
+        if not pending:
+            return
+        values: dict[int, Tensor] = {}
+        if self.shared:
+            e_numel = math.prod(error_shape[1:]) if len(pending[0][1]) > 2 else error_shape[-1]
+            rows = max(math.prod(shape) // e_numel for _, shape in pending)
+            ref = pending[0][0]
+            std = ref.rule.resolved_scale(rows, e_numel)
+            big = gaussian((rows, e_numel), std, derive_seed(self.seed, "falign:shared-feedback"),
+                           dtype=torch.float64, device=ref.feedback_device())
+            for m, shape in pending:
+                values[id(m)] = big[: math.prod(shape) // e_numel].reshape(shape)
+        for m, shape in pending:
+            split = len(shape) - (len(error_shape) - 1) if len(shape) > 2 else 1
+            m.materialize(shape, math.prod(shape[:split]), math.prod(shape[split:]), values.get(id(m)))
+            m.pathway_state.pending_input_shape = None
+
+    def collect(self, x: Tensor) -> Tensor:
+        """Under ``above="cut"``: ``x`` (a layer's input) receives only what the layers reading
+        it send (their direct signals): anything else -- a skip connection's gradient from the
+        blocks above -- is replaced.  Returns the tensor the layer should read."""
+        if not self.cut or not x.requires_grad or not torch.is_grad_enabled():
+            return x
+        seen = self.hooked.get(id(x))
+        if seen is not None and seen[0]() is x:  # another layer reading the same tensor
+            key = seen[1]
+        else:  # (an id can be reused by a later tensor once a temporary is freed)
+            key = len(self.hooked) + 1 + max((k for _, k in self.hooked.values()), default=0)
+            self.hooked[id(x)] = (weakref.ref(x), key)
+            x.register_hook(_replace_gradient(weakref.ref(self), key))
+        return Collect.apply(x, self.collected, key)
+
+    def source(self, rule, error: Tensor) -> Tensor:
+        """What B_i multiplies, (N, *e): the rule's function of e, of the targets and of a
+        sample's weight in the loss (unless the step says otherwise, 1 over what a mean loss
+        averages: the labels that count, else the samples or a sequence's positions) times the
+        loss scale (rules whose signal keeps e's magnitude ignore both: e carries them)."""
+        step = self.step
+        weight = step.sample_weight
+        if weight is None:
+            weight = 1.0 / labels_counted(step.targets, error) if rule.reduction == "mean" else 1.0
+        weight = weight * step.loss_scale
+        targets = None
+        if rule.needs_targets:
+            targets = step.targets
+            if targets is None:
+                raise FeedbackError(
+                    f"the {rule.name} rule projects each step's labels: call falign.set_step(model, "
+                    "targets=y) before the step's backward (falign's runner and its Lightning and "
+                    "Hugging Face callbacks do)")
+            if step.targets_at < self.forwards - 1:
+                raise FeedbackError("the targets given to falign.set_step belong to an earlier step: "
+                                    "give each step's targets (falign.set_step(model, targets=y))")
+            targets = one_hot_targets(targets, error)
+        return rule.direct_signal(error, targets, weight)
+
+
+def _record_error(wiring_ref, index: int):
+    def record(grad_outputs):
+        wiring = wiring_ref()
+        if wiring is not None:
+            wiring.error = grad_outputs[index].detach()
+
+    return record
+
+
+def _replace_gradient(wiring_ref, key: int):
+    def replace(g):
+        wiring = wiring_ref()
+        return None if wiring is None else wiring.collected.pop(key, torch.zeros_like(g))
+
+    return replace
+
+
+def wiring_of(model: nn.Module) -> DirectWiring | None:
+    """The direct-feedback wiring of a converted model (None: no direct rule)."""
+    for m in model.modules():
+        state = getattr(m, "pathway_state", None)
+        if isinstance(state, DirectLayerState) and state.wiring is not None:
+            return state.wiring
+    return None
+
+
+def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: float | None = None,
+             loss_scale: float = 1.0) -> None:
+    """Tell a converted model what the training step about to run needs besides its input.
+
+    * ``targets`` -- the step's labels: class indices (N,) or (N, T) for a sequence, positions
+      holding -100 counting in no loss, or float targets (N, K).  Required by rules that
+      project the target (DRTP): their first backward without them is an error.  They belong
+      to the next forward (or the forward just made) only.
+    * ``sample_weight`` -- a sample's weight in the loss the optimizer steps on: 1/N for a mean
+      over N samples (the default, from the rule's ``reduction``), 1/(N x k) when gradients of
+      k micro-batches are accumulated, or 1 for a sum.
+    * ``loss_scale`` -- the factor the loss was multiplied by before ``backward()`` (a
+      GradScaler's ``get_scale()``, or your own).  Rules whose signal keeps e's magnitude see it
+      in e; sign-DFA and DRTP, whose signal does not, multiply by it, so that their updates
+      scale with the loss like every other rule's and a GradScaler's unscaling is exact.
+
+    Call it before each step's backward in a loop of your own; falign's runner and its
+    Lightning and Hugging Face callbacks call it for you.  Models without a direct-feedback
+    rule ignore it.
+    """
+    wiring = wiring_of(model)
+    if wiring is not None:
+        wiring.step = StepState(targets, wiring.forwards, sample_weight, float(loss_scale))
+
+
+def set_targets(model: nn.Module, targets: Tensor | None) -> None:
+    """``set_step(model, targets=targets)``: the step's labels alone (a mean loss, no loss
+    scaling)."""
+    set_step(model, targets=targets)
