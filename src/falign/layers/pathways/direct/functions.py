@@ -120,10 +120,17 @@ class DirectConvFn(torch.autograd.Function):
         return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None, None
 
 
-def apply_eager(fn, x, layer, feedback):
+def _eager(fn):
     """``fn.apply`` outside any ``torch.compile`` graph.  DFA's backward reads e from the
     wiring, written by the tap's pre-hook earlier in the same pass: a dependency no traced graph
     holds.  Dynamo traces a Function's backward at forward time and would bake in the e the
     wiring held then (the previous step's), so these Functions stay eager."""
-    return outside_compile(fn.apply)(x, layer.weight, layer.bias, feedback, layer,
-                                     layer.pathway_state.wiring)
+    return outside_compile(fn.apply)
+
+
+_APPLY = {DirectLinearFn: _eager(DirectLinearFn), DirectConvFn: _eager(DirectConvFn)}
+
+
+def apply_eager(fn, x, layer, feedback):
+    """Apply a direct Function (eagerly, see ``_eager``) to a layer's input."""
+    return _APPLY[fn](x, layer.weight, layer.bias, feedback, layer, layer.pathway_state.wiring)
