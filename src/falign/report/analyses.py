@@ -63,17 +63,14 @@ def predictions(model: nn.Module, split: Split, transform, batch_size: int = 100
     """(predicted class, true class) of every example of ``split`` (every position, for a
     language model), both (N,) on the CPU; the model in eval mode, its mode restored."""
     from ..data import batches
+    from ..layers.scope import eval_mode
 
-    was_training = model.training
-    model.eval()
     preds, labels = [], []
-    try:
+    with eval_mode(model):
         for x, y in batches(split, batch_size, transform=transform, shuffle=False):
             out, y = _flat(model(x), y)
             preds.append(out.argmax(-1).cpu())
             labels.append(y.cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(preds), torch.cat(labels)
 
 

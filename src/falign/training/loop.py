@@ -36,6 +36,7 @@ from ..data.registry import dataset_options
 from ..errors import FalignError
 from ..layers import StepContext, train_step
 from ..layers.alignment import StepProbe
+from ..layers.scope import eval_mode
 from ..models import InputTooSmallError, create_model, model_from_spec
 from ..provenance import git_commit
 from . import distributed
@@ -279,10 +280,8 @@ def hits(out: Tensor, y: Tensor) -> int:
 def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 1000,
              loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, float]:
     """Mean loss (if ``loss_fn``) and accuracy of ``model`` on ``split``, in eval mode."""
-    was_training = model.training
-    model.eval()
     total, correct, loss_sum = 0, 0, 0.0
-    try:
+    with eval_mode(model):
         for x, y in batches(split, batch_size, transform=transform, shuffle=False):
             out = model(x)
             correct += hits(out, y)
@@ -290,8 +289,6 @@ def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 100
             if loss_fn is not None:
                 reduction = getattr(loss_fn, "reduction", "mean")  # a plain callable: a mean
                 loss_sum += batch_total(loss_fn(out, y), y.numel(), reduction)
-    finally:
-        model.train(was_training)
     result = {"acc": correct / max(total, 1)}
     if loss_fn is not None:
         result["loss"] = loss_sum / max(total, 1)
