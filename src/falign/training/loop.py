@@ -31,11 +31,11 @@ import yaml
 from torch import Tensor, nn
 
 from .. import __version__
+from ..analysis.alignment import StepProbe
 from ..data import Dataset, Split, batches, load_dataset
 from ..data.registry import dataset_options
 from ..errors import FalignError
 from ..layers import StepContext, train_step
-from ..layers.alignment import StepProbe
 from ..layers.scope import eval_mode
 from ..models import InputTooSmallError, create_model, model_from_spec
 from ..provenance import git_commit
@@ -480,7 +480,9 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
 
     record = RunRecord(config=cfg.to_dict(), model_spec=model.falign_spec, dataset=data.description,
                        selected_on=select_name, status="running", environment=environment(device))
-    probe = StepProbe(model, world=ddp.world, reduce=reduce) if cfg.train.alignment_every else None
+    # side measurements of training steps: objects with due(step), capture() and finish(...)
+    probes = [StepProbe(model, every=cfg.train.alignment_every, world=ddp.world, reduce=reduce)
+              ] if cfg.train.alignment_every else []
     start_epoch = 1
     partial = None  # an epoch a mid-epoch checkpoint left unfinished
     if saved is not None:
@@ -559,14 +561,16 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
                                   world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch,
                                   loss_scale=fast.loss_scale)
-                measure = probe is not None and step % cfg.train.alignment_every == 0
-                with probe.capture() if measure else contextlib.nullcontext():
+                due = [p for p in probes if p.due(step)]
+                with contextlib.ExitStack() as measuring:
+                    for p in due:
+                        measuring.enter_context(p.capture())
                     out_b, loss = train_step(model, net, fast.input(x), y, ctx)
                 if not torch.isfinite(loss):
                     diverged = True
                     break
-                if measure:
-                    stats = probe.finish(fast.input(x), y, ctx.loss_fn)
+                for p in due:
+                    stats = p.finish(fast.input(x), y, ctx.loss_fn)
                     record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
                         name: a.to_dict() for name, a in stats.items()}))
                 fast.step(optimizer)
