@@ -13,6 +13,7 @@ finished run again -- the same config, or ``resume`` -- reads it back and trains
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
 import os
@@ -21,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -367,11 +368,31 @@ def same_config(saved: dict[str, Any], cfg: ExperimentConfig) -> bool:
     return _as_current(saved) == cfg.to_dict()
 
 
+#: the thread count :func:`using_threads` sets for the runs trained inside its ``with``
+_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("falign_threads", default=None)
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """Inside the ``with``, every run trained without its own ``threads`` (a comparison's, a
+    sweep's, a reproduction's) takes ``threads`` in place of :func:`default_threads`' other
+    sources (None: as outside); the user's ``$FALIGN_THREADS`` is neither read nor written."""
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive number of threads, not {threads!r}")
+    token = _THREADS.set(threads if threads is not None else _THREADS.get())
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
 def default_threads() -> int:
-    """Intra-op threads when none are asked for: ``$FALIGN_THREADS`` (``--threads``), else half
-    the CPUs this process may use (at least one, at most 8) -- deterministic, and leaving room on
-    a shared machine, where more threads than free cores make every op wait for its slowest
-    thread."""
+    """Intra-op threads when none are asked for: those of an enclosing :func:`using_threads`
+    (``--threads``), else ``$FALIGN_THREADS``, else half the CPUs this process may use (at least
+    one, at most 8) -- deterministic, and leaving room on a shared machine, where more threads
+    than free cores make every op wait for its slowest thread."""
+    if _THREADS.get() is not None:
+        return _THREADS.get()
     env = os.environ.get("FALIGN_THREADS")
     if env:
         try:
