@@ -531,6 +531,21 @@ def test_data_dir_replaces_the_configs_data_root(data_root, tmp_path, capsys):
     assert yaml.safe_load((run / "config.yaml").read_text())["data"]["root"] == str(data_root.resolve())
 
 
+def test_data_dir_and_threads_reach_the_library_without_the_environment(data_root, tmp_path, capsys,
+                                                                        monkeypatch):
+    """--data-dir and --threads are handed down as scoped settings: a config without data.root
+    finds its data, the run records the threads, and FALIGN_DATA / FALIGN_THREADS are the user's."""
+    from falign.cli.main import main
+
+    monkeypatch.setenv("FALIGN_DATA", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("FALIGN_THREADS", raising=False)
+    run = tmp_path / "run"
+    assert main(["train", str(_tiny_file(tmp_path)), "--data-dir", str(data_root), "--threads", "1",
+                 "--out", str(run)]) == 0, capsys.readouterr().err
+    assert json.loads((run / "tracking.json").read_text())["environment"]["threads"] == 1
+    assert os.environ["FALIGN_DATA"] == str(tmp_path / "nowhere") and "FALIGN_THREADS" not in os.environ
+
+
 def test_report_title_notes_and_published_reach_the_report(prior_run, tmp_path, capsys):
     from falign.cli.main import main
 

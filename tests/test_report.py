@@ -464,6 +464,18 @@ def test_sections_without_data_say_how_to_get_them(tmp_path: Path) -> None:
     assert "add --confusion, --cka or --gradcam LAYER" in page
 
 
+def test_the_report_picks_its_analyses_by_name() -> None:
+    from falign.report.analyses import ANALYSES, asked_analyses
+
+    assert list(ANALYSES)[:3] == ["confusion", "cka", "gradcam"]  # the order of their sections
+    assert asked_analyses(["cka"]) == {"cka": True}
+    assert asked_analyses({"gradcam": "conv2", "cka": False}) == {"gradcam": "conv2"}
+    with pytest.warns(DeprecationWarning, match="analyses="):  # the keywords of earlier falign
+        assert asked_analyses(confusion=True, gradcam="x") == {"confusion": True, "gradcam": "x"}
+    with pytest.raises(ReportError, match="unknown report analysis 'ckaa'; did you mean 'cka'"):
+        asked_analyses(["ckaa"])
+
+
 def test_analyses_of_the_best_models(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("FALIGN_DATA", str(mnist_or_skip()))
     from falign.training import parse_config
@@ -478,10 +490,11 @@ def test_analyses_of_the_best_models(tmp_path: Path, monkeypatch) -> None:
     rows = run_compare(base, ["bp", "fa"], tmp_path / "cmp", log=lambda s: None)
     with pytest.raises(ReportError, match=r"--gradcam layer0: no layer 'layer0' in the model of bp .*"
                                           r"did you mean 'layers.0'\?"):
-        write_report([tmp_path / "cmp"], tmp_path / "bad", gradcam="layer0")
+        write_report([tmp_path / "cmp"], tmp_path / "bad", analyses={"gradcam": "layer0"})
     assert not (tmp_path / "bad").exists()
 
-    write_report([tmp_path / "cmp"], tmp_path / "out", confusion=True, cka=True, gradcam="layers.1")
+    write_report([tmp_path / "cmp"], tmp_path / "out",
+                 analyses={"confusion": True, "cka": True, "gradcam": "layers.1"})
     page = (tmp_path / "out" / "report.html").read_text()
     for title in ("Confusion matrix: bp", "Confusion matrix: fa", "CKA vs BP: all", "Exemplars"):
         assert f"<h3>{title}</h3>" in page

@@ -179,7 +179,7 @@ def report_page(data_root, tmp_path_factory) -> Path:
     base = parse_config(tiny_config(train={"alignment_every": 4, "alignment_batch": 64}))
     run_compare(base, ["bp", "fa"], root / "cmp", log=lambda s: None)
     return write_report([root / "cmp"], root / "report", title="Browser <check> & co",
-                        confusion=True, cka=True, gradcam="layers.0")
+                        analyses={"confusion": True, "cka": True, "gradcam": "layers.0"})
 
 
 def test_the_report_renders_with_every_image_and_no_console_error(report_page, tmp_path):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import falign
+from falign.analysis.alignment import StepProbe, capture_inputs, measure_alignment
 from falign.analysis.cka import cka_matrix, layer_activations
 from falign.analysis.gradcam import channel_importance, exemplars, gradcam_map, top_activating
-from falign.layers.alignment import StepProbe, capture_inputs, measure_alignment
 from falign.layers.scope import INPUT, capture, eval_mode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,7 +105,7 @@ def test_capture_keeps_copies_leaves_and_views() -> None:
 
 def test_capture_inputs_keeps_its_keys() -> None:
     """The public capture_inputs: a layer's input under its name, its output under name + OUT."""
-    from falign.layers.alignment import OUT
+    from falign.analysis.alignment import OUT
 
     model = falign.convert(Net(), "fa")
     with capture_inputs(model) as inputs:

@@ -83,6 +83,7 @@ def compute_values(run: Path) -> dict[str, torch.Tensor]:
     """Every analysis on the run's best model (and its epoch-1 model), as tensors."""
     import torch.nn.functional as F
 
+    from falign.analysis.alignment import measure_alignment
     from falign.analysis.cka import cka_matrix, cka_subsets, layer_activations, linear_cka, rbf_cka
     from falign.analysis.gradcam import (
         channel_importance,
@@ -91,7 +92,6 @@ def compute_values(run: Path) -> dict[str, torch.Tensor]:
         top_activating,
         top_channels,
     )
-    from falign.layers.alignment import measure_alignment
     from falign.training.loop import load_model
 
     torch.set_num_threads(1)

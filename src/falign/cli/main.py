@@ -7,6 +7,7 @@ none is accepted and then ignored.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -44,14 +45,28 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _data_dir(args, cfg=None):
-    """``--data-dir``: the dataset root of this command, also over a config's own ``data.root``."""
-    if getattr(args, "data_dir", None):
-        root = str(Path(args.data_dir).resolve())
-        os.environ["FALIGN_DATA"] = root
-        if cfg is not None and cfg.data.root is not None:
-            cfg.data.root = root
+def _data_dir(args, cfg):
+    """``--data-dir`` over a config's own ``data.root`` (a config without one finds it through
+    the root `main` sets for the whole command)."""
+    if getattr(args, "data_dir", None) and cfg.data.root is not None:
+        cfg.data.root = str(Path(args.data_dir).resolve())
     return cfg
+
+
+def _settings(args) -> contextlib.AbstractContextManager:
+    """``--data-dir`` and ``--threads`` for every run and dataset of this command, handed to the
+    library as scoped settings (the user's ``$FALIGN_DATA`` and ``$FALIGN_THREADS`` stay as they
+    are)."""
+    stack = contextlib.ExitStack()
+    if getattr(args, "data_dir", None):
+        from ..data import using_data_root
+
+        stack.enter_context(using_data_root(Path(args.data_dir).resolve()))
+    if getattr(args, "threads", None):
+        from ..training.loop import using_threads
+
+        stack.enter_context(using_threads(args.threads))
+    return stack
 
 
 def _download(args, cfg):
@@ -283,6 +298,12 @@ def _published(path: str, run_dirs: list[str]) -> dict:
     return data
 
 
+def _report_analyses(args) -> dict:
+    """The analyses `falign report`'s flags ask for, by their registered names."""
+    asked = {"confusion": args.confusion, "cka": args.cka, "gradcam": args.gradcam}
+    return {name: option for name, option in asked.items() if option}
+
+
 def cmd_report(args) -> int:
     from ..data import DatasetError, data_root
     from ..report import write_report
@@ -290,8 +311,7 @@ def cmd_report(args) -> int:
     published = _published(args.published, args.runs) if args.published else None
     try:
         path = write_report(args.runs, Path(args.out), title=args.title, published=published,
-                            notes=args.note, confusion=args.confusion, cka=args.cka,
-                            gradcam=args.gradcam, device=args.device)
+                            notes=args.note, analyses=_report_analyses(args), device=args.device)
     except DatasetError as err:  # the analyses rebuild each run's dataset
         raise _explain_missing(err, data_root()) from None
     print(f"report: {path}")
@@ -300,10 +320,9 @@ def cmd_report(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from ..data import DatasetError, data_root
-    from ..report.analyses import evaluate_checkpoint
     from ..training.results import format_table
+    from ..training.run import evaluate_checkpoint
 
-    _data_dir(args)
     root = str(Path(args.data_dir).resolve()) if args.data_dir else None
     try:
         result = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, data_root=root)
@@ -335,7 +354,6 @@ def cmd_reproduce(args) -> int:
     from ..data import DatasetError, data_root
     from ..reproduce import reproduce
 
-    _data_dir(args)
     try:
         reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
                   overwrite=args.overwrite, download=args.download, parts=args.part,
@@ -442,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def threads(p):
         p.add_argument("--threads", type=positive_int, metavar="N",
-                       help="intra-op CPU threads of each training process (sets $FALIGN_THREADS; "
+                       help="intra-op CPU threads of each training process (over $FALIGN_THREADS; "
                        "default: half the CPUs, at most 8; a resumed run keeps its own)")
 
     def out_dir(p, what="run", *, reread=True):
@@ -568,9 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        if getattr(args, "threads", None):
-            os.environ["FALIGN_THREADS"] = str(args.threads)
-        return args.func(args)
+        with _settings(args):
+            return args.func(args)
     except FalignError as err:
         print(f"falign: error: {err}", file=sys.stderr)
         return 2

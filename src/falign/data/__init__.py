@@ -19,6 +19,7 @@ from .core import (
     batches,
     cache_dir,
     data_root,
+    using_data_root,
 )
 from .registry import available_datasets, download, load_dataset, register_dataset
 from .transforms import ImageTransform, ToFloat
@@ -38,4 +39,5 @@ __all__ = [
     "data_root",
     "download",
     "load_dataset",
+    "using_data_root",
 ]

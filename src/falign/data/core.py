@@ -10,6 +10,7 @@ device exactly as a resident batch, so both give the same batches from the same 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import os
 import stat
@@ -34,6 +35,7 @@ __all__ = [
     "batches",
     "cache_dir",
     "data_root",
+    "using_data_root",
 ]
 
 
@@ -339,11 +341,31 @@ def _stream(images: LazyImages, positions: list[np.ndarray]) -> Iterator[Tensor]
         yield x.to(device, non_blocking=True)
 
 
+#: the data directory :func:`using_data_root` sets for the code inside its ``with``
+_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("falign_data_root", default=None)
+
+
+@contextlib.contextmanager
+def using_data_root(root: str | os.PathLike[str] | None) -> Iterator[Path | None]:
+    """Inside the ``with``, :func:`data_root` without an explicit root is ``root`` (None: as
+    outside), also for configs without ``data.root`` trained by a comparison, sweep or
+    reproduction; the user's ``$FALIGN_DATA`` is neither read nor written."""
+    path = None if root is None else Path(root).expanduser().absolute()
+    token = _ROOT.set(path if path is not None else _ROOT.get())
+    try:
+        yield path
+    finally:
+        _ROOT.reset(token)
+
+
 def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The data directory: ``explicit``, else ``$FALIGN_DATA``, else ``./data``; made absolute,
-    so a later change of working directory (or a relative path in the variable) cannot move it."""
+    """The data directory: ``explicit``, else the root of an enclosing :func:`using_data_root`,
+    else ``$FALIGN_DATA``, else ``./data``; made absolute, so a later change of working directory
+    (or a relative path in the variable) cannot move it."""
     if explicit is not None:
         return Path(explicit).expanduser().absolute()
+    if _ROOT.get() is not None:
+        return _ROOT.get()
     env = os.environ.get("FALIGN_DATA")
     if env:
         return Path(env).expanduser().absolute()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
-from ..layers.alignment import LayerAlignment
+from ..analysis.alignment import LayerAlignment
 from ..layers.pathways.direct import IGNORE_INDEX
 
 #: the measures the callbacks log by default (any field of ``LayerAlignment`` may be asked for)

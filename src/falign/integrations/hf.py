@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
-from ..layers.alignment import measure_alignment
+from ..analysis.alignment import measure_alignment
 from ..layers.pathways.direct import IGNORE_INDEX, set_step
 from ._common import MEASURES, as_metrics, check_measures, label_count, processes, scale_of
 

@@ -19,6 +19,7 @@ from .feedback import LAYER_TYPES, FeedbackLayer, from_plain
 from .hf import LOGITS, convert_hf_conv1d, find_hf_tap, is_hf_conv1d, is_hf_model
 from .pathways import Pathway, StepContext
 from .recurrent import RECURRENT_TYPES, convert_recurrent
+from .scope import eval_mode
 
 
 class ConversionWarning(UserWarning):
@@ -236,28 +237,16 @@ def _multiplied_parameters(model: nn.Module, example: Any, params: list) -> set[
                         found.add(storages[a.untyped_storage().data_ptr()])
             return func(*args, **(kwargs or {}))
 
-    was = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), Spy():
-            _call(model, example)
-    finally:
-        for m, mode in was.items():
-            m.train(mode)
+    with eval_mode(model), torch.no_grad(), torch.random.fork_rng(devices=[]), Spy():
+        _call(model, example)
     return found
 
 
 def _make_lazy_feedback(model: nn.Module, example: Any) -> None:
     """One eval-mode forward with gradients on (so each layer's input needs a gradient exactly
     where it will in training) that makes the lazily shaped B; nothing else changes."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            _call(model, example)
-    finally:
-        for m, mode in modes.items():
-            m.train(mode)
+    with eval_mode(model), torch.random.fork_rng(devices=[]), torch.enable_grad():
+        _call(model, example)
 
 
 def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:

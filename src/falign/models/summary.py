@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from ..layers.scope import eval_mode
+
 __all__ = ["SummaryMixin", "model_summary"]
 
 
@@ -46,17 +48,13 @@ def model_summary(model: nn.Module, in_shape: Sequence[int] | None = None) -> st
         device=first.device if first is not None else None,
         dtype=first.dtype if first is not None else None,
     )
-    modes = {m: m.training for m in model.modules()}
     handles = [m.register_forward_hook(hook_for(n)) for n, m in leaves]
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(x)
     finally:
         for handle in handles:
             handle.remove()
-        for module, mode in modes.items():
-            module.training = mode
 
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

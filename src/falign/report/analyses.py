@@ -1,35 +1,39 @@
-"""Analyses of the runs' best models: confusion matrices, CKA against a reference run, Grad-CAM
-exemplars, and the evaluation of one checkpoint.
+"""Analyses of the runs' best models for the report: confusion matrices, CKA against a reference
+run, Grad-CAM exemplars.
 
-``falign report --confusion --cka --gradcam LAYER`` (through :func:`analyse`), ``falign evaluate``
-(:func:`evaluate_checkpoint`) and the reproduction targets use these.  Each analysis takes
-models and data and returns a :class:`Section` (figures, preformatted text, notes); figures are
+The report picks them by name from :data:`ANALYSES` (``falign report --confusion --cka --gradcam
+LAYER`` asks for ``confusion``, ``cka`` and ``gradcam``); :func:`analyse` opens each run through
+:func:`falign.training.run.open_run` and hands every registered analysis asked for the runs on
+one dataset.  Each returns a :class:`Section` (figures, preformatted text, notes); figures are
 written under the folder given, nothing else is.  Every model is evaluated on the test split of
-the dataset its own run's config names, with the evaluation transform (no augmentation).
+the dataset its own run's config names, with the evaluation transform (no augmentation).  The
+reproduction targets use the same functions.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..registry import Registry
+from ..training.run import CheckpointEvaluation, evaluate_checkpoint, open_run, predictions
 from .runs import ReportError, Run
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from ..analysis.classification import ClassificationReport
-    from ..data import Dataset, Split
-    from ..training.config import ExperimentConfig
+    from ..data import Dataset
 
-__all__ = ["CheckpointEvaluation", "Section", "analyse", "cka_vs_reference", "confusion_matrices",
-           "evaluate_checkpoint", "exemplar_grid", "predictions"]
+__all__ = ["ANALYSES", "CheckpointEvaluation", "ReportAnalysis", "Section", "analyse", "cka_vs_reference",
+           "confusion_matrices", "evaluate_checkpoint", "exemplar_grid", "predictions",
+           "register_analysis"]
 
 
 @dataclass
@@ -46,105 +50,6 @@ class Section:
         self.texts += other.texts
         self.notes += other.notes
         return self
-
-
-# -- predictions and one checkpoint ------------------------------------------------------------
-
-def _flat(out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # (N, T, K) and (N, T) of a language model: one prediction a position
-    if out.dim() > 2 and y.dim() == out.dim() - 1:
-        return out.reshape(-1, out.shape[-1]), y.reshape(-1)
-    return out, y
-
-
-@torch.no_grad()
-def predictions(model: nn.Module, split: Split, transform, batch_size: int = 1000
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted class, true class) of every example of ``split`` (every position, for a
-    language model), both (N,) on the CPU; the model in eval mode, its mode restored."""
-    from ..data import batches
-
-    was_training = model.training
-    model.eval()
-    preds, labels = [], []
-    try:
-        for x, y in batches(split, batch_size, transform=transform, shuffle=False):
-            out, y = _flat(model(x), y)
-            preds.append(out.argmax(-1).cpu())
-            labels.append(y.cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(preds), torch.cat(labels)
-
-
-@dataclass
-class CheckpointEvaluation:
-    """A checkpoint's model on one split of its run's dataset: accuracy and mean loss (as the
-    training loop measures them), and the confusion matrix with per-class metrics."""
-
-    path: Path
-    split: str
-    dataset: str
-    epoch: int | None
-    accuracy: float
-    loss: float
-    report: ClassificationReport
-
-
-def run_config(config: Mapping[str, Any], where: str) -> ExperimentConfig:
-    """A saved config, migrated to today's form; `ReportError` when it no longer validates."""
-    import copy
-
-    from ..training.config import ConfigError, parse_config
-
-    try:
-        return parse_config(copy.deepcopy(dict(config)), where=where)
-    except ConfigError as err:
-        raise ReportError(str(err)) from None
-
-
-def evaluate_checkpoint(path: str | Path, *, split: str = "test", device: str | torch.device = "cpu",
-                        data_root: str | None = None, download: bool | None = None) -> CheckpointEvaluation:
-    """Rebuild the model of any falign checkpoint (a run directory: its ``best.pt``) and measure
-    it on ``split`` ("test" or "val") of the dataset its config names (``data_root`` replaces the
-    config's root; ``download`` its ``data.download``).  On the test split of a run's ``best.pt``
-    this is the run's recorded ``test_acc``, exactly: the same data, transform, batch size and
-    loss."""
-    from ..analysis.classification import classification_report
-    from ..training.checkpoint import load_checkpoint
-    from ..training.loop import build_dataset, evaluate, load_model, loss_and_target, resolve_device
-
-    if split not in ("test", "val"):
-        raise ReportError(f"split must be 'test' or 'val', not {split!r}")
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "best.pt").is_file():
-            raise ReportError(f"{path}: a directory without best.pt (a run that has finished no epoch, "
-                              "or not a run); give a run directory or a checkpoint file")
-        path = path / "best.pt"
-    device = resolve_device(str(device))
-    ckpt = load_checkpoint(path)  # CheckpointError: missing, corrupt, foreign
-    if not isinstance(ckpt.get("config"), dict):
-        raise ReportError(f"{path}: the checkpoint holds no config")
-    cfg = run_config(ckpt["config"], f"{path}: config")
-    if data_root is not None:
-        cfg.data.root = data_root
-    if download is not None:
-        cfg.data.download = download
-    model = load_model(path, map_location=device)
-    data = build_dataset(cfg, device)
-    chosen = data.test if split == "test" else data.val
-    if chosen is None:
-        raise ReportError(f"{path}: the run's dataset ({data.description}) has no validation split; "
-                          "use --split test")
-    loss_fn = loss_and_target(cfg.train.loss, cfg.train.loss_reduction, data.num_classes)
-    measured = evaluate(model, chosen, data.eval_transform, batch_size=cfg.train.eval_batch_size,
-                        loss_fn=loss_fn)
-    preds, labels = predictions(model, chosen, data.eval_transform, cfg.train.eval_batch_size)
-    report = classification_report(labels, preds, num_classes=data.num_classes, class_names=data.classes)
-    epoch = ckpt.get("epoch")
-    return CheckpointEvaluation(path, split, data.description, epoch if isinstance(epoch, int) else None,
-                                measured["acc"], measured["loss"], report)
 
 
 # -- the analyses ------------------------------------------------------------------------------
@@ -267,12 +172,35 @@ def exemplar_grid(models: Mapping[str, nn.Module], layer: str, x: torch.Tensor, 
 # -- the report's analyses of its runs ---------------------------------------------------------
 
 @dataclass
-class _Group:
+class Group:
     """Runs on the same data: their best models and that data's test split."""
 
     runs: list[Run]
     data: Dataset
     models: dict[str, nn.Module]
+
+
+@dataclass(frozen=True)
+class ReportAnalysis:
+    """An analysis the report can make of the runs on one dataset, by name from :data:`ANALYSES`.
+
+    ``make(group, folder, prefix, option)`` returns the section (figures under ``folder``, their
+    names starting with ``prefix``); ``check(group, option)``, if given, raises `ReportError`
+    before any figure is written.  ``option`` is what was asked with the name (True, or a value
+    such as Grad-CAM's layer)."""
+
+    title: str
+    make: Callable[[Group, Path, str, Any], Section]
+    check: Callable[[Group, Any], None] | None = None
+
+
+#: the report's analyses by name, in the order their sections appear
+ANALYSES: Registry = Registry("report analysis", ReportError)
+
+
+def register_analysis(name: str, analysis: ReportAnalysis) -> ReportAnalysis:
+    """Add an analysis the report can be asked for by ``name``."""
+    return ANALYSES.register(name, analysis)
 
 
 def _channels(module: nn.Module) -> int | None:
@@ -283,16 +211,90 @@ def _channels(module: nn.Module) -> int | None:
     return None
 
 
-def analyse(runs: Sequence[Run], folder: Path, *, confusion: bool = False, cka: bool = False,
-            gradcam: str | None = None, device: str = "cpu") -> list[tuple[str, Section]]:
-    """The analyses asked for, of each run's best model (``best.pt``) on its own test split:
-    [(section title, section)].  Runs on the same data are analysed together (CKA compares them
-    with the ``bp`` run among them, else the first).  Everything is checked (checkpoints, the
-    data, the Grad-CAM layer in every model) before the first figure is written; a run without
-    ``best.pt`` is left out with a note."""
-    if not (confusion or cka or gradcam):
+def _test_inputs(group: Group) -> tuple[torch.Tensor, torch.Tensor]:
+    return group.data.eval_transform(group.data.test.x), group.data.test.y  # (N, ...) float, un-augmented
+
+
+def _confusion(group: Group, folder: Path, prefix: str, option: Any) -> Section:
+    return confusion_matrices(group.models, group.data, folder, prefix=prefix)
+
+
+def _cka(group: Group, folder: Path, prefix: str, option: Any) -> Section:
+    labels = list(group.models)
+    exact = [r.label for r in group.runs if r.exact]  # backprop runs: the reference
+    reference = exact[0] if exact else labels[0]
+    if len(labels) < 2:
+        return Section(notes=[f"CKA compares two runs on the same data; {labels[0]} is "
+                              "alone here (report it with a bp run, e.g. a comparison)."])
+    x, y = _test_inputs(group)
+    section = cka_vs_reference(group.models, x, y, folder, reference=reference,
+                               title="BP" if exact else reference, prefix=prefix)
+    if not exact:
+        section.notes.insert(0, f"No backprop run on this data: CKA is against {reference}.")
+    return section
+
+
+def _gradcam_check(group: Group, layer: Any) -> None:
+    for run in group.runs:
+        modules = dict(group.models[run.label].named_modules())
+        if layer not in modules or not layer:
+            import difflib
+
+            names = [n for n in modules if n]
+            near = difflib.get_close_matches(layer, names, n=1, cutoff=0.4)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise ReportError(f"--gradcam {layer}: no layer '{layer}' in the model of "
+                              f"{run.label} ({run.path}); {hint}its layers: {', '.join(names)}")
+    if group.data.test.x.dim() != 4 or group.data.test.x.shape[1] not in (1, 3):
+        raise ReportError(f"--gradcam: exemplars are images, and {group.data.description} is "
+                          "not an image dataset")
+
+
+def _gradcam(group: Group, folder: Path, prefix: str, layer: Any) -> Section:
+    x, y = _test_inputs(group)
+    first = group.models[group.runs[0].label]
+    channels = _channels(dict(first.named_modules())[layer])
+    k = min(3, channels) if channels else 3
+    transform = group.data.eval_transform  # its mean and std undo the normalisation
+    return exemplar_grid(group.models, layer, x, y, folder, k=k, n=min(6, x.shape[0]),
+                         mean=getattr(transform, "mean", None), std=getattr(transform, "std", None),
+                         prefix=prefix)
+
+
+register_analysis("confusion", ReportAnalysis("Confusion matrices", _confusion))
+register_analysis("cka", ReportAnalysis("CKA", _cka))
+register_analysis("gradcam", ReportAnalysis("Grad-CAM exemplars", _gradcam, _gradcam_check))
+
+
+def asked_analyses(analyses: Mapping[str, Any] | Sequence[str] | None = None, *, confusion: bool = False,
+                   cka: bool = False, gradcam: str | None = None) -> dict[str, Any]:
+    """``analyses`` as {name: option} (a list of names: each with True), every name checked
+    against :data:`ANALYSES`; the keywords ``confusion``, ``cka`` and ``gradcam`` of earlier
+    falign are still taken (deprecated)."""
+    asked = dict(analyses) if isinstance(analyses, Mapping) else dict.fromkeys(analyses or (), True)
+    legacy = {name: value for name, value in (("confusion", confusion), ("cka", cka), ("gradcam", gradcam))
+              if value}
+    if legacy:
+        warnings.warn("confusion=, cka= and gradcam= are deprecated; pass analyses={'confusion': True, "
+                      "'cka': True, 'gradcam': LAYER}", DeprecationWarning, stacklevel=3)
+        asked.update(legacy)
+    for name in asked:
+        ANALYSES.lookup(name)
+    return {name: option for name, option in asked.items() if option}
+
+
+def analyse(runs: Sequence[Run], folder: Path, analyses: Mapping[str, Any] | Sequence[str] | None = None, *,
+            confusion: bool = False, cka: bool = False, gradcam: str | None = None,
+            device: str = "cpu") -> list[tuple[str, Section]]:
+    """The analyses asked for (names of :data:`ANALYSES`, or {name: option}), of each run's best
+    model (``best.pt``) on its own test split: [(section title, section)].  Runs on the same data
+    are analysed together (CKA compares them with the ``bp`` run among them, else the first).
+    Everything is checked (checkpoints, the data, the Grad-CAM layer in every model) before the
+    first figure is written; a run without ``best.pt`` is left out with a note."""
+    asked = asked_analyses(analyses, confusion=confusion, cka=cka, gradcam=gradcam)
+    if not asked:
         return []
-    from ..training.loop import build_dataset, load_model, resolve_device
+    from ..training.loop import resolve_device
 
     torch_device = resolve_device(device)
     skipped: list[str] = []
@@ -306,59 +308,23 @@ def analyse(runs: Sequence[Run], folder: Path, *, confusion: bool = False, cka: 
         by_data.setdefault(key, []).append(run)
     groups = []
     for members in by_data.values():
-        cfg = run_config(members[0].config, f"{members[0].path / 'tracking.json'}: config")
-        data = build_dataset(cfg, torch_device)
-        models = {run.label: load_model(run.path / "best.pt", map_location=torch_device) for run in members}
-        groups.append(_Group(members, data, models))
-    if gradcam:
-        for group in groups:
-            for run in group.runs:
-                modules = dict(group.models[run.label].named_modules())
-                if gradcam not in modules or not gradcam:
-                    import difflib
-
-                    names = [n for n in modules if n]
-                    near = difflib.get_close_matches(gradcam, names, n=1, cutoff=0.4)
-                    hint = f"did you mean '{near[0]}'? " if near else ""
-                    raise ReportError(f"--gradcam {gradcam}: no layer '{gradcam}' in the model of "
-                                      f"{run.label} ({run.path}); {hint}its layers: {', '.join(names)}")
-            if group.data.test.x.dim() != 4 or group.data.test.x.shape[1] not in (1, 3):
-                raise ReportError(f"--gradcam: exemplars are images, and {group.data.description} is "
-                                  "not an image dataset")
+        opened = {run.label: open_run(run.path, device=torch_device) for run in members}
+        data = opened[members[0].label].data()
+        groups.append(Group(members, data, {label: run.model() for label, run in opened.items()}))
+    chosen = [(name, ANALYSES[name], option) for name in ANALYSES if name in asked
+              for option in [asked[name]]]
+    for group in groups:
+        for _, analysis, option in chosen:
+            if analysis.check is not None:
+                analysis.check(group, option)
 
     sections: list[tuple[str, Section]] = []
     many = len(groups) > 1
     for i, group in enumerate(groups):
         prefix = f"data{i + 1}-" if many else ""
         where = f" ({group.data.description})" if many else ""
-        x = group.data.eval_transform(group.data.test.x)  # (N, ...) float, un-augmented
-        y = group.data.test.y
-        if confusion:
-            sections.append((f"Confusion matrices{where}",
-                             confusion_matrices(group.models, group.data, folder, prefix=prefix)))
-        if cka:
-            labels = list(group.models)
-            exact = [r.label for r in group.runs if r.exact]  # backprop runs: the reference
-            reference = exact[0] if exact else labels[0]
-            if len(labels) < 2:
-                section = Section(notes=[f"CKA compares two runs on the same data; {labels[0]} is "
-                                         "alone here (report it with a bp run, e.g. a comparison)."])
-            else:
-                section = cka_vs_reference(group.models, x, y, folder, reference=reference,
-                                           title="BP" if exact else reference, prefix=prefix)
-                if not exact:
-                    section.notes.insert(0, f"No backprop run on this data: CKA is against "
-                                            f"{reference}.")
-            sections.append((f"CKA{where}", section))
-        if gradcam:
-            first = group.models[group.runs[0].label]
-            channels = _channels(dict(first.named_modules())[gradcam])
-            k = min(3, channels) if channels else 3
-            transform = group.data.eval_transform  # its mean and std undo the normalisation
-            section = exemplar_grid(group.models, gradcam, x, y, folder, k=k, n=min(6, x.shape[0]),
-                                    mean=getattr(transform, "mean", None),
-                                    std=getattr(transform, "std", None), prefix=prefix)
-            sections.append((f"Grad-CAM exemplars{where}", section))
+        for _, analysis, option in chosen:
+            sections.append((f"{analysis.title}{where}", analysis.make(group, folder, prefix, option)))
     if skipped:
         sections.append(("Not analysed", Section(notes=skipped)))
     return sections

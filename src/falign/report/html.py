@@ -2,7 +2,8 @@
 
     from falign.report import write_report
     write_report(["runs/compare-mnist"], Path("report"), published={"test_acc": {"bp": 98.2}})
-    write_report(["runs/sweep-x"], Path("report"), confusion=True, cka=True, gradcam="conv2")
+    write_report(["runs/sweep-x"], Path("report"), analyses={"confusion": True, "cka": True,
+                                                             "gradcam": "conv2"})
 
 A figure or section without data says how to get it (``train.alignment_every`` for the
 alignment figures, ``--confusion`` for the confusion matrices, ...).
@@ -31,7 +32,7 @@ from ..plots.training import (
 )
 from ..training.record import RunRecord
 from ..training.results import RESULT_COLUMNS, numeric_columns, result_cells
-from .analyses import Section, analyse
+from .analyses import Section, analyse, asked_analyses
 from .runs import Run, Sources, load_sources, published_columns, seed_groups, summary
 from .text import (
     JPEG_NOTE,
@@ -301,6 +302,7 @@ def write_report(
     published: Mapping[str, Mapping[str, float]] | None = None,
     notes: Sequence[str] = (),
     extra_figures: Sequence[tuple[str, str | os.PathLike[str], str]] = (),
+    analyses: Mapping[str, Any] | Sequence[str] | None = None,
     confusion: bool = False,
     cka: bool = False,
     gradcam: str | None = None,
@@ -314,18 +316,20 @@ def write_report(
     ``published`` maps a metric (``test_acc``, ``best_val_acc``) to {method label or rule: accuracy
     in %}; it adds a "published" column and dashed reference lines. ``notes`` are shown verbatim
     (escaped). ``extra_figures`` are (title, PNG path, caption) drawn elsewhere (CKA heatmaps,
-    exemplar grids, confusion matrices), embedded after the training figures.  ``confusion``,
-    ``cka`` and ``gradcam`` (a layer name) analyse each run's best model on ``device``
-    (:func:`falign.report.analyses.analyse`).  Returns the path of ``report.html``.  Raises
-    `ReportError` for a path that is none of these, or an analysis that cannot be made, before
-    anything is written.
+    exemplar grids, confusion matrices), embedded after the training figures.  ``analyses`` names
+    the analyses of each run's best model, made on ``device``: names of
+    :data:`falign.report.analyses.ANALYSES`, or {name: option}, e.g. ``{"confusion": True, "cka":
+    True, "gradcam": "conv2"}`` (:func:`falign.report.analyses.analyse`); the keywords
+    ``confusion``, ``cka`` and ``gradcam`` of earlier falign still work (deprecated).  Returns the
+    path of ``report.html``.  Raises `ReportError` for a path that is none of these, or an
+    analysis that cannot be made, before anything is written.
     """
     sources = load_sources([Path(p) for p in run_dirs])
     runs = sources.runs
     out = Path(out)
-    asked = bool(confusion or cka or gradcam)
-    sections = analyse(runs, out / "figures", confusion=confusion, cka=cka, gradcam=gradcam,
-                       device=device)
+    chosen = asked_analyses(analyses, confusion=confusion, cka=cka, gradcam=gradcam)
+    asked = bool(chosen)
+    sections = analyse(runs, out / "figures", chosen, device=device)
     out.mkdir(parents=True, exist_ok=True)
     title = title or _default_title(runs)
     columns = published_columns(runs, published)

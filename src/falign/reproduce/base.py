@@ -467,9 +467,9 @@ def summary(ctx: Context, status: str) -> dict[str, Any]:
 # -- analyses shared by targets ----------------------------------------------------------------
 
 def best_model(run_dir: Path, device: torch.device):
-    from ..training.loop import load_model
+    from ..training.run import open_run
 
-    return load_model(run_dir / "best.pt", map_location=device)
+    return open_run(run_dir, device=device).model()
 
 
 def dataset_of(cfg: ExperimentConfig, device: torch.device):

@@ -13,6 +13,7 @@ finished run again -- the same config, or ``resume`` -- reads it back and trains
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import copy
 import math
 import os
@@ -21,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,12 @@ import yaml
 from torch import Tensor, nn
 
 from .. import __version__
+from ..analysis.alignment import StepProbe
 from ..data import Dataset, Split, batches, load_dataset
 from ..data.registry import dataset_options
 from ..errors import FalignError
 from ..layers import StepContext, train_step
-from ..layers.alignment import StepProbe
+from ..layers.scope import eval_mode
 from ..models import InputTooSmallError, create_model, model_from_spec
 from ..provenance import git_commit
 from . import distributed
@@ -279,10 +281,8 @@ def hits(out: Tensor, y: Tensor) -> int:
 def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 1000,
              loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None) -> dict[str, float]:
     """Mean loss (if ``loss_fn``) and accuracy of ``model`` on ``split``, in eval mode."""
-    was_training = model.training
-    model.eval()
     total, correct, loss_sum = 0, 0, 0.0
-    try:
+    with eval_mode(model):
         for x, y in batches(split, batch_size, transform=transform, shuffle=False):
             out = model(x)
             correct += hits(out, y)
@@ -290,8 +290,6 @@ def evaluate(model: nn.Module, split: Split, transform, *, batch_size: int = 100
             if loss_fn is not None:
                 reduction = getattr(loss_fn, "reduction", "mean")  # a plain callable: a mean
                 loss_sum += batch_total(loss_fn(out, y), y.numel(), reduction)
-    finally:
-        model.train(was_training)
     result = {"acc": correct / max(total, 1)}
     if loss_fn is not None:
         result["loss"] = loss_sum / max(total, 1)
@@ -370,11 +368,31 @@ def same_config(saved: dict[str, Any], cfg: ExperimentConfig) -> bool:
     return _as_current(saved) == cfg.to_dict()
 
 
+#: the thread count :func:`using_threads` sets for the runs trained inside its ``with``
+_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("falign_threads", default=None)
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None) -> Iterator[None]:
+    """Inside the ``with``, every run trained without its own ``threads`` (a comparison's, a
+    sweep's, a reproduction's) takes ``threads`` in place of :func:`default_threads`' other
+    sources (None: as outside); the user's ``$FALIGN_THREADS`` is neither read nor written."""
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive number of threads, not {threads!r}")
+    token = _THREADS.set(threads if threads is not None else _THREADS.get())
+    try:
+        yield
+    finally:
+        _THREADS.reset(token)
+
+
 def default_threads() -> int:
-    """Intra-op threads when none are asked for: ``$FALIGN_THREADS`` (``--threads``), else half
-    the CPUs this process may use (at least one, at most 8) -- deterministic, and leaving room on
-    a shared machine, where more threads than free cores make every op wait for its slowest
-    thread."""
+    """Intra-op threads when none are asked for: those of an enclosing :func:`using_threads`
+    (``--threads``), else ``$FALIGN_THREADS``, else half the CPUs this process may use (at least
+    one, at most 8) -- deterministic, and leaving room on a shared machine, where more threads
+    than free cores make every op wait for its slowest thread."""
+    if _THREADS.get() is not None:
+        return _THREADS.get()
     env = os.environ.get("FALIGN_THREADS")
     if env:
         try:
@@ -483,7 +501,9 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
 
     record = RunRecord(config=cfg.to_dict(), model_spec=model.falign_spec, dataset=data.description,
                        selected_on=select_name, status="running", environment=environment(device))
-    probe = StepProbe(model, world=ddp.world, reduce=reduce) if cfg.train.alignment_every else None
+    # side measurements of training steps: objects with due(step), capture() and finish(...)
+    probes = [StepProbe(model, every=cfg.train.alignment_every, world=ddp.world, reduce=reduce)
+              ] if cfg.train.alignment_every else []
     start_epoch = 1
     partial = None  # an epoch a mid-epoch checkpoint left unfinished
     if saved is not None:
@@ -562,14 +582,16 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
                                   world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch,
                                   loss_scale=fast.loss_scale)
-                measure = probe is not None and step % cfg.train.alignment_every == 0
-                with probe.capture() if measure else contextlib.nullcontext():
+                due = [p for p in probes if p.due(step)]
+                with contextlib.ExitStack() as measuring:
+                    for p in due:
+                        measuring.enter_context(p.capture())
                     out_b, loss = train_step(model, net, fast.input(x), y, ctx)
                 if not torch.isfinite(loss):
                     diverged = True
                     break
-                if measure:
-                    stats = probe.finish(fast.input(x), y, ctx.loss_fn)
+                for p in due:
+                    stats = p.finish(fast.input(x), y, ctx.loss_fn)
                     record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
                         name: a.to_dict() for name, a in stats.items()}))
                 fast.step(optimizer)
