@@ -13,6 +13,7 @@ from falign.records import (
     COMPARE_VERSION,
     SWEEP_VERSION,
     CompareRecord,
+    RecheckRecord,
     RecordError,
     ReproductionSummary,
     RunRecord,
@@ -21,6 +22,7 @@ from falign.records import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARIES = sorted((ROOT / "results").glob("*.json"))
+CHECKS = sorted((ROOT / "results" / "checks").glob("*.json"))
 
 
 @pytest.mark.parametrize("path", SUMMARIES, ids=lambda p: p.name)
@@ -35,6 +37,15 @@ def test_a_summary_keeps_which_runs_did_not_record_their_commit():
     old = ReproductionSummary.load(ROOT / "results" / "linear-fa.json")
     assert all(not r.trained_by_recorded for m in old.methods for r in m.runs)
     assert all("trained_by" not in r for m in old.to_dict()["methods"] for r in m["runs"])
+
+
+@pytest.mark.parametrize("path", CHECKS, ids=lambda p: p.name)
+def test_a_committed_recheck_reads_and_writes_back_byte_for_byte(path):
+    check = RecheckRecord.load(path)
+    assert check.checks and check.commit
+    assert json.dumps(check.to_dict(), indent=1) == path.read_text().rstrip("\n")
+    if path.stem == "linear-fa":  # checked before the tensors only today's code keeps were listed
+        assert all(c.keys_only_today is None for c in check.checks)
 
 
 def test_a_committed_run_record_reads():
@@ -105,7 +116,8 @@ def test_an_old_reproduce_json_reads_as_a_summary(tmp_path):
 
 
 @pytest.mark.parametrize(("cls", "key"), [(CompareRecord, "schema_version"), (SweepRecord, "schema_version"),
-                                          (ReproductionSummary, "schema"), (RunRecord, "schema_version")])
+                                          (ReproductionSummary, "schema"), (RunRecord, "schema_version"),
+                                          (RecheckRecord, "schema_version")])
 def test_a_newer_or_malformed_file_is_one_line_error(cls, key, tmp_path):
     load = cls.read if cls is RunRecord else cls.load
     path = tmp_path / "x.json"
