@@ -49,8 +49,8 @@ def test_the_check_finds_a_comparison_with_a_rule_name(tmp_path):
 # -- floors and cycles (docs/design.md) -----------------------------------------------------------
 
 #: the floor of each room: a module imports only from its own room or from lower floors
-FLOOR = {"registry": 0, "errors": 0, "provenance": 1, "rules": 1, "data": 1, "layers": 2, "models": 3,
-         "analysis": 3,
+FLOOR = {"registry": 0, "errors": 0, "provenance": 1, "records": 1, "rules": 1, "data": 1,
+         "layers": 2, "models": 3, "analysis": 3,
          "__init__": 4, "training": 5, "integrations": 5, "plots": 6, "testing": 6, "report": 7,
          "reproduce": 8, "cli": 9, "__main__": 10}
 #: import cycles between files that the design issue is removing (docs/design.md, "Moving"):

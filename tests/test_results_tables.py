@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from falign.records import MethodSummary, RecheckRecord, ReproductionSummary
 from falign.reproduce import TARGETS
 from falign.reproduce.tables import BEGIN, END, load_results, render, target_table, verdict
 
@@ -25,11 +26,9 @@ def test_the_tables_are_made_from_the_committed_summaries(page):
 
 def test_each_summary_is_a_full_scale_run_of_a_target():
     for path in sorted((ROOT / "results").glob("*.json")):
-        import json
-
-        summary = json.loads(path.read_text())
-        assert summary["target"] == path.stem and summary["target"] in TARGETS
-        assert summary["scale"] == "full" and summary["git"] and summary["methods"]
+        summary = ReproductionSummary.load(path)
+        assert summary.target == path.stem and summary.target in TARGETS
+        assert summary.scale == "full" and summary.git and summary.methods
 
 
 def _method(part, label, acc, published, data="mnist"):
@@ -38,23 +37,32 @@ def _method(part, label, acc, published, data="mnist"):
             "config": {"data": {"name": data}}}
 
 
+def _typed(method: dict) -> MethodSummary:
+    return MethodSummary.from_dict(method, "test")
+
+
+def _table(summary: dict, check: dict | None = None) -> str:
+    return target_table(ReproductionSummary.from_dict(summary, "test"),
+                        None if check is None else RecheckRecord.from_dict(check, "test"))
+
+
 def test_tolerances():
-    bp = _method("p", "bp", 0.9800, 98.20)
+    bp = _typed(_method("p", "bp", 0.9800, 98.20))
     assert verdict(bp, bp) == "yes"  # 0.20 points
-    assert verdict(_method("p", "fa", 0.9700, 97.40), bp) == "no"  # 0.40 > 0.3 on MNIST
-    cbp = _method("c", "bp", 0.7400, 75.80, "cifar10-jpeg")
+    assert verdict(_typed(_method("p", "fa", 0.9700, 97.40)), bp) == "no"  # 0.40 > 0.3 on MNIST
+    cbp = _typed(_method("c", "bp", 0.7400, 75.80, "cifar10-jpeg"))
     assert verdict(cbp, cbp) == "yes"  # 1.8 < 3.5
     # within 3.5 of the paper, but the gap to BP (-36.0 vs -40.03) is off by more than 2
-    assert verdict(_method("c", "fa", 0.3800, 35.77, "cifar10-jpeg"), cbp) == "no"
-    assert verdict(_method("c", "fa", 0.3500, 35.77, "cifar10-jpeg"), cbp) == "yes"
-    assert verdict(_method("c", "x", 0.3, None, "cifar10-jpeg"), cbp) == "-"
+    assert verdict(_typed(_method("c", "fa", 0.3800, 35.77, "cifar10-jpeg")), cbp) == "no"
+    assert verdict(_typed(_method("c", "fa", 0.3500, 35.77, "cifar10-jpeg")), cbp) == "yes"
+    assert verdict(_typed(_method("c", "x", 0.3, None, "cifar10-jpeg")), cbp) == "-"
 
 
 def test_a_partial_summary_says_so():
     summary = {"target": "akrout-2019", "title": "t", "scale": "full", "status": "running",
                "parts_completed": [], "all_parts": ["mnist", "cifar10"], "hardware": {"cpus": 2},
                "methods": [_method("mnist", "bp", 0.98, 98.5)], "compute_seconds": 7200}
-    table = target_table(summary)
+    table = _table(summary)
     assert "**status: running** (partial)" in table and "2.0 h of training" in table
 
 
@@ -63,7 +71,7 @@ def test_a_published_loss_gets_no_accuracy_gap_or_verdict():
     summary = {"target": "linear-fa", "title": "t", "scale": "full", "status": "completed",
                "published_metric": "single-batch training loss", "hardware": {"cpus": 2},
                "methods": methods}
-    table = target_table(summary)
+    table = _table(summary)
     assert "published: single-batch training loss" in table and "within tolerance" not in table
     assert "| fa | 0 | 92.00 | 0.42992 | +0.03333 |" in table  # the published gap, not an accuracy gap
 
@@ -71,17 +79,16 @@ def test_a_published_loss_gets_no_accuracy_gap_or_verdict():
 def test_the_table_says_which_code_trained_the_runs_and_what_the_recheck_found():
     run = {"test_acc": 0.9, "status": "completed", "trained_by": None}
     summary = {"target": "t", "title": "t", "scale": "full", "status": "completed", "hardware": {},
-               "git": {"commit": "b" * 40}, "methods": [{**_method("", "bp", 0.9, None), "runs": [run]}],
-               "_recheck": {"git": {"commit": "c" * 40}, "checks": [
-                   {"same_first_epoch_record": True, "same_epoch_1_weights": True},
-                   {"same_first_epoch_record": False, "same_epoch_1_weights": None}]}}
-    table = target_table(summary)
+               "git": {"commit": "b" * 40}, "methods": [{**_method("", "bp", 0.9, None), "runs": [run]}]}
+    check = {"git": {"commit": "c" * 40}, "checks": [
+        {"same_first_epoch_record": True, "same_epoch_1_weights": True},
+        {"same_first_epoch_record": False, "same_epoch_1_weights": None}]}
+    table = _table(summary, check)
     assert "Runs trained by falign code from before runs recorded their commit." in table
     assert "Re-check on cccccccccc" in table and "1 of 2 runs" in table
     assert "1 with identical epoch-1" in table
     run["trained_by"] = {"commit": "b" * 40}  # trained by the code that wrote the summary: no line
-    del summary["_recheck"]
-    assert "Runs trained by" not in target_table(summary)
+    assert "Runs trained by" not in _table(summary)
 
 
 def test_a_stopped_sweep_says_how_far_each_method_got():
@@ -92,6 +99,6 @@ def test_a_stopped_sweep_says_how_far_each_method_got():
                "methods": [unfinished, never], "measures": {"progress when stopped": {
                    "fa": {"grid_points": 9, "trials_completed": 9, "final_epochs_done": [26],
                           "final_epochs": 50}}}}
-    table = target_table(summary)
+    table = _table(summary)
     assert "| fa | 0 | unfinished: 26 of 50 epochs |" in table and "| frsf | - | not run |" in table
     assert "Stopped with: fa 9/9 grid points, final run 26/50 epochs." in table

@@ -3,10 +3,10 @@ rule' is made from its summary."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import falign
+from falign.records import ReproductionSummary, UnitsSummary
 from falign.reproduce import TARGETS
 from falign.reproduce.base import plan
 from falign.reproduce.guide import GUIDE_LR, PURPOSE, advice, grid_table, guide_spec, page
@@ -37,7 +37,7 @@ def _trial(lr: float, val: float | None, status: str = "completed", losses=(1.0,
             "train_losses": list(losses)}
 
 
-def _summary() -> dict:
+def _summary() -> ReproductionSummary:
     sgd = GUIDE_LR["sgd"]
     methods = [
         {"part": "mnist-mlp", "method": "bp-sgd", "config": {"optim": {"lr": 0.03}},
@@ -48,7 +48,8 @@ def _summary() -> dict:
          "trials": [_trial(x, v) for x, v in zip(sgd, [0.11, 0.3, 0.8, 0.12, 0.1], strict=True)],
          "runs": [{"test_acc": 0.8}], "test_acc_mean": 0.8, "test_acc_std": 0.0},
     ]
-    return {"status": "partial", "units": {"total": 52, "done": ["a", "b"]}, "methods": methods}
+    return ReproductionSummary.from_dict(
+        {"status": "partial", "units": {"total": 52, "done": ["a", "b"]}, "methods": methods}, "test")
 
 
 def test_the_grid_and_the_advice_are_what_the_trials_say() -> None:
@@ -72,10 +73,10 @@ def test_the_docs_page_is_made_from_the_committed_summary() -> None:
     summary_path = ROOT / "results" / "rule-guide.json"
     doc = ROOT / "docs" / "choosing-a-rule.md"
     if summary_path.is_file():
-        text = page(json.loads(summary_path.read_text()), "figures/rule-guide.png")
+        text = page(ReproductionSummary.load(summary_path), "figures/rule-guide.png")
     else:  # before the first unit: the page says so
-        text = page({"status": "not run", "units": {"total": len(plan(TARGETS["rule-guide"])), "done": []},
-                     "methods": []})
+        units = UnitsSummary(total=len(plan(TARGETS["rule-guide"])), done=(), pending=())
+        text = page(ReproductionSummary(target="rule-guide", scale="full", status="not run", units=units))
     assert doc.read_text() == text, "run python -m falign.reproduce.guide_page results/ --write " \
         "docs/choosing-a-rule.md --figure docs/figures/rule-guide.png"
 
@@ -85,7 +86,7 @@ def test_the_queue_rewrites_the_page_and_its_figure(tmp_path: Path) -> None:
 
     (tmp_path / "results").mkdir()
     (tmp_path / "docs" / "figures").mkdir(parents=True)
-    (tmp_path / "results" / "rule-guide.json").write_text(json.dumps(_summary()))
+    _summary().save(tmp_path / "results" / "rule-guide.json")
     changed = write_page(tmp_path / "results", tmp_path)
     assert changed == [tmp_path / PAGE, tmp_path / FIGURE]
     assert (tmp_path / PAGE).read_text() == page(_summary(), "figures/rule-guide.png")
@@ -98,11 +99,11 @@ def test_partial_data_says_what_is_not_measured_and_draws(tmp_path: Path) -> Non
     and optimizers are not measured yet, and the figure draws a panel that has no line yet."""
     from falign.reproduce.guide import figure
 
-    one = {"status": "partial", "methods": [
+    one = ReproductionSummary.from_dict({"status": "partial", "methods": [
         {"part": "mnist-mlp", "method": "bp-adam", "config": {"optim": {"lr": 0.001}},
          "trials": [_trial(x, 0.9) for x in GUIDE_LR["adam"]], "runs": [{"test_acc": 0.95}],
          "test_acc_mean": 0.95, "test_acc_std": 0.0},
-        {"part": "mnist-mlp", "method": "fa-sgd", "trials": [], "runs": [], "test_acc_mean": None}]}
+        {"part": "mnist-mlp", "method": "fa-sgd", "trials": [], "runs": [], "test_acc_mean": None}]}, "test")
     lines = advice(grid_table(one))
     assert lines[0].startswith("**bp** on mnist-mlp: with Adam, best at lr 0.001") and \
         "SGD + momentum 0.9 not measured yet" in lines[0]

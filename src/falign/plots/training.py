@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from falign.plots import _style
-from falign.training.record import AlignmentRecord, RunRecord
+from falign.records import AlignmentRecord, RunRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -30,7 +30,7 @@ from ..plots.training import (
     plot_sign_concordance,
     plot_val_accuracy,
 )
-from ..training.record import RunRecord
+from ..records import RunRecord
 from ..training.results import RESULT_COLUMNS, numeric_columns, result_cells
 from .analyses import Section, analyse, asked_analyses
 from .runs import Run, Sources, load_sources, published_columns, seed_groups, summary
@@ -225,21 +225,20 @@ def _sweep_html(sources: Sources) -> list[str]:
 
     out = []
     for source in sources.of_kind("sweep"):
-        rules = source.marker.get("rules") or {}
+        sweep = source.record
         cells = []
-        for label, entry in rules.items():
-            entry = entry if isinstance(entry, dict) else {}
-            trials = entry.get("trials") or []
+        for label, entry in sweep.rules.items():
+            trials = entry.trials
             states = ", ".join(f"{n} {state.lower()}" for state, n in sorted(
-                Counter(str(t.get("state", "?")) for t in trials if isinstance(t, dict)).items()))
-            params = ", ".join(f"{k}={v}" for k, v in (entry.get("best_params") or {}).items())
-            fin = entry.get("final") or {}
-            seeds = ",".join(str(r.get("seed")) for r in fin.get("runs") or [] if isinstance(r, dict))
+                Counter(t.state for t in trials).items()))
+            params = ", ".join(f"{k}={v}" for k, v in (entry.best_params or {}).items())
+            fin = entry.final
+            seeds = ",".join(str(r.seed) for r in fin.runs) if fin is not None else ""
             cells.append([str(label), f"{len(trials)} ({states})" if states else str(len(trials)),
                           params or "-", seeds or "-",
-                          pct_pm(fin.get("test_acc_mean"), fin.get("test_acc_std"))])
+                          pct_pm(fin.test_acc_mean if fin else None, fin.test_acc_std if fin else None)])
         out += [f"<h3>Sweep {e(source.path)}</h3>",
-                f"<p>Sampler: {e(source.marker.get('sampler', '?'))}; the best parameters of each rule "
+                f"<p>Sampler: {e(sweep.sampler or '?')}; the best parameters of each rule "
                 "(best validation accuracy of its short trials) trained on the final seeds.</p>",
                 *_table(["rule", "trials", "best params", "final seeds", "final test % (mean ± std)"],
                         cells)]
@@ -249,10 +248,10 @@ def _sweep_html(sources: Sources) -> list[str]:
 def _reproduce_html(sources: Sources) -> list[str]:
     out = []
     for source in sources.of_kind("reproduce"):
-        m = source.marker
-        out.append(f"<p><strong>Reproduction</strong> {e(m.get('name', '?'))}, {e(m.get('scale', '?'))} "
-                   f"scale, {e(m.get('status', '?'))}: {e(source.path)}</p>")
-        extra = [row for row in m.get("extra") or [] if isinstance(row, dict)]
+        m = source.record
+        out.append(f"<p><strong>Reproduction</strong> {e(m.target or '?')}, {e(m.scale or '?')} "
+                   f"scale, {e(m.status)}: {e(source.path)}</p>")
+        extra = list(m.extra_rows or ())
         if extra:
             keys = list(dict.fromkeys(k for row in extra for k in row))
             out += _table(keys, [["-" if row.get(k) is None else

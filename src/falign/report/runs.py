@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FalignError
-from ..training.record import RecordError, RunRecord
+from ..records import CompareRecord, RecordError, ReproductionSummary, RunRecord, SweepRecord
 from ..training.results import ResultRow
 
 if TYPE_CHECKING:
@@ -59,25 +59,21 @@ class Run:
             return False
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        reason = " ".join(str(err).split())
-        raise ReportError(f"{path}: cannot be read as JSON ({reason})") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: holds a JSON {type(data).__name__}, not an object")
-    return data
+#: the file that marks each kind of directory, and how it is read (a reproduction written before
+#: its marker was folded into ``results.json`` has a ``reproduce.json``, read first)
+_MARKERS = (("compare", "compare.json", CompareRecord.load), ("sweep", "sweep.json", SweepRecord.load),
+            ("reproduce", "reproduce.json", ReproductionSummary.load_marker),
+            ("reproduce", "results.json", ReproductionSummary.load))
 
 
 @dataclass
 class Source:
     """A directory given to the report that is not one run: a comparison (``compare.json``), a
-    sweep (``sweep.json``) or a reproduction (``reproduce.json``), with its marker's contents."""
+    sweep (``sweep.json``) or a reproduction (``results.json``), with its record."""
 
     kind: str  # "compare", "sweep" or "reproduce"
     path: Path
-    marker: dict[str, Any]
+    record: CompareRecord | SweepRecord | ReproductionSummary
 
 
 @dataclass
@@ -97,34 +93,27 @@ class Sources:
 _NOT_RUNS = ("report", "analysis")
 
 
-def _compare_dirs(path: Path, marker: dict[str, Any]) -> list[Path]:
+def _compare_dirs(path: Path, record: CompareRecord) -> list[Path]:
     from ..training.compare import run_label
 
-    runs = marker.get("runs")
-    if isinstance(runs, list) and runs:  # over several seeds: every run is listed
-        dirs = [r.get("run_dir") for r in runs if isinstance(r, dict)]
-        if not all(isinstance(d, str) and d for d in dirs):
+    if record.runs:  # over several seeds: every run is listed
+        if not all(r.run_dir for r in record.runs):
             raise ReportError(f"{path / 'compare.json'}: a run without its run_dir")
-        return [path / d for d in dirs]
-    rules = marker.get("rules")
-    if not isinstance(rules, list) or not rules:
+        return [path / str(r.run_dir) for r in record.runs]
+    if not record.rules:
         raise ReportError(f"{path / 'compare.json'}: lists no rules")
-    return [path / run_label(str(rule)) for rule in rules]
+    return [path / run_label(rule) for rule in record.rules]
 
 
-def _sweep_dirs(path: Path, marker: dict[str, Any], notes: list[str]) -> list[Path]:
-    rules = marker.get("rules")
-    if not isinstance(rules, dict):
-        raise ReportError(f"{path / 'sweep.json'}: lists no rules")
+def _sweep_dirs(path: Path, record: SweepRecord, notes: list[str]) -> list[Path]:
     dirs = []
-    for label, entry in rules.items():
-        final = (entry or {}).get("final") if isinstance(entry, dict) else None
-        runs = [r for r in (final or {}).get("runs") or [] if isinstance(r, dict) and r.get("run_dir")]
+    for label, entry in record.rules.items():
+        runs = list(entry.final.runs) if entry.final is not None else []
         if not runs:
             notes.append(f"sweep {path}: '{label}' has no final runs (no trial of it completed); the "
                          f"other rules are reported")
         # by name under final/: the recorded path is relative to where the sweep was started
-        dirs += [path / "final" / Path(str(r["run_dir"])).name for r in runs]
+        dirs += [path / "final" / Path(r.run_dir).name for r in runs]
     if not dirs:
         raise ReportError(f"{path}: the sweep has no final runs yet (a trial must complete first; "
                           f"finish it with `falign sweep CONFIG --resume --out {path}`)")
@@ -139,10 +128,12 @@ def _expand(path: Path, sources: list[Source], notes: list[str]) -> list[Path]:
         raise ReportError(f"{path}: no such directory")
     if (path / "tracking.json").exists():
         return [path]
-    for kind in ("compare", "sweep", "reproduce"):
-        marker = path / f"{kind}.json"
-        if marker.is_file():
-            data = _read_json(marker)
+    for kind, name, load in _MARKERS:
+        if (path / name).is_file():
+            try:
+                data = load(path / name)
+            except RecordError as err:
+                raise ReportError(str(err)) from None
             sources.append(Source(kind, path, data))
             break
     else:
@@ -151,9 +142,9 @@ def _expand(path: Path, sources: list[Source], notes: list[str]) -> list[Path]:
                               f"with `falign sweep CONFIG --resume --out {path}`, or report on "
                               "the trial runs under trials/")
         return [path]  # "no tracking.json" is said where the runs are read
-    if kind == "compare":
-        if data.get("status") != "completed":
-            notes.append(f"comparison {path} has not finished ({data.get('status', 'unknown')}; resume "
+    if isinstance(data, CompareRecord):
+        if data.status != "completed":
+            notes.append(f"comparison {path} has not finished ({data.status}; resume "
                          f"it with `falign compare ... --resume --out {path}`)")
         dirs = _compare_dirs(path, data)
         started = [d for d in dirs if (d / "tracking.json").is_file()]
@@ -164,11 +155,11 @@ def _expand(path: Path, sources: list[Source], notes: list[str]) -> list[Path]:
             notes.append(f"comparison {path}: not started: "
                          + ", ".join(_planned(path, d, data) for d in dirs if d not in started))
         return started
-    if kind == "sweep":
+    if isinstance(data, SweepRecord):
         return _sweep_dirs(path, data, notes)
-    if data.get("status") != "completed":
+    if data.status != "completed":
         notes.append(f"reproduction {path} has not finished (resume it with `falign reproduce "
-                     f"{data.get('name', 'NAME')} --resume --out {path}`)")
+                     f"{data.target or 'NAME'} --resume --out {path}`)")
     dirs = []
     for child in sorted(p for p in path.iterdir() if p.is_dir() and p.name not in _NOT_RUNS):
         if any((child / f).exists() for f in ("tracking.json", "compare.json", "sweep.json")):
@@ -181,14 +172,14 @@ def _expand(path: Path, sources: list[Source], notes: list[str]) -> list[Path]:
     return dirs
 
 
-def _planned(path: Path, run_dir: Path, marker: Mapping[str, Any]) -> str:
+def _planned(path: Path, run_dir: Path, record: CompareRecord) -> str:
     """A run a comparison planned, by its rule (and seed) as the comparison names it."""
-    for run in marker.get("runs") or []:
-        if isinstance(run, dict) and path / str(run.get("run_dir")) == run_dir:
-            return f"{run.get('rule')} (seed {run.get('seed')})"
+    for run in record.runs:
+        if path / str(run.run_dir) == run_dir:
+            return f"{run.rule} (seed {run.seed})"
     from ..training.compare import run_label
 
-    names = [str(r) for r in marker.get("rules") or [] if path / run_label(str(r)) == run_dir]
+    names = [r for r in record.rules if path / run_label(r) == run_dir]
     return names[0] if names else run_dir.name
 
 

@@ -12,11 +12,12 @@ committed summary.
 
 from __future__ import annotations
 
-import json
+import copy
 import math
 from pathlib import Path
 from typing import Any
 
+from ..records import ReproductionSummary, TrialSummary
 from ..training.config import ExperimentConfig, SweepConfig, parse_config
 from .base import Context, Outcome, Target, register_target
 
@@ -75,7 +76,7 @@ PURPOSE = {
 
 def guide_config(task: str, smoke: bool) -> ExperimentConfig:
     _, body = TASKS[task]
-    data = {"name": f"rule-guide-{task}", "seed": 0, **json.loads(json.dumps(body)),
+    data = {"name": f"rule-guide-{task}", "seed": 0, **copy.deepcopy(body),
             "rule": {"name": "bp"}, "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
             "train": {"epochs": 2, "batch_size": 128, "checkpoint_every_epoch": False}}
     if smoke:
@@ -117,29 +118,25 @@ def rule_guide(ctx: Context) -> Outcome:
 
 # -- the docs page ------------------------------------------------------------------------------
 
-def _lr(trial: dict[str, Any]) -> float | None:
-    return (trial.get("optim") or {}).get("lr")
-
-
-def grid_table(summary: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def grid_table(summary: ReproductionSummary) -> dict[str, dict[str, dict[str, Any]]]:
     """task -> rule -> optimizer -> {lrs, val (best val acc per lr, None: diverged), diverged,
     learned (lrs whose best val acc >= LEARNED), best_lr, test_mean, test_std, seeds}."""
     out: dict[str, dict[str, dict[str, Any]]] = {}
-    for m in summary.get("methods") or []:
-        rule, _, opt = m["method"].rpartition("-")
-        trials = sorted((t for t in m.get("trials") or [] if _lr(t) is not None), key=_lr)
-        val = {_lr(t): (None if t.get("status") == "diverged" else t.get("best_val_acc")) for t in trials}
-        runs = [r for r in m.get("runs") or [] if r.get("test_acc") is not None]
+    for m in summary.methods:
+        rule, _, opt = m.method.rpartition("-")
+        trials = sorted((t for t in m.trials if t.lr is not None), key=lambda t: t.lr)
+        val = {t.lr: (None if t.status == "diverged" else t.best_val_acc) for t in trials}
+        runs = [r for r in m.runs if r.test_acc is not None]
         entry = {
             "lrs": list(val), "val": val,
             "diverged": [lr for lr, v in val.items() if v is None],
             "learned": [lr for lr, v in val.items() if v is not None and v >= LEARNED],
-            "loss_rose": [_lr(t) for t in trials if _rose(t)],
-            "best_lr": (((m.get("config") or {}).get("optim") or {}).get("lr") if runs
+            "loss_rose": [t.lr for t in trials if _rose(t)],
+            "best_lr": (((m.config or {}).get("optim") or {}).get("lr") if runs
                         else _best_lr(val)),
-            "test_mean": m.get("test_acc_mean"), "test_std": m.get("test_acc_std"), "seeds": len(runs),
+            "test_mean": m.test_acc_mean, "test_std": m.test_acc_std, "seeds": len(runs),
         }
-        out.setdefault(m["part"], {}).setdefault(rule, {})[opt] = entry
+        out.setdefault(m.part, {}).setdefault(rule, {})[opt] = entry
     return out
 
 
@@ -148,8 +145,8 @@ def _best_lr(val: dict[float, float | None]) -> float | None:
     return max(done, key=lambda k: done[k]) if done else None
 
 
-def _rose(trial: dict[str, Any]) -> bool:
-    losses = [x for x in trial.get("train_losses") or [] if x is not None]
+def _rose(trial: TrialSummary) -> bool:
+    losses = [x for x in trial.train_losses if x is not None]
     return len(losses) > 1 and (not math.isfinite(losses[-1]) or losses[-1] > losses[0])
 
 
@@ -203,11 +200,10 @@ def advice(grid: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def page(summary: dict[str, Any], figure: str | None = None) -> str:
+def page(summary: ReproductionSummary, figure: str | None = None) -> str:
     """The docs page "Choosing a rule" (Markdown) from the target's summary."""
     grid = grid_table(summary)
-    status = summary.get("status")
-    units = summary.get("units") or {}
+    status, units = summary.status, summary.units
     out = ["# Choosing a rule", "",
            "Which rule, with which optimizer and learning rate? This page answers with measurements: "
            "every registered rule under SGD + momentum 0.9 and under Adam, each at five learning "
@@ -217,7 +213,8 @@ def page(summary: dict[str, Any], figure: str | None = None) -> str:
            "`python -m falign.reproduce.guide_page results/ --write docs/choosing-a-rule.md`; the numbers "
            "are `results/rule-guide.json`.", ""]
     if status != "completed":
-        out += [f"**Status: {status}** — {len(units.get('done') or [])} of {units.get('total', '?')} "
+        out += [f"**Status: {status}** — {len(units.done) if units else 0} of "
+                f"{units.total if units else '?'} "
                 "units measured; the tables below hold what is measured so far.", ""]
     out += ["## What each rule is for", ""]
     out += [f"* `{rule}` — {text}" for rule, text in PURPOSE.items()]
@@ -251,7 +248,7 @@ def page(summary: dict[str, Any], figure: str | None = None) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def figure(summary: dict[str, Any], path: Path) -> Path | None:
+def figure(summary: ReproductionSummary, path: Path) -> Path | None:
     """Best validation accuracy against learning rate, one panel per task and optimizer."""
     from ..plots import NothingToPlot, plot_lr_grid
 
@@ -281,7 +278,7 @@ def write_page(results: Path, repo: Path) -> list[Path]:
     path = Path(results) / "rule-guide.json"
     if not path.is_file():
         return []
-    summary = json.loads(path.read_text())
+    summary = ReproductionSummary.load(path)
     page_path, figure_path = Path(repo) / PAGE, Path(repo) / FIGURE
     drawn = figure(summary, figure_path)
     text = page(summary, os.path.relpath(drawn, page_path.parent) if drawn else None)

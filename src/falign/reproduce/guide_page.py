@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from ..records import ReproductionSummary
 from .guide import figure, page
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--write", help="write the page here (Markdown)")
     p.add_argument("--figure", help="draw the figure here (PNG); the page links it relative to --write")
     args = p.parse_args(argv)
-    summary = json.loads((Path(args.results) / "rule-guide.json").read_text())
+    summary = ReproductionSummary.load(Path(args.results) / "rule-guide.json")
     link = None
     if args.figure:
         drawn = figure(summary, Path(args.figure))

@@ -15,18 +15,18 @@ non-zero if any differs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
+
+from ..records import RecheckRecord, RunCheck
 
 FIELDS = ("train_loss", "train_acc", "train_errors", "lr", "val_loss", "val_acc")
 
 
-def recheck(run_dir: str | Path) -> dict[str, Any]:
+def recheck(run_dir: str | Path) -> RunCheck:
     from ..training.config import load_config
     from ..training.loop import train
     from ..training.record import RunRecord
@@ -52,16 +52,10 @@ def recheck(run_dir: str | Path) -> dict[str, Any]:
             # keeps (e.g. a feedback layer's step counter, added later) are listed, not compared
             weights = set(wa) <= set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
             added = sorted(set(wb) - set(wa))
-    return {"run": str(run_dir), "threads": threads, "same_first_epoch_record": same_record,
-            "same_epoch_1_weights": weights, "keys_only_today": added,
-            "first_epoch": {f: v[0] for f, v in fields.items()},
-            "differences": {f: v for f, v in fields.items() if v[0] != v[1]}}
-
-
-def passed(check: dict[str, Any]) -> bool:
-    """Whether one run's re-check found its start unchanged: the same first-epoch record, and
-    the same epoch-1 tensors where the run kept them."""
-    return bool(check.get("same_first_epoch_record")) and check.get("same_epoch_1_weights") is not False
+    return RunCheck(run=str(run_dir), threads=threads, same_first_epoch_record=same_record,
+                    same_epoch_1_weights=weights, keys_only_today=tuple(added),
+                    first_epoch={f: v[0] for f, v in fields.items()},
+                    differences={f: v for f, v in fields.items() if v[0] != v[1]})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,18 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         r = recheck(run)
         results.append(r)
-        ok = passed(r)
+        ok = r.passed
         print(f"{'same' if ok else 'DIFFERENT'}  {run}"
-              + ("" if r["same_epoch_1_weights"] is None else
-                 f"  (epoch-1 weights {'identical' if r['same_epoch_1_weights'] else 'differ'})")
-              + ("" if ok else f"  {r['differences']}"), flush=True)
+              + ("" if r.same_epoch_1_weights is None else
+                 f"  (epoch-1 weights {'identical' if r.same_epoch_1_weights else 'differ'})")
+              + ("" if ok else f"  {r.differences}"), flush=True)
     if args.out:
         from .. import __version__
         from ..provenance import git_commit
 
-        Path(args.out).write_text(json.dumps({"falign": __version__, "git": git_commit(),
-                                              "torch": torch.__version__, "checks": results}, indent=1))
-    return 0 if all(passed(r) for r in results) else 1
+        RecheckRecord(checks=tuple(results), falign=__version__, git=git_commit(),
+                      torch=torch.__version__).save(args.out)
+    return 0 if all(r.passed for r in results) else 1
 
 
 if __name__ == "__main__":

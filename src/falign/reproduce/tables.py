@@ -15,11 +15,13 @@ within the tolerance of its dataset:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..records import MethodSummary, RecheckRecord, ReproductionSummary
 
 BEGIN, END = "<!-- falign:results -->", "<!-- /falign:results -->"
 
@@ -28,25 +30,31 @@ TOLERANCE = {"cifar10-jpeg": (3.5, 2.0), "cifar10": (3.5, 2.0), "mnist": (0.3, N
              "fashion-mnist": (1.0, None)}
 
 
-def load_results(folder: str | Path) -> list[dict[str, Any]]:
-    """The summaries ``folder/NAME.json``, each with its re-check ``folder/checks/NAME.json``
-    (``python -m falign.reproduce.recheck``) under ``"_recheck"`` where there is one."""
+@dataclass(frozen=True)
+class Committed:
+    """A committed summary ``results/NAME.json`` and its re-check ``results/checks/NAME.json``
+    (``python -m falign.reproduce.recheck``), where there is one."""
+
+    summary: ReproductionSummary
+    recheck: RecheckRecord | None = None
+
+
+def load_results(folder: str | Path) -> list[Committed]:
+    """The summaries ``folder/NAME.json``, each with its re-check where there is one."""
     out = []
     for path in sorted(Path(folder).glob("*.json")):
-        summary = json.loads(path.read_text())
         check = path.parent / "checks" / path.name
-        if check.is_file():
-            summary["_recheck"] = json.loads(check.read_text())
-        out.append(summary)
+        out.append(Committed(ReproductionSummary.load(path),
+                             RecheckRecord.load(check) if check.is_file() else None))
     return out
 
 
-def provenance_lines(summary: dict[str, Any]) -> list[str]:
+def provenance_lines(summary: ReproductionSummary, check: RecheckRecord | None = None) -> list[str]:
     """Which code trained the runs, when it is not the code that wrote the summary, and what
     the re-check of their first epoch on later code found."""
-    made_by = (summary.get("git") or {}).get("commit")
-    trained = {((r.get("trained_by") or {}).get("commit")) for m in summary.get("methods") or []
-               for r in m.get("runs") or [] if r.get("status") != "missing" and "trained_by" in r}
+    made_by = summary.commit
+    trained = {r.commit for m in summary.methods for r in m.runs
+               if not r.missing and r.trained_by_recorded}
     # (summaries written before runs recorded their commit have no "trained_by": nothing to say)
     lines = []
     if trained and trained != {made_by}:
@@ -54,14 +62,11 @@ def provenance_lines(summary: dict[str, Any]) -> list[str]:
         if None in trained:
             by.append("falign code from before runs recorded their commit")
         lines.append("Runs trained by " + " and ".join(b for b in by if b) + ".")
-    check = summary.get("_recheck")
     if check:
-        from .recheck import passed
-
-        runs = check.get("checks") or []
-        same = sum(passed(r) for r in runs)
-        weights = sum(r.get("same_epoch_1_weights") is True for r in runs)
-        at = ((check.get("git") or {}).get("commit") or "?")[:10]
+        runs = check.checks
+        same = sum(r.passed for r in runs)
+        weights = sum(r.same_epoch_1_weights is True for r in runs)
+        at = (check.commit or "?")[:10]
         lines.append(f"Re-check on {at} (`python -m falign.reproduce.recheck`): the first epoch of "
                      f"{same} of {len(runs)} runs retrained with an identical record"
                      + (f", {weights} with identical epoch-1 weights" if weights else "") + ".")
@@ -74,55 +79,50 @@ def _pct(mean: float | None, std: float | None, n: int) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * (std or 0):.2f}" if n > 1 else "")
 
 
-def _dataset(method: dict[str, Any]) -> str | None:
-    return ((method.get("config") or {}).get("data") or {}).get("name")
-
-
-def verdict(method: dict[str, Any], bp: dict[str, Any] | None) -> str:
+def verdict(method: MethodSummary, bp: MethodSummary | None) -> str:
     """"yes" / "no" / "-": whether the measured accuracy (and gap to BP) is within tolerance."""
-    tol = TOLERANCE.get(_dataset(method) or "")
-    mean, published = method.get("test_acc_mean"), method.get("published")
+    tol = TOLERANCE.get(method.dataset or "")
+    mean, published = method.test_acc_mean, method.published
     if tol is None or mean is None or published is None:
         return "-"
     ok = abs(100 * mean - published) <= tol[0]
-    if tol[1] is not None and bp is not None and method is not bp and bp.get("test_acc_mean") is not None \
-            and bp.get("published") is not None:
-        gap, published_gap = 100 * (mean - bp["test_acc_mean"]), published - bp["published"]
+    if tol[1] is not None and bp is not None and method is not bp and bp.test_acc_mean is not None \
+            and bp.published is not None:
+        gap, published_gap = 100 * (mean - bp.test_acc_mean), published - bp.published
         ok = ok and abs(gap - published_gap) <= tol[1]
     return "yes" if ok else "no"
 
 
-def _unfinished(method: dict[str, Any]) -> str:
+def _unfinished(method: MethodSummary) -> str:
     """The measured cell of a method with no finished run: how far its runs got."""
-    runs = method.get("runs") or []
-    if all(r.get("status") == "missing" for r in runs):
+    if all(r.missing for r in method.runs):
         return "not run"
-    total = (((method.get("config") or {}).get("train") or {}).get("epochs"))
-    done = ", ".join(str(r.get("epochs") or 0) for r in runs)
+    total = ((method.config or {}).get("train") or {}).get("epochs")
+    done = ", ".join(str(r.epochs or 0) for r in method.runs)
     return f"unfinished: {done}" + (f" of {total} epochs" if total else " epochs")
 
 
-def target_table(summary: dict[str, Any]) -> str:
-    """Markdown: a heading, how it was made, and the table of the target's methods."""
-    name, hw = summary["target"], summary.get("hardware") or {}
-    status = summary.get("status")
-    git = summary.get("git") or {}
-    lines = [f"#### `{name}`: {summary.get('title')}", ""]
-    done, every = summary.get("parts_completed") or [], summary.get("all_parts") or []
-    made = (f"`falign reproduce {name} --scale {summary['scale']}"
+def target_table(summary: ReproductionSummary, check: RecheckRecord | None = None) -> str:
+    """Markdown: a heading, how it was made, and the table of the target's methods (and what the
+    re-check ``check`` of its runs found)."""
+    name, hw = summary.target, summary.hardware
+    status = summary.status
+    lines = [f"#### `{name}`: {summary.title}", ""]
+    done, every = summary.parts_completed, summary.all_parts
+    made = (f"`falign reproduce {name} --scale {summary.scale}"
             + ("" if set(done) == set(every) else "".join(f" --part {p}" for p in done)) + "`")
-    hours = (summary.get("compute_seconds") or 0) / 3600
-    lines.append(f"{made}; falign {summary.get('falign')}"
-                 + (f" at {git['commit'][:10]}" if git.get("commit") else "")
-                 + f", torch {summary.get('torch')}; {hw.get('cpu') or 'CPU'} ({hw.get('cpus')} cores"
+    hours = (summary.compute_seconds or 0) / 3600
+    lines.append(f"{made}; falign {summary.falign}"
+                 + (f" at {summary.commit[:10]}" if summary.commit else "")
+                 + f", torch {summary.torch}; {hw.get('cpu') or 'CPU'} ({hw.get('cpus')} cores"
                  + (f", {hw['gpu']}" if hw.get("gpu") else "") + f"); {hours:.1f} h of training"
                  + ("" if status == "completed" else f"; **status: {status}**"
                     + ("" if status == "partial" else " (partial)")) + ".")
     lines.append("")
-    methods = summary.get("methods") or []
-    has_published = any(m.get("published") is not None for m in methods)
-    parts = len({m.get("part") for m in methods}) > 1
-    metric = summary.get("published_metric") or "published"
+    methods = summary.methods
+    has_published = any(m.published is not None for m in methods)
+    parts = len({m.part for m in methods}) > 1
+    metric = summary.published_metric or "published"
     # a published number that is not a test accuracy (a loss) has no accuracy gap or verdict
     accuracy = "accuracy" in metric
     head = (["part"] if parts else []) + ["method", "seeds", "test % (measured)"]
@@ -131,32 +131,29 @@ def target_table(summary: dict[str, Any]) -> str:
                  else [f"published: {metric}", "its gap to BP (published)"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in methods:
-        bp = next((o for o in methods if o.get("part") == m.get("part") and o["method"] == "bp"), None)
-        runs = m.get("runs") or []
-        n = sum(r.get("test_acc") is not None for r in runs)
-        row = ([m.get("part") or ""] if parts else []) + [
-            m["method"], ", ".join(str(s) for s in m.get("seeds") or [] if s is not None) or "-",
-            _pct(m.get("test_acc_mean"), m.get("test_acc_std"), n) if n else _unfinished(m)]
+        bp = next((o for o in methods if o.part == m.part and o.method == "bp"), None)
+        n = sum(r.test_acc is not None for r in m.runs)
+        row = ([m.part or ""] if parts else []) + [
+            m.method, ", ".join(str(s) for s in m.seeds if s is not None) or "-",
+            _pct(m.test_acc_mean, m.test_acc_std, n) if n else _unfinished(m)]
+        pub = m.published
+        gap = "-"
         if has_published and not accuracy:
-            pub = m.get("published")
-            gap = "-"
-            if bp is not None and m is not bp and pub is not None and bp.get("published") is not None:
-                gap = f"{pub - bp['published']:+.4g}"
+            if bp is not None and m is not bp and pub is not None and bp.published is not None:
+                gap = f"{pub - bp.published:+.4g}"
             row += ["-" if pub is None else f"{pub:g}", gap]
         elif has_published:
-            pub = m.get("published")
-            gap = "-"
-            if bp is not None and m is not bp and m.get("test_acc_mean") is not None \
-                    and bp.get("test_acc_mean") is not None:
-                gap = f"{100 * (m['test_acc_mean'] - bp['test_acc_mean']):+.2f}"
-                if pub is not None and bp.get("published") is not None:
-                    gap += f" / {pub - bp['published']:+.2f}"
+            if bp is not None and m is not bp and m.test_acc_mean is not None \
+                    and bp.test_acc_mean is not None:
+                gap = f"{100 * (m.test_acc_mean - bp.test_acc_mean):+.2f}"
+                if pub is not None and bp.published is not None:
+                    gap += f" / {pub - bp.published:+.2f}"
             row += ["-" if pub is None else f"{pub:g}", gap, verdict(m, bp)]
         lines.append("| " + " | ".join(row) + " |")
-    if any("jpeg" in (_dataset(m) or "") for m in methods):
+    if any("jpeg" in (m.dataset or "") for m in methods):
         lines += ["", "CIFAR-10 here is the lossy JPEG copy (\"CIFAR-10 (JPEG copy)\")."]
-    lines += measure_lines(summary.get("measures") or {})
-    lines += provenance_lines(summary)
+    lines += measure_lines(summary.measures)
+    lines += provenance_lines(summary, check)
     return "\n".join(lines)
 
 
@@ -203,23 +200,22 @@ def _progress_lines(progress: dict[str, Any]) -> list[str]:
     return ["", "Stopped with: " + "; ".join(parts) + "."]
 
 
-def render(summaries: Sequence[dict[str, Any]]) -> str:
-    if not summaries:
+def render(committed: Sequence[Committed]) -> str:
+    if not committed:
         return "*No full-scale result is committed yet.*"
-    return "\n\n".join(target_table(s) if s.get("target") not in OWN_PAGE else own_page(s)
-                       for s in summaries)
+    return "\n\n".join(target_table(c.summary, c.recheck) if c.summary.target not in OWN_PAGE
+                       else own_page(c.summary) for c in committed)
 
 
 #: targets whose results have a docs page of their own, made from their summary
 OWN_PAGE = {"rule-guide": "docs/choosing-a-rule.md"}
 
 
-def own_page(summary: dict[str, Any]) -> str:
-    name = summary["target"]
-    units = summary.get("units") or {}
-    done = f"{len(units.get('done') or [])} of {units.get('total')} units" if units else summary.get("status")
-    return (f"#### `{name}`: {summary.get('title')}\n\nIts tables and figure are on a page of their "
-            f"own, `{OWN_PAGE[name]}` ({done}; status: {summary.get('status')}).")
+def own_page(summary: ReproductionSummary) -> str:
+    name, units = summary.target, summary.units
+    done = f"{len(units.done)} of {units.total} units" if units else summary.status
+    return (f"#### `{name}`: {summary.title}\n\nIts tables and figure are on a page of their "
+            f"own, `{OWN_PAGE[name]}` ({done}; status: {summary.status}).")
 
 
 def rewrite(path: Path, block: str) -> bool:

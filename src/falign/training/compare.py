@@ -20,14 +20,14 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..records import ComparedRun, CompareRecord, RecordError, RunRecord, SeedSummary
 from ..rules import parse_rule
 from .config import CompareEntry, ExperimentConfig, parse_config, set_values
 from .loop import RunDirError, check_config, same_config, signals_interrupt, train
-from .record import RunRecord, write_json
 from .results import ResultRow, format_results, format_table, seconds
 
 
@@ -91,7 +91,8 @@ def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: st
     resume = _check_marker(out, base, labels, None, resume=resume, overwrite=overwrite, log=log)
     check_configs(configs.values())
     out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "running"})
+    started = CompareRecord(rules=tuple(labels), base=base.to_dict(), status="running")
+    started.save(marker)
     rows = []
     with signals_interrupt(), _interrupted(marker):
         for label, cfg in configs.items():
@@ -100,8 +101,7 @@ def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: st
             rows.append(ResultRow.of(label, record))
     log(compare_table(rows, base))
     (out / "summary.md").write_text(summary_markdown(rows, base))
-    write_json(marker, {"rules": labels, "base": base.to_dict(), "status": "completed",
-                        "rows": [_marker_row(r) for r in rows]})
+    replace(started, status="completed", rows=tuple(_marker_row(r) for r in rows)).save(marker)
     return rows
 
 
@@ -142,8 +142,8 @@ def _interrupted(marker: Path):
     try:
         yield
     except KeyboardInterrupt:
-        with contextlib.suppress(OSError, ValueError):
-            write_json(marker, {**json.loads(marker.read_text(encoding="utf-8")), "status": "interrupted"})
+        with contextlib.suppress(OSError, RecordError):
+            CompareRecord.load(marker).with_status("interrupted").save(marker)
         raise
 
 
@@ -157,22 +157,21 @@ def _check_marker(out: Path, base: ExperimentConfig, labels: list[str], seeds: S
     if not marker.exists() or overwrite:
         return resume
     try:
-        old = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        old = CompareRecord.load(marker)
+    except RecordError:
         raise RunDirError(f"{marker}: cannot be read; use --overwrite to replace the comparison") from None
-    old = old if isinstance(old, dict) else {}
-    same = (old.get("rules") == labels and old.get("seeds") == (None if seeds is None else list(seeds))
-            and isinstance(old.get("base"), dict) and same_config(old["base"], base))
+    same = (list(old.rules) == labels and old.seeds == (None if seeds is None else tuple(seeds))
+            and old.base is not None and same_config(old.base, base))
     if not resume:
         if not same:
             raise RunDirError(f"{out}: holds another comparison (use --resume to continue it or "
                               "--overwrite to replace it)")
-        if old.get("status") != "completed":
-            raise RunDirError(f"{out}: holds this comparison, not finished ({old.get('status')}); "
+        if old.status != "completed":
+            raise RunDirError(f"{out}: holds this comparison, not finished ({old.status}); "
                               "use --resume to continue it or --overwrite to start again")
         log(f"{out}: this comparison is finished; its runs are read back, none is trained")
         return True
-    old_seeds = old.get("seeds")
+    old_seeds = old.seeds
     if old_seeds is not None and seeds is None:
         raise RunDirError(f"{out}: holds a comparison over seeds {_seed_text(old_seeds)}; resume it "
                           f"with --seeds {_seed_text(old_seeds)}")
@@ -226,11 +225,11 @@ def run_compare_seeds(base: ExperimentConfig, rules: list[str | CompareEntry], s
     resume = _check_marker(out, base, labels, seeds, resume=resume, overwrite=overwrite, log=log)
     check_configs(c for by_seed in configs.values() for c in by_seed.values())
     out.mkdir(parents=True, exist_ok=True)
-    planned = [{"rule": label, "seed": seed, "run_dir": seed_run_dir(label, seed)}
+    planned = [ComparedRun(rule=label, seed=seed, run_dir=seed_run_dir(label, seed))
                for label in labels for seed in seeds]
-    marker = {"rules": labels, "seeds": seeds, "base": base.to_dict(), "status": "running",
-              "runs": planned}
-    write_json(out / "compare.json", marker)
+    marker = CompareRecord(rules=tuple(labels), seeds=tuple(seeds), base=base.to_dict(),
+                           status="running", runs=tuple(planned))
+    marker.save(out / "compare.json")
     groups = []
     with signals_interrupt(), _interrupted(out / "compare.json"):
         for label, by_seed in configs.items():
@@ -242,11 +241,10 @@ def run_compare_seeds(base: ExperimentConfig, rules: list[str | CompareEntry], s
             groups.append(SeedRuns(label, list(seeds), rows))
     log(seed_table(groups, base))
     (out / "summary.md").write_text(seed_summary_markdown(groups, base))
-    marker.update(status="completed", runs=[
-        {**plan, **_marker_row(row)} for plan, row in zip(planned, (r for g in groups for r in g.rows),
-                                                            strict=True)],
-        summary=[g.to_dict() for g in groups])
-    write_json(out / "compare.json", marker)
+    runs = tuple(replace(_marker_row(row), seed=plan.seed, run_dir=plan.run_dir)
+                 for plan, row in zip(planned, (r for g in groups for r in g.rows), strict=True))
+    replace(marker, status="completed", runs=runs,
+            summary=tuple(g.summary() for g in groups)).save(out / "compare.json")
     return groups
 
 
@@ -292,11 +290,15 @@ class SeedRuns:
         counts = sorted({r.epochs for r in self.rows})
         return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> SeedSummary:
+        """The means and standard deviations ``compare.json`` keeps."""
         test, val = self.mean_std("test_acc"), self.mean_std("best_val_acc")
-        return {"rule": self.label, "seeds": list(self.seeds), "n": len(self.rows),
-                "test_acc_mean": test[0], "test_acc_std": test[1],
-                "best_val_acc_mean": val[0], "best_val_acc_std": val[1], "status": self.status}
+        return SeedSummary(rule=self.label, seeds=tuple(self.seeds), n=len(self.rows),
+                           test_acc_mean=test[0], test_acc_std=test[1], best_val_acc_mean=val[0],
+                           best_val_acc_std=val[1], status=self.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.summary().to_dict()
 
 
 #: the columns of the table over seeds (after the method's label)
@@ -338,10 +340,10 @@ def seed_summary_markdown(groups: Sequence[SeedRuns], base: ExperimentConfig) ->
 COMPARE_COLUMNS = ("best val %", "test %", "epochs", "s/epoch", "status")
 
 
-def _marker_row(row: ResultRow) -> dict[str, Any]:
-    return {"rule": row.label, "best_val_acc": row.best_val_acc, "test_acc": row.test_acc,
-            "epochs": row.epochs, "best_epoch": row.best_epoch, "sec_per_epoch": row.sec_per_epoch,
-            "status": row.status}
+def _marker_row(row: ResultRow) -> ComparedRun:
+    return ComparedRun(rule=row.label, best_val_acc=row.best_val_acc, test_acc=row.test_acc,
+                       epochs=row.epochs, best_epoch=row.best_epoch, sec_per_epoch=row.sec_per_epoch,
+                       status=row.status)
 
 
 def compare_table(rows: list[ResultRow], base: ExperimentConfig) -> str:

@@ -1,0 +1,33 @@
+"""Typed, versioned records of what one stage of falign writes and a later one reads: a run
+(``tracking.json``), a comparison (``compare.json``), a sweep (``sweep.json``), a
+reproduction's summary (``results.json``, ``results/NAME.json``) and the re-check of its
+committed runs (``results/checks/NAME.json``).
+
+Each record is a dataclass with ``to_dict`` / ``from_dict`` (and ``save`` / ``load`` for its
+file, ``write`` / ``read`` for a run's): it writes the newest form with its version and reads
+every older form falign has written; a malformed file or one of a newer version is refused with
+a one-line :class:`RecordError`.  This package sits below training, plots and report, and
+imports nothing of falign but its errors.
+"""
+
+from .base import RecordError, new_file_mode, read_json, write_json
+from .compare import COMPARE_VERSION, ComparedRun, CompareRecord, SeedSummary
+from .recheck import RECHECK_VERSION, RecheckRecord, RunCheck
+from .results import (
+    RESULTS_SCHEMA,
+    MethodSummary,
+    ReproductionSummary,
+    RunSummary,
+    TrialSummary,
+    UnitsSummary,
+)
+from .run import RESUMED, SCHEMA_VERSION, STATUSES, AlignmentRecord, EpochRecord, RunRecord
+from .sweep import SWEEP_VERSION, FinalRun, SweepFinal, SweepRecord, SweepRule, SweepTrial
+
+__all__ = [
+    "COMPARE_VERSION", "RECHECK_VERSION", "RESULTS_SCHEMA", "RESUMED", "SCHEMA_VERSION", "STATUSES",
+    "SWEEP_VERSION", "AlignmentRecord", "CompareRecord", "ComparedRun", "EpochRecord", "FinalRun",
+    "MethodSummary", "RecheckRecord", "RecordError", "ReproductionSummary", "RunCheck", "RunRecord",
+    "RunSummary", "SeedSummary", "SweepFinal", "SweepRecord", "SweepRule", "SweepTrial",
+    "TrialSummary", "UnitsSummary", "new_file_mode", "read_json", "write_json",
+]
