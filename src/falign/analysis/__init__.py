@@ -7,10 +7,28 @@ backprop (:func:`measure_alignment`, and :class:`StepProbe` on a training step),
 (:func:`classification_report`).  The submodules hold the helpers.
 """
 
-from .alignment import LayerAlignment, StepProbe, measure_alignment
-from .cka import CKAResult, cka_matrix, cka_subsets, linear_cka
-from .classification import ClassificationReport, classification_report
-from .gradcam import ChannelRanking, ExemplarSet, channel_importance, exemplars
+import importlib as _importlib
+
+#: public name -> the submodule that defines it; imported on first use, so that the training
+#: loop, which needs only the alignment probe, does not import CKA and Grad-CAM
+_HOMES = {
+    "LayerAlignment": "alignment", "StepProbe": "alignment", "measure_alignment": "alignment",
+    "CKAResult": "cka", "cka_matrix": "cka", "cka_subsets": "cka", "linear_cka": "cka",
+    "ClassificationReport": "classification", "classification_report": "classification",
+    "ChannelRanking": "gradcam", "ExemplarSet": "gradcam", "channel_importance": "gradcam",
+    "exemplars": "gradcam",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(_importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_HOMES))
+
 
 __all__ = [
     "CKAResult",
