@@ -31,8 +31,9 @@ def test_smoke(tmp_path: Path, name: str) -> None:
     results = (report.parent / "results.txt").read_text()
     assert "<table" in html and "data:image/png;base64," in html
     assert "SMOKE SCALE" in results
-    marker = json.loads((tmp_path / name / "reproduce.json").read_text())
+    marker = json.loads((tmp_path / name / "results.json").read_text())  # the folder's marker too
     assert marker["status"] == "completed" and marker["scale"] == "smoke"
+    assert marker["report"] == str(report) and not (tmp_path / name / "reproduce.json").exists()
     published = {"lance-kieu-2026": "75.80", "biotorch-lenet": "99.09", "dfa-mnist": "97.23",
                   "lillicrap-2016": "97.90"}
     if name in published:  # measured numbers printed beside the published ones
@@ -44,7 +45,7 @@ def test_smoke(tmp_path: Path, name: str) -> None:
     if name == "dfa-mnist":
         assert "Confusion matrix" in html and "precision" in results
     if name == "sign-tracking":
-        assert marker["extra"] and all("tuned_lr" in row for row in marker["extra"])
+        assert marker["extra_rows"] and all("tuned_lr" in row for row in marker["extra_rows"])
     _check_summary(tmp_path / name, name)
 
 
@@ -91,14 +92,42 @@ def test_resume_reuses_finished_runs(tmp_path: Path) -> None:
         report = reproduce("dfa-mnist", scale="smoke", out=out, resume=resume, log=logged.append)
         assert [p.stat().st_mtime_ns for p in runs] == before  # nothing trained again
         assert any("already complete" in line for line in logged) and report.is_file()
-        assert json.loads((out / "reproduce.json").read_text())["status"] == "completed"
+        assert json.loads((out / "results.json").read_text())["status"] == "completed"
     with pytest.raises(RunDirError, match=r"holds the reproduction dfa-mnist \(smoke\)"):
         reproduce("dfa-mnist", scale="full", out=out, log=lambda s: None)
-    marker = json.loads((out / "reproduce.json").read_text())
-    (out / "reproduce.json").write_text(json.dumps({**marker, "status": "running"}))
+    summary = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**summary, "status": "running"}))
     with pytest.raises(RunDirError, match="not finished.*--resume"):  # unfinished: resume it
         reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
     assert [p.stat().st_mtime_ns for p in runs] == before
+
+
+def test_a_folder_an_older_falign_made_is_read_by_its_reproduce_json(tmp_path: Path) -> None:
+    """Before results.json was the marker, a reproduce.json beside it held the target, scale and
+    status: such a folder is refused, resumed and finished as it says, and then its
+    results.json says it alone."""
+    out = tmp_path / "dfa"
+    reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
+    runs = sorted(out.rglob("tracking.json"))
+    before = [p.stat().st_mtime_ns for p in runs]
+    summary = json.loads((out / "results.json").read_text())
+    for key in ("report", "extra_rows"):  # what an older falign's results.json did not hold
+        del summary[key]
+    (out / "results.json").write_text(json.dumps({**summary, "status": "running"}))
+    old = {"name": "dfa-mnist", "scale": "smoke", "status": "interrupted"}
+    (out / "reproduce.json").write_text(json.dumps(old))
+    with pytest.raises(RunDirError, match=r"not finished \(interrupted\)"):
+        reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
+    (out / "reproduce.json").write_text(json.dumps({**old, "scale": "full"}))
+    with pytest.raises(RunDirError, match=r"holds the reproduction dfa-mnist \(full\)"):
+        reproduce("dfa-mnist", scale="smoke", out=out, log=lambda s: None)
+    (out / "reproduce.json").write_text(json.dumps(old))
+    report = reproduce("dfa-mnist", scale="smoke", out=out, resume=True, log=lambda s: None)
+    assert [p.stat().st_mtime_ns for p in runs] == before  # its runs read back, none trained
+    assert not (out / "reproduce.json").exists()
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["status"] == "completed" and summary["report"] == str(report)
+    assert {m["method"] for m in summary["methods"]} >= {"bp", "dfa"}
 
 
 def test_unknown_target_and_scale(tmp_path: Path) -> None:
@@ -145,5 +174,5 @@ def test_a_stopped_target_leaves_a_partial_summary(tmp_path: Path, monkeypatch) 
     with pytest.raises(KeyboardInterrupt):
         reproduce("akrout-2019", scale="smoke", out=tmp_path / "a", log=lambda s: None)
     summary = json.loads((tmp_path / "a" / "results.json").read_text())
-    assert summary["status"] == "running"
+    assert summary["status"] == "interrupted"
     assert sorted(m["method"] for m in summary["methods"]) == ["bp", "fa", "kp", "wm"]

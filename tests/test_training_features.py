@@ -219,7 +219,7 @@ def test_a_run_records_the_commit_that_trained_it_and_the_summary_carries_it(dat
     record = train(tiny(), tmp_path / "r", log=None)
     assert record.environment["git"]["commit"] == head.stdout.strip()
     summary = method_summary("fa", [tmp_path / "r"], tmp_path, part=None, published=None)
-    assert summary["runs"][0]["trained_by"] == record.environment["git"]
+    assert summary.runs[0].trained_by == record.environment["git"]
 
 
 def test_the_progress_bar_shows_the_running_loss(data_root, tmp_path, capsys) -> None:

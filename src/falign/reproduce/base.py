@@ -25,7 +25,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +34,22 @@ import torch
 from .. import __version__
 from ..errors import FalignError
 from ..provenance import git_commit
+from ..records import (
+    MethodSummary,
+    RecordError,
+    ReproductionSummary,
+    RunSummary,
+    SweepRecord,
+    TrialSummary,
+)
 from ..registry import Registry
 from ..report.analyses import confusion_matrices
 from ..training.compare import method, run_compare, run_compare_seeds, run_label, seed_run_dir
 from ..training.config import ExperimentConfig, SweepConfig, load_config, parse_config, set_values
-from ..training.record import RunRecord, write_json
+from ..training.record import RunRecord
 from ..training.results import ResultRow
 
 RESULTS = "results.json"
-RESULTS_SCHEMA = 1
 
 
 class ReproduceError(FalignError, ValueError):
@@ -130,8 +137,10 @@ class Context:
     log: Callable[[str], None]
     download: bool = False  # fetch missing datasets (data.download in every config)
     target: Target | None = None
-    methods: list[dict[str, Any]] = field(default_factory=list)
+    methods: list[MethodSummary] = field(default_factory=list)
     measures: dict[str, Any] = field(default_factory=dict)
+    report: str | None = None  # the HTML report, once the target has completed
+    extra_rows: list[dict[str, Any]] | None = None  # the target's extra rows, likewise
     started: float = field(default_factory=time.time)
     parts: tuple[str, ...] | None = None  # the parts asked for (None: all)
     done_parts: list[str] = field(default_factory=list)  # parts earlier calls completed
@@ -262,12 +271,14 @@ class Context:
         return out, groups
 
     def sweep(self, cfg: ExperimentConfig, spec: SweepConfig, sub: str, *,
-              published: dict[str, float] | None = None) -> dict[str, Any]:
+              published: dict[str, float] | None = None) -> SweepRecord:
         """``run_sweep`` into ``out/sub`` (resumed): each rule's grid, then its final runs; each
         rule is a unit, entered into the summary with its final runs (one a seed).  A rule
         whose final runs the committed records hold is not searched again; a rule whose final
         run's config is committed but whose run is not finished (its grid's choice made by an
-        earlier call whose trials are gone) trains that config, not the grid again."""
+        earlier call whose trials are gone) trains that config, not the grid again.  Returns the
+        sweep's record of the rules it searched (none when every rule was read or trained
+        from the records)."""
         from ..training.loop import train
         from ..training.sweep import run_sweep, search_spaces
 
@@ -281,7 +292,7 @@ class Context:
             units.append(Unit(sub, label, None, finals, published.get(label),
                               extra=(f"{sub}/trials/{study}-[0-9][0-9][0-9]*",)))
         todo = self._units(units)
-        summary: dict[str, Any] = {"rules": {}}
+        summary = SweepRecord(name=cfg.name, sampler=spec.sampler)
         search = []
         for u in todo:
             finished = all(finished_record(self.out / r) for r in u.run_dirs)
@@ -301,7 +312,8 @@ class Context:
             spec = spec.model_copy(deep=True)
             if spec.rules:
                 spec.rules = {k: v for k, v in spec.rules.items() if k in search}
-            summary = run_sweep(cfg, spec, out, resume=True, log=self.log)
+            summary = SweepRecord.from_dict(run_sweep(cfg, spec, out, resume=True, log=self.log),
+                                            where=str(out / "sweep.json"))
         for u in todo:
             self.add(u.method, [self.out / r for r in u.run_dirs], part=sub,
                      published=published.get(u.method), trials=u.extra)
@@ -325,28 +337,25 @@ class Context:
             published: float | None = None, trials: Sequence[str] = ()) -> None:
         """Enter one method's runs (one a seed) into the summary, and rewrite it; ``trials`` are
         globs (under the target's folder) of its grid's trial runs."""
-        self.methods = [m for m in self.methods if (m["part"], m["method"]) != (part, label)]
+        self.methods = [m for m in self.methods if (m.part, m.method) != (part, label)]
         entry = method_summary(label, run_dirs, self.out, part=part, published=published)
         if trials and (found := trial_entries(self.out, trials)):
-            entry["trials"] = found
+            entry = replace(entry, trials=tuple(found))
         self.methods.append(entry)
         self.write("running")
 
     def keep_earlier(self) -> None:
         """On a resume, start from the summary an earlier call left (another part's methods
         stay in it; what this call enters again replaces its earlier entry)."""
-        import json
-
-        path = self.out / RESULTS
         try:
-            old = json.loads(path.read_text())
-        except (OSError, ValueError):
+            old = ReproductionSummary.load(self.out / RESULTS)
+        except RecordError:
             return
         name = self.target.name if self.target else None
-        if old.get("target") == name and old.get("scale") == self.scale:
-            self.methods = list(old.get("methods") or [])
-            self.measures = dict(old.get("measures") or {})
-            self.done_parts = list(old.get("parts_completed") or [])
+        if (old.target, old.scale) == (name, self.scale):
+            self.methods = list(old.methods)
+            self.measures = dict(old.measures)
+            self.done_parts = list(old.parts_completed)
 
     def measure(self, key: str, value: Any) -> None:
         """A number (or table) of the target's own, kept in the summary under ``measures``."""
@@ -357,7 +366,7 @@ class Context:
         path = self.out / RESULTS
         if self.planning or self.unit is not None:  # a unit's summary is made from records
             return path
-        write_json(path, summary(self, status))
+        summary(self, status).save(path)
         return path
 
 
@@ -377,39 +386,39 @@ def plan(target: Target, *, scale: str = "full", out: Path | None = None) -> lis
 
 # -- the summary ------------------------------------------------------------------------------
 
-def _run_entry(run_dir: Path, root: Path) -> dict[str, Any]:
+def _run_entry(run_dir: Path, root: Path) -> RunSummary:
     path = run_dir / "tracking.json"
     if not path.is_file():
-        return {"run_dir": os.path.relpath(run_dir, root), "status": "missing"}
+        return RunSummary(run_dir=os.path.relpath(run_dir, root), status="missing")
     r = RunRecord.read(path)
-    return {"seed": r.config.get("seed"), "run_dir": os.path.relpath(run_dir, root),
-            "status": r.status, "test_acc": r.test_acc, "test_loss": r.test_loss,
-            "best_val_acc": r.best_val_acc, "best_epoch": r.best_epoch, "epochs": len(r.epochs),
-            "selected_on": r.selected_on, "seconds": sum(e.seconds or 0.0 for e in r.epochs),
-            "threads": r.environment.get("threads"), "device": r.environment.get("device"),
-            "trained_by": r.environment.get("git")}  # the commit that trained it (None before 0.2)
+    return RunSummary(seed=r.config.get("seed"), run_dir=os.path.relpath(run_dir, root),
+                      status=r.status, test_acc=r.test_acc, test_loss=r.test_loss,
+                      best_val_acc=r.best_val_acc, best_epoch=r.best_epoch, epochs=len(r.epochs),
+                      selected_on=r.selected_on, seconds=sum(e.seconds or 0.0 for e in r.epochs),
+                      threads=r.environment.get("threads"), device=r.environment.get("device"),
+                      trained_by=r.environment.get("git"))  # the commit that trained it (None before 0.2)
 
 
-def trial_entries(root: Path, patterns: Sequence[str]) -> list[dict[str, Any]]:
+def trial_entries(root: Path, patterns: Sequence[str]) -> list[TrialSummary]:
     """A sweep unit's grid trials (run directories matching ``patterns`` under ``root``): each
     one's parameters, status, best validation accuracy, training losses and seconds."""
     out = []
     for pattern in patterns:
         for d in sorted(p for p in Path(root).glob(pattern) if (p / "tracking.json").is_file()):
             r = RunRecord.read(d / "tracking.json")
-            out.append({"run_dir": os.path.relpath(d, root), "status": r.status,
-                        "best_val_acc": r.best_val_acc, "epochs": len(r.epochs),
-                        "train_losses": [e.train_loss for e in r.epochs],
-                        "optim": {k: (r.config.get("optim") or {}).get(k)
-                                  for k in ("name", "lr", "weight_decay")},
-                        "rule_options": (r.config.get("rule") or {}).get("options"),
-                        "seconds": sum(e.seconds or 0.0 for e in r.epochs),
-                        "trained_by": r.environment.get("git")})
+            out.append(TrialSummary(run_dir=os.path.relpath(d, root), status=r.status,
+                                    best_val_acc=r.best_val_acc, epochs=len(r.epochs),
+                                    train_losses=tuple(e.train_loss for e in r.epochs),
+                                    optim={k: (r.config.get("optim") or {}).get(k)
+                                           for k in ("name", "lr", "weight_decay")},
+                                    rule_options=(r.config.get("rule") or {}).get("options"),
+                                    seconds=sum(e.seconds or 0.0 for e in r.epochs),
+                                    trained_by=r.environment.get("git")))
     return out
 
 
 def method_summary(label: str, run_dirs: Sequence[Path], root: Path, *, part: str | None,
-                   published: float | None) -> dict[str, Any]:
+                   published: float | None) -> MethodSummary:
     from ..training.compare import mean_std
 
     runs = [_run_entry(Path(d), root) for d in run_dirs]
@@ -417,9 +426,9 @@ def method_summary(label: str, run_dirs: Sequence[Path], root: Path, *, part: st
     first = Path(run_dirs[0]) / "tracking.json" if run_dirs else None
     if first is not None and first.is_file():
         config = RunRecord.read(first).config
-    mean, std = mean_std([r.get("test_acc") for r in runs])
-    return {"part": part, "method": label, "config": config, "seeds": [r.get("seed") for r in runs],
-            "runs": runs, "test_acc_mean": mean, "test_acc_std": std, "published": published}
+    mean, std = mean_std([r.test_acc for r in runs])
+    return MethodSummary(part=part, method=label, config=config, seeds=tuple(r.seed for r in runs),
+                         runs=tuple(runs), test_acc_mean=mean, test_acc_std=std, published=published)
 
 
 def hardware() -> dict[str, Any]:
@@ -446,22 +455,22 @@ def _completed_parts(ctx: Context, status: str) -> list[str]:
     return done
 
 
-def summary(ctx: Context, status: str) -> dict[str, Any]:
+def summary(ctx: Context, status: str) -> ReproductionSummary:
+    """What ``results.json`` holds now: the target, this call's run-state (``status``; the report
+    and extra rows once completed) and every method entered so far."""
     target = ctx.target
-    return {
-        "schema": RESULTS_SCHEMA, "target": target.name if target else None,
-        "title": target.title if target else None, "citation": target.citation if target else None,
-        "scale": ctx.scale, "status": status,
-        "parts": list(ctx.parts if ctx.parts is not None else target.parts if target else ()),
-        "parts_completed": _completed_parts(ctx, status),
-        "all_parts": list(target.parts) if target else [],
-        "falign": __version__, "git": git_commit(),
-        "torch": torch.__version__, "hardware": hardware(),
-        "published_metric": target.metric if target else None,
-        "wall_seconds_this_call": round(time.time() - ctx.started, 1),
-        "compute_seconds": round(sum(r.get("seconds") or 0.0 for m in ctx.methods for r in m["runs"]), 1),
-        "methods": ctx.methods, "measures": ctx.measures,
-    }
+    return ReproductionSummary(
+        target=target.name if target else None, title=target.title if target else None,
+        citation=target.citation if target else None, scale=ctx.scale, status=status,
+        parts=tuple(ctx.parts if ctx.parts is not None else target.parts if target else ()),
+        parts_completed=tuple(_completed_parts(ctx, status)),
+        all_parts=tuple(target.parts) if target else (),
+        falign=__version__, git=git_commit(), torch=torch.__version__, hardware=hardware(),
+        published_metric=target.metric if target else None,
+        wall_seconds_this_call=round(time.time() - ctx.started, 1),
+        compute_seconds=round(sum(r.seconds or 0.0 for m in ctx.methods for r in m.runs), 1),
+        methods=tuple(ctx.methods), measures=ctx.measures, report=ctx.report,
+        extra_rows=None if ctx.extra_rows is None else tuple(ctx.extra_rows))
 
 
 # -- analyses shared by targets ----------------------------------------------------------------

@@ -29,7 +29,6 @@ files.  Stop it and start it again at any time: a unit's runs resume from their 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -37,12 +36,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
+from ..records import RecordError, ReproductionSummary, UnitsSummary
 from .base import (
     RECORD_FILES,
-    RESULTS_SCHEMA,
     TARGETS,
     Unit,
     finished_record,
@@ -61,33 +60,31 @@ def records_dir(results: Path, name: str) -> Path:
     return Path(results) / "runs" / name
 
 
-def _old_summary(results: Path, name: str) -> dict[str, Any]:
-    path = Path(results) / f"{name}.json"
+def _old_summary(results: Path, name: str, scale: str) -> ReproductionSummary | None:
+    """The committed summary ``results/NAME.json`` of ``scale``, if there is one that reads."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        old = ReproductionSummary.load(Path(results) / f"{name}.json")
+    except RecordError:
+        return None
+    return old if old.scale == scale else None
 
 
-def _legacy_done(old: dict[str, Any], unit: Unit) -> bool:
+def _legacy_done(old: ReproductionSummary | None, unit: Unit) -> bool:
     """Whether a summary written before the queue holds the unit's runs finished (their run
     directories are gone; only the summary's numbers remain)."""
-    for m in old.get("methods") or []:
-        if (m.get("part"), m.get("method")) != (unit.part, unit.method):
-            continue
-        runs = {r.get("run_dir"): r for r in m.get("runs") or []}
-        return all((r := runs.get(rel)) is not None and r.get("status") == "completed"
-                   and r.get("test_acc") is not None for rel in unit.run_dirs)
-    return False
+    m = old.method(unit.part, unit.method) if old is not None else None
+    if m is None:
+        return False
+    runs = {r.run_dir: r for r in m.runs}
+    return all((r := runs.get(rel)) is not None and r.status == "completed" and r.test_acc is not None
+               for rel in unit.run_dirs)
 
 
 def unit_states(name: str, results: Path, scale: str = "full") -> list[tuple[Unit, str]]:
     """Each unit of target ``name`` with ``"done"`` (committed records), ``"done (summary
     only)"`` (a summary from before the queue) or ``"pending"``."""
     root = records_dir(results, name)
-    old = _old_summary(results, name)
-    if old and old.get("scale") != scale:
-        old = {}
+    old = _old_summary(results, name, scale)
     out = []
     for u in plan(TARGETS[name], scale=scale):
         if all(finished_record(root / rel) is not None for rel in u.run_dirs):
@@ -133,14 +130,11 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
 
     from .. import __version__
     from ..provenance import git_commit
-    from ..training.record import write_json
 
     target = TARGETS[name]
     root = records_dir(results, name)
-    old = _old_summary(results, name)
-    if old and old.get("scale") != scale:
-        old = {}
-    old_methods = {(m.get("part"), m.get("method")): m for m in old.get("methods") or []}
+    old = _old_summary(results, name, scale)
+    old_methods = {(m.part, m.method): m for m in old.methods} if old is not None else {}
     states = unit_states(name, results, scale)
     groups: dict[tuple[str, str], list[Unit]] = {}
     for u, _ in states:
@@ -153,9 +147,9 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
                                    published=units[0].published)
             trials = [t for u in units for t in trial_entries(root, u.extra)]
             if trials:
-                entry["trials"] = trials
+                entry = replace(entry, trials=tuple(trials))
         elif (part, label) in old_methods:  # the published number is the target's, not the run's
-            entry = {**old_methods[(part, label)], "published": units[0].published}
+            entry = old_methods[(part, label)].with_published(units[0].published)
         else:
             entry = method_summary(label, [root / rel for rel in rels], root, part=part,
                                    published=units[0].published)
@@ -164,23 +158,22 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
     pending = [u.name for u, s in states if s == "pending"]
     parts_done = [p for p in target.parts
                   if all(s != "pending" for u, s in states if u.part == p)]
-    seconds = sum(r.get("seconds") or 0.0 for m in methods for r in m.get("runs") or [])
-    seconds += sum(t.get("seconds") or 0.0 for m in methods for t in m.get("trials") or [])
-    summary = {
-        "schema": RESULTS_SCHEMA, "target": name, "title": target.title, "citation": target.citation,
-        "scale": scale, "status": "partial" if pending else "completed",
-        "parts": list(target.parts), "parts_completed": parts_done, "all_parts": list(target.parts),
-        "falign": __version__, "git": git_commit(), "torch": torch.__version__,
-        "hardware": hardware(), "published_metric": target.metric,
-        "compute_seconds": round(seconds, 1),
-        "units": {"total": len(states), "done": done, "pending": pending,
-                  "made_by": "python -m falign.reproduce.queue"},
-        "methods": methods,
-        "measures": {k: v for k, v in (old.get("measures") or {}).items()
-                     if k != "progress when stopped"},
-    }
+    seconds = sum(r.seconds or 0.0 for m in methods for r in m.runs)
+    seconds += sum(t.seconds or 0.0 for m in methods for t in m.trials)
+    summary = ReproductionSummary(
+        target=name, title=target.title, citation=target.citation,
+        scale=scale, status="partial" if pending else "completed",
+        parts=target.parts, parts_completed=tuple(parts_done), all_parts=target.parts,
+        falign=__version__, git=git_commit(), torch=torch.__version__,
+        hardware=hardware(), published_metric=target.metric,
+        compute_seconds=round(seconds, 1),
+        units=UnitsSummary(total=len(states), done=tuple(done), pending=tuple(pending),
+                           made_by="python -m falign.reproduce.queue"),
+        methods=tuple(methods),
+        measures={k: v for k, v in (old.measures if old is not None else {}).items()
+                  if k != "progress when stopped"})
     path = Path(results) / f"{name}.json"
-    write_json(path, summary)
+    summary.save(path)
     return path
 
 
@@ -277,7 +270,7 @@ def _finish(name: str, unit: Unit, *, runs: Path, results: Path, repo: Path, sca
     accs = ", ".join(f"{100 * r.test_acc:.2f}%" for r in records if r is not None)
     hours = sum(e.seconds or 0.0 for r in records if r is not None for e in r.epochs) / 3600
     trials = trial_entries(records_dir(results, name), unit.extra)
-    hours += sum(t.get("seconds") or 0.0 for t in trials) / 3600
+    hours += sum(t.seconds or 0.0 for t in trials) / 3600
     log(f"queue: {name}:{unit.name} done: test {accs or '-'}, {hours:.2f} h of training; "
         f"{len(copied)} run records")
     if commit:

@@ -1,15 +1,34 @@
 """``reproduce(name, scale=...)``: run a registered target into its folder, resumably, and end
-with the HTML report and the machine-readable summary ``results.json``."""
+with the HTML report and the machine-readable summary ``results.json``.
+
+``results.json`` is also the folder's marker: which target and scale it holds and how far the
+last call got (``status``: running, interrupted, completed; then the report's path and the
+target's extra rows).  A folder an older falign made has a ``reproduce.json`` beside it, read
+in its place and removed once ``results.json`` says the same.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
+from ..records import RecordError, ReproductionSummary
 from ..training.loop import RunDirError, signals_interrupt
-from ..training.record import write_json
 from .base import RESULTS, TARGETS, Context, ReproduceError, _Stop, finished_record, plan
+
+#: the marker an older falign wrote beside ``results.json`` (still read)
+OLD_MARKER = "reproduce.json"
+
+
+def read_marker(out: Path) -> ReproductionSummary | None:
+    """What ``out`` holds: the target, scale and run-state of its summary (``reproduce.json``
+    first, in a folder an older falign made), None when it holds neither;
+    :class:`~falign.records.RecordError` when the file cannot be read."""
+    if (out / OLD_MARKER).is_file():
+        return ReproductionSummary.load_marker(out / OLD_MARKER)
+    if (out / RESULTS).is_file():
+        return ReproductionSummary.load(out / RESULTS)
+    return None
 
 
 def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None, resume: bool = False,
@@ -54,22 +73,20 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     records = Path(records) if records is not None else None
     if records is not None and not records.is_dir():
         raise ReproduceError(f"--records {records}: no such folder")
-    marker = out / "reproduce.json"
     fresh = not out.exists() and unit is None  # units of one target share its folder
-    if marker.exists():
-        try:
-            info = json.loads(marker.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            info = None
-        if not isinstance(info, dict) and not overwrite:
-            raise RunDirError(f"{marker}: cannot be read; use another --out or --overwrite")
-        info = info if isinstance(info, dict) else {}
-        if (info.get("name"), info.get("scale")) != (name, scale) and not overwrite:
-            raise RunDirError(f"{out}: holds the reproduction {info.get('name')} "
-                              f"({info.get('scale')}); use another --out or --overwrite")
+    try:
+        info = read_marker(out)
+    except RecordError as err:
+        if not overwrite:
+            raise RunDirError(f"{err}; use another --out or --overwrite") from None
+        info = ReproductionSummary(target=None, scale=None, status="unknown")
+    if info is not None:
+        if (info.target, info.scale) != (name, scale) and not overwrite:
+            raise RunDirError(f"{out}: holds the reproduction {info.target} "
+                              f"({info.scale}); use another --out or --overwrite")
         if not (resume or overwrite):
-            if info.get("status") != "completed":
-                raise RunDirError(f"{out}: holds this reproduction, not finished ({info.get('status')}); "
+            if info.status != "completed":
+                raise RunDirError(f"{out}: holds this reproduction, not finished ({info.status}); "
                                   "use --resume to continue it or --overwrite to start again")
             log(f"{out}: this reproduction is finished; it is resumed, so its runs are read back "
                 "and none is trained")
@@ -79,11 +96,13 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
 
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "running"})
     ctx = Context(out=out, scale=scale, resume=resume, log=log, download=download, target=target,
                   parts=tuple(parts) if parts else None, unit=unit, records=records)
     if resume and unit is None:
         ctx.keep_earlier()
+    if unit is None:  # a unit writes no summary: the queue makes it from the unit's records
+        ctx.write("running")
+        (out / OLD_MARKER).unlink(missing_ok=True)  # results.json says what it said
     log(f"== reproduce {name} ({scale} scale{'' if unit is None else ', unit ' + unit}) into {out}")
     try:
         with signals_interrupt():  # SIGTERM, like Ctrl-C, leaves runs and markers "interrupted"
@@ -103,7 +122,7 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
 
             shutil.rmtree(out, ignore_errors=True)
         elif isinstance(err, KeyboardInterrupt):
-            write_json(marker, {"name": name, "scale": scale, "status": "interrupted"})
+            ctx.write("interrupted")
         raise
 
     from ..report import write_report
@@ -116,10 +135,8 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
                           published={"test_acc": outcome.published}, notes=notes,
                           extra_figures=outcome.figures)
     log((out / "report" / "results.txt").read_text())
+    ctx.report, ctx.extra_rows = str(report), list(outcome.extra_rows)
     ctx.write("completed")
-    write_json(out / "reproduce.json", {"name": name, "scale": scale, "status": "completed",
-                                        "report": str(report), "results": str(out / RESULTS),
-                                        "extra": outcome.extra_rows})
     log(f"report: {report}")
     log(f"summary: {out / RESULTS}")
     return report
@@ -128,5 +145,5 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
 def _no_run_yet(out: Path) -> bool:
     """Whether ``out`` holds no run yet: only the markers of the reproduction and of the
     comparisons or sweeps it was about to start (no run record, checkpoint or figure)."""
-    markers = {"reproduce.json", "compare.json", "sweep.json"}
+    markers = {RESULTS, OLD_MARKER, "compare.json", "sweep.json"}
     return all(p.is_dir() or p.name in markers for p in out.rglob("*"))

@@ -120,10 +120,10 @@ def sign_tracking(ctx: Context) -> Outcome:
              "B = sign(W) has another norm than W, which rescales the effective step."]
     fixed = {r.label: r.test_acc for r in fixed_rows}
     extra = []
-    for label, entry in summary["rules"].items():
-        fin = entry.get("final") or {}
-        mean, std = fin.get("test_acc_mean"), fin.get("test_acc_std")
-        lr = (entry.get("best_params") or {}).get("optim.lr")
+    for label, entry in summary.rules.items():
+        mean = entry.final.test_acc_mean if entry.final else None
+        std = entry.final.test_acc_std if entry.final else None
+        lr = (entry.best_params or {}).get("optim.lr")
         shared = fixed.get(label)
         extra.append({"method": label, "shared_lr_test": shared, "tuned_lr": lr,
                       "tuned_test_mean": mean, "tuned_test_std": std})
