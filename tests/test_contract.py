@@ -9,6 +9,7 @@ import torch
 
 import falign
 import falign.testing as contract
+from falign.rules import DirectRule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,9 +17,24 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SPECS = [(name, {}) for name in falign.rules()] + [("fa", {"conv_feedback": "dense"})]
 
 
+def _hardware(name: str) -> dict | None:
+    """A representative device for a rule (falign.rules.hardware): few levels, sparse and
+    varying B; low rank and binary errors where the rule projects the output error."""
+    rule = falign.get_rule(name)
+    if rule.exact:
+        return None  # backprop has no feedback to transform
+    if isinstance(rule, DirectRule):
+        return {"b_rank": 2, "b_levels": 3, "error_levels": 2}
+    return {"b_levels": 4, "b_density": 0.5, "b_noise": 0.05}
+
+
+#: ... and each with a representative hardware model of its feedback path
+SPECS += [(name, {"hardware": hw}) for name in falign.rules() if (hw := _hardware(name)) is not None]
+
+
 def spec_id(spec) -> str:
     name, opts = spec
-    return name + "".join(f"[{k}={v}]" for k, v in opts.items())
+    return name + "".join("[hardware]" if k == "hardware" else f"[{k}={v}]" for k, v in opts.items())
 
 
 @pytest.mark.parametrize("case", contract.LAYER_CASES, ids=lambda c: c.id)

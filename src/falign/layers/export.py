@@ -22,7 +22,7 @@ from .feedback import FeedbackLayer
 #: convolution's padding plan, direct feedback's wiring, a Conv1D's original type)
 FALIGN_ATTRIBUTES = frozenset({
     "rule", "pathway", "layer_name", "exact", "_seed", "_step", "_state_step", "_seen",
-    "pathway_state", "feedback_std", "spec", "_prepad", "_pad_mode", "_plain_type",
+    "pathway_state", "backward_rule", "feedback_std", "spec", "_prepad", "_pad_mode", "_plain_type",
 })
 #: the buffers and parameter of B and the step state
 FALIGN_TENSORS = ("feedback", "feedback_step", "feedback_seed")

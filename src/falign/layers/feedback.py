@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..rules import Rule, derive_seed, get_rule
 from .errors import FeedbackError
+from .hardware import backward_rule
 from .pathways import get_pathway
 from .pathways._ops import ConvSpec, outside_compile
 
@@ -81,6 +82,8 @@ class FeedbackLayer:
         self._state_step = -1  # steps the stored part belongs to (-1: made at conversion)
         self._seen: tuple[int, int] | None = None  # (data_ptr, version) of W at the last sync
         self.pathway_state = self.pathway.layer_state(self)
+        #: what the pathway's Functions ask for B and the signal: the rule, or its hardware view
+        self.backward_rule = backward_rule(self, rule)
         fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(self.weight)
         self.feedback_std = rule.resolved_scale(fan_in, fan_out)
         self.register_buffer("feedback_step", torch.zeros((), dtype=torch.long))

@@ -1,6 +1,7 @@
 """Learning rules: the registry and one file per rule (no modules, no data, no I/O).
 
-Every module of this package except ``registry`` defines and registers rules; they are all
+Every module of this package except ``registry`` and ``hardware`` (the model of a device's
+feedback path, an option of every rule) defines and registers rules; they are all
 imported here, so adding a rule to falign is adding one file.
 """
 
@@ -8,6 +9,7 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from ._direct import DirectRule
+from .hardware import Hardware, HardwareError
 from .registry import (
     Rule,
     RuleError,
@@ -23,8 +25,8 @@ from .registry import (
 )
 
 for _info in sorted(_pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    if _info.name != "registry" and not _info.name.startswith("_"):
+    if _info.name not in ("registry", "hardware") and not _info.name.startswith("_"):
         _importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["DirectRule", "Rule", "RuleError", "derive_seed", "gaussian", "get_rule", "parse_rule",
-           "register_rule", "rule_names", "rule_spec", "rules", "xavier_std"]
+__all__ = ["DirectRule", "Hardware", "HardwareError", "Rule", "RuleError", "derive_seed", "gaussian",
+           "get_rule", "parse_rule", "register_rule", "rule_names", "rule_spec", "rules", "xavier_std"]

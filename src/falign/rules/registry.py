@@ -45,6 +45,7 @@ from torch import Tensor
 
 from ..errors import FalignError
 from ..registry import Registry
+from .hardware import B_KEYS, DIRECT_KEYS, HardwareError, hardware_from
 
 
 class RuleError(FalignError, ValueError):
@@ -125,6 +126,9 @@ class Rule:
     #: fixes every layer's B with the layer's name (:func:`derive_seed`); ``convert`` takes None
     #: as 0, a layer built on its own with None draws a seed of its own (``FeedbackLayer``)
     seed: int | None = None
+    #: the feedback path a device has (``falign.hardware.Hardware``, or its keys as a mapping);
+    #: None: the ideal one
+    hardware: Any = None
 
     def resolved_scale(self, fan_in: int, fan_out: int) -> float:
         if self.scale is not None:
@@ -166,7 +170,13 @@ class Rule:
         return type(self).update is not Rule.update
 
     def options(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The rule's options; ``hardware`` only where it is set (as its keys)."""
+        plain = self if self.hardware is None else dataclasses.replace(self, hardware=None)
+        out = dataclasses.asdict(plain)
+        del out["hardware"]
+        if self.hardware is not None:
+            out["hardware"] = hardware_from(self.hardware).to_dict()
+        return out
 
 
 def rules() -> dict[str, str]:
@@ -236,7 +246,7 @@ def get_rule(rule: str | type[Rule] | Rule, **options: Any) -> Rule:
     instance (passed through)."""
     if isinstance(rule, Rule):
         if options:
-            return dataclasses.replace(rule, **_check_options(type(rule), options))
+            return _check_hardware(dataclasses.replace(rule, **_check_options(type(rule), options)))
         return rule
     if isinstance(rule, type) and issubclass(rule, Rule):
         cls = rule
@@ -245,7 +255,27 @@ def get_rule(rule: str | type[Rule] | Rule, **options: Any) -> Rule:
         options = {**variant, **options}
     else:
         raise RuleError(f"a rule is a name, a Rule class or a Rule instance, not {rule!r}")
-    return cls(**_check_options(cls, options))
+    return _check_hardware(cls(**_check_options(cls, options)))
+
+
+def _check_hardware(rule: Rule) -> Rule:
+    """The rule with its ``hardware`` keys as a :class:`~falign.hardware.Hardware`; keys the rule
+    cannot honour are refused in one line."""
+    if rule.hardware is None:
+        return rule
+    hw = hardware_from(rule.hardware, f"rule '{rule.name}' option hardware")
+    keys = hw.keys()
+    b_keys = [k for k in keys if k in B_KEYS]
+    if rule.exact and b_keys:
+        raise HardwareError(f"rule '{rule.name}': hardware {', '.join(b_keys)} transform a feedback B, "
+                            "and backprop has none (its B is W)")
+    direct = [k for k in keys if k in DIRECT_KEYS]
+    if direct and rule.pathway != "direct":
+        raise HardwareError(f"rule '{rule.name}': hardware {', '.join(direct)} act on the output error "
+                            "that direct-feedback rules (dfa, sdfa, drtp, dkp) project; this rule "
+                            "sends the error layer by layer")
+    object.__setattr__(rule, "hardware", hw if keys else None)
+    return rule
 
 
 def _check_options(cls: type[Rule], options: dict[str, Any]) -> dict[str, Any]:

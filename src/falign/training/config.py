@@ -59,6 +59,20 @@ class RuleConfig(_Section):
     name: str = "bp"
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hardware_as_option(cls, data: Any) -> Any:
+        """``rule: {name: dfa, hardware: {...}}``: the hardware model of the feedback path is
+        the rule option ``hardware`` (``falign.rules.hardware``)."""
+        if isinstance(data, dict) and "hardware" in data:
+            data = dict(data)
+            options = dict(data.get("options") or {})
+            if "hardware" in options:
+                raise ValueError("give the hardware once: as rule.hardware or as rule.options.hardware")
+            options["hardware"] = data.pop("hardware")
+            data["options"] = options
+        return data
+
     @field_validator("name")
     @classmethod
     def _known_rule(cls, v: str) -> str:

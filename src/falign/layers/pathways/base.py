@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ...errors import FalignError
 from ...registry import Registry
+from ._ops import outside_compile
 
 
 class PathwayError(FalignError, ValueError):
@@ -112,7 +113,33 @@ class Pathway:
         if self.lazy(layer) and feedback is None:
             return None
         with torch.no_grad():
-            return layer.rule.matrix(layer.weight, feedback)
+            return layer.backward_rule.matrix(layer.weight, feedback)
+
+    def receiving_view(self, layer: FeedbackLayer, b: Tensor) -> Tensor:
+        """B as the feedback matrix R of the hardware model (``falign.rules.hardware``): one row
+        a receiving unit (a unit of the layer input), one column a sending one.  The default is
+        for B of W's layout (out, in...): the transpose of its (out, in numel) matrix."""
+        return b.reshape(b.shape[0], -1).T
+
+    def transform_feedback(self, layer: FeedbackLayer, b: Tensor, hardware: Any) -> Tensor:
+        """B as the device holds it: ``hardware.transform`` of its receiving view, from the
+        layer's seed, in B's shape."""
+        r = self.receiving_view(layer, b)
+        out = hardware.transform(r, layer._seed)
+        return self.from_receiving_view(layer, out, b)
+
+    def from_receiving_view(self, layer: FeedbackLayer, r: Tensor, b: Tensor) -> Tensor:
+        """The inverse of :meth:`receiving_view`."""
+        return r.T.reshape(b.shape)
+
+    @staticmethod
+    def apply(layer: FeedbackLayer, fn: type[torch.autograd.Function], *args: Any) -> Tensor:
+        """``fn.apply(*args)``; eagerly under ``torch.compile`` where the layer's feedback goes
+        through a hardware model, whose B is made (and kept) by Python at the first backward
+        of each step: a traced backward would keep the B it saw when traced."""
+        if layer.backward_rule is layer.rule:
+            return fn.apply(*args)
+        return outside_compile(fn.apply)(*args)
 
     def linear(self, layer: FeedbackLayer, x: Tensor, feedback: Tensor | None) -> Tensor:
         raise NotImplementedError(f"pathway '{self.name}' has no linear op")

@@ -73,5 +73,5 @@ class Dense(Kernel):
         layer.materialize((out_numel, in_numel), fan_in=in_numel, fan_out=out_numel)
 
     def conv(self, layer, x, feedback):
-        return DenseConvFn.apply(layer.pad(x), layer.weight, layer.bias, feedback, layer.spec,
-                                 layer.rule)
+        return self.apply(layer, DenseConvFn, layer.pad(x), layer.weight, layer.bias, feedback,
+                          layer.spec, layer.backward_rule)

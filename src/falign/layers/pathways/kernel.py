@@ -76,8 +76,8 @@ class Kernel(Pathway):
         return kernel_input_grad(layer, x, layer.effective_feedback(), g)
 
     def linear(self, layer, x, feedback):
-        return KernelLinearFn.apply(x, layer.weight, layer.bias, feedback, layer.rule)
+        return self.apply(layer, KernelLinearFn, x, layer.weight, layer.bias, feedback, layer.backward_rule)
 
     def conv(self, layer, x, feedback):
-        return KernelConvFn.apply(layer.pad(x), layer.weight, layer.bias, feedback, layer.spec,
-                                  layer.rule)
+        return self.apply(layer, KernelConvFn, layer.pad(x), layer.weight, layer.bias, feedback,
+                          layer.spec, layer.backward_rule)

@@ -114,7 +114,18 @@ class Direct(Pathway):
             state.pending_input_shape = layer.fn_input_shape(x)
 
     def effective(self, layer):
-        return layer.feedback
+        if layer.feedback is None:
+            return None
+        with torch.no_grad():
+            return layer.backward_rule.matrix(layer.weight, layer.feedback)
+
+    def receiving_view(self, layer, b):
+        """B_i as (layer input, e): token-wise B_i is (D, E) already; a whole map's
+        (*input, *e) is flattened on both sides (e's dims as the wiring saw them)."""
+        return b if b.dim() == 2 else b.reshape(-1, layer.pathway_state.error_numel or b.shape[-1])
+
+    def from_receiving_view(self, layer, r, b):
+        return r.reshape(b.shape)
 
     def forward(self, layer, x, plain):
         wiring = layer.pathway_state.wiring
@@ -135,7 +146,7 @@ class Direct(Pathway):
     def reference_input_grad(self, layer, x, g, e, targets=None):
         """``direct_input_grad`` with s the rule's ``direct_signal(e, y*, 1/N)``."""
         onehot = None if targets is None else F.one_hot(targets, e[0].numel()).to(e.dtype).reshape(e.shape)
-        source = layer.rule.direct_signal(e, onehot, 1.0 / e.shape[0])
+        source = layer.backward_rule.direct_signal(e, onehot, 1.0 / e.shape[0])  # the device's e
         return direct_input_grad(layer, x, layer.effective_feedback(), source)
 
     def train_step(self, model, net, x, y, ctx):

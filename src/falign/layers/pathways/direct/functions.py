@@ -30,10 +30,10 @@ def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
         )
     if feedback is None:
         raise RuntimeError("DFA feedback matrix was never created (no training-mode forward)")
-    source = wiring.source(layer.rule, error)
+    source = wiring.source(layer.backward_rule, error)
     if position is not None and source.dim() > 2:  # the error of one time step
         source = source.select(time_dim, position)
-    b = layer.rule.matrix(layer.weight, feedback)
+    b = layer.backward_rule.matrix(layer.weight, feedback)
     return project(source, b, tuple(x_shape), dtype, op=layer.op)
 
 

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from ....rules import derive_seed
 from ...errors import FeedbackError
+from ...hardware import backward_rule
+from ..base import get_pathway
 from .functions import Inject
 from .state import DirectLayerState
 
@@ -28,6 +30,8 @@ class FeedbackPoint(nn.Module):
         self.rule, self.point_name = rule, name
         self._seed = derive_seed(rule.seed, f"point:{name}")
         self.pathway_state = DirectLayerState(wiring=wiring)
+        self.pathway = get_pathway("direct")
+        self.backward_rule = backward_rule(self, rule)
         self.register_buffer("feedback", None)
         self.feedback_std = None
         self._device = torch.device("cpu")

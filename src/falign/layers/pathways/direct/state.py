@@ -30,6 +30,8 @@ class DirectLayerState:
     wiring: Any = None
     #: the (batch-included) input shape whose B_i waits for e's shape
     pending_input_shape: tuple[int, ...] | None = None
+    #: the number of entries of one sample's e, once B_i is made (None: read as B_i's last dim)
+    error_numel: int | None = None
 
 
 def timing(layer) -> tuple[bool, int, int | None]:

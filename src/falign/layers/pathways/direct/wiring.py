@@ -132,6 +132,7 @@ class DirectWiring:
             split = len(shape) - (len(error_shape) - 1) if len(shape) > 2 else 1
             m.materialize(shape, math.prod(shape[:split]), math.prod(shape[split:]), values.get(id(m)))
             m.pathway_state.pending_input_shape = None
+            m.pathway_state.error_numel = math.prod(shape[split:])
 
     def collect(self, x: Tensor) -> Tensor:
         """Under ``above="cut"``: ``x`` (a layer's input) receives only what the layers reading

@@ -1,0 +1,62 @@
+"""The one place a layer's feedback meets the hardware model (``falign.rules.hardware``).
+
+A converted layer hands its pathway's Functions ``layer.backward_rule``: the rule itself when
+the rule has no hardware (the ideal feedback path, the code path of every rule without it), or
+a :class:`HardwareRule` that answers ``matrix(W, B)`` with B as the device holds it and
+``direct_signal`` with the device's error.  The transformed B is made once per B the rule
+gives: once when B is fixed (drawn once), once per optimizer step when B follows W or is
+trained, and never in a backward that finds it made; ``effective_feedback()`` reads the same B.
+Each pathway says which way its B's rows and columns run (``Pathway.receiving_view``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..rules.hardware import Hardware, hardware_from
+
+
+class HardwareRule:
+    """A rule seen through a device's feedback path, for one layer (or feedback point)."""
+
+    def __init__(self, owner: Any, rule: Any, hardware: Hardware) -> None:
+        self.owner, self.rule, self.hardware = owner, rule, hardware
+        self._key: tuple | None = None
+        self._value: Tensor | None = None
+
+    def __getattr__(self, name: str) -> Any:  # everything else is the rule's
+        if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value"):
+            raise AttributeError(name)
+        return getattr(self.rule, name)
+
+    def matrix(self, weight: Tensor, feedback: Tensor | None) -> Tensor:
+        b = self.rule.matrix(weight, feedback)
+        if not self.hardware.transforms_b:
+            return b
+        # B made from W changes at every step W takes; a stored B only when it is replaced
+        key = (_version(feedback),) if b is feedback else (_version(feedback), _version(weight))
+        if self._key != key or self._value is None:
+            with torch.no_grad():
+                self._value = self.owner.pathway.transform_feedback(self.owner, b.detach(), self.hardware)
+            self._key = key
+        return self._value
+
+    def direct_signal(self, error: Tensor, targets: Tensor | None, weight: float) -> Tensor:
+        if self.hardware.error_levels == 2:
+            return torch.sign(error) * weight  # sign-DFA's signal (Frenkel et al. 2021)
+        return self.rule.direct_signal(error, targets, weight)
+
+
+def _version(t: Tensor | None) -> tuple:
+    return (None,) if t is None else (t.data_ptr(), t._version, tuple(t.shape))
+
+
+def backward_rule(owner: Any, rule: Any) -> Any:
+    """What ``owner``'s Functions call for B and the signal: ``rule``, or its hardware view."""
+    hardware = hardware_from(rule.hardware)
+    if hardware is None or not hardware.keys():
+        return rule
+    return HardwareRule(owner, rule, hardware)

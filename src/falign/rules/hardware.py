@@ -1,0 +1,202 @@
+"""A model of the feedback path a device really has: few-bit, sparse, low-rank, varying B.
+
+Analog in-memory arrays, neuromorphic chips and optical co-processors can compute a fixed
+random projection cheaply but cannot copy W^T, and they compute it with few bits, sparse or
+low-rank connectivity and device-to-device variation.  :class:`Hardware` describes such a
+feedback path; every key is off by default.  It is a rule option (``falign.convert(model,
+"dfa", hardware={...})``, ``rule: {name: dfa, hardware: {...}}`` in a config), acts on the
+feedback only (the forward and the weight-gradient formula are untouched), is saved with the
+rule in checkpoints and drawn from the layer's seed.
+
+The transforms of B act on the *feedback matrix* R (receiving units x sending units): for the
+kernel and dense pathways the transpose of B's (out, in) matrix (a convolution's B as the
+(C_out, C_in k k) matrix), for the direct pathway B_i as (layer input, e).  A receiving unit is
+a neuron that gets feedback; RMS(R) is the root mean square of R's entries.  In this order:
+
+* ``b_rank = r`` -- R_r = (R V^T) V, V in R^{r x n} with orthonormal rows drawn from the seed
+  (the base B seen through r fixed directions: for a random B, U = R V^T is itself Gaussian,
+  so R_r = U V is a random rank-r matrix), rescaled to RMS(R);
+* ``b_density = d`` -- a fixed mask from the seed keeps, in every receiving unit's row,
+  max(1, round(d x n)) entries, rescaled to RMS(R) (Crafton et al. 2019's sparse feedback: no
+  neuron goes without an error);
+* ``b_levels = L`` (``b_clip = c``, default 2.5) -- R quantised to L uniform levels over
+  [-c RMS(R), +c RMS(R)] (odd L includes 0), rescaled to RMS(R); L = 2 is sign(R) mean|R|;
+* ``b_noise = s`` -- fixed device-to-device variation R (1 + s xi), xi ~ N(0, 1) drawn once
+  from the seed.
+
+For direct rules, ``error_levels`` quantises the error e before the projection: 2 gives
+sign(e) with a sample's weight in the loss, the signal of sign-DFA (Frenkel, Lefebvre & Bol
+2021), so ``dfa`` with ``error_levels: 2`` is ``sdfa`` bit for bit.
+
+For rules whose B is learned (kp, wm, dkp) the learned B stays full precision and the backward
+reads the transformed B, as a device holding a digital copy of the learned weights would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import FalignError
+
+__all__ = ["B_KEYS", "DIRECT_KEYS", "Hardware", "HardwareError", "hardware_from"]
+
+
+class HardwareError(FalignError, ValueError):
+    """An unknown hardware key, a value out of range, or a key the rule cannot honour; one line."""
+
+
+#: the keys that transform B (refused on backprop, whose B is W)
+B_KEYS = ("b_rank", "b_density", "b_levels", "b_clip", "b_noise")
+#: the keys only rules that project the output error (the direct pathway) honour
+DIRECT_KEYS = ("error_levels",)
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The feedback path a device has (see the module docstring); None / default = ideal."""
+
+    b_rank: int | None = None
+    b_density: float | None = None
+    b_levels: int | None = None
+    b_clip: float = 2.5
+    b_noise: float | None = None
+    error_levels: int | None = None
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, key: str, what: str) -> None:
+            if not ok:
+                raise HardwareError(f"hardware {key}={getattr(self, key)!r}: {what}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        if self.b_rank is not None:
+            check(is_int(self.b_rank) and self.b_rank >= 1, "b_rank", "must be an integer >= 1")
+        if self.b_density is not None:
+            check(is_num(self.b_density) and 0 < self.b_density <= 1, "b_density", "must be in (0, 1]")
+        if self.b_levels is not None:
+            check(is_int(self.b_levels) and self.b_levels >= 2, "b_levels", "must be an integer >= 2")
+        check(is_num(self.b_clip) and self.b_clip > 0, "b_clip", "must be a positive number")
+        if self.b_noise is not None:
+            check(is_num(self.b_noise) and self.b_noise >= 0, "b_noise", "must be a number >= 0")
+        if self.error_levels is not None:
+            check(self.error_levels == 2 and is_int(self.error_levels), "error_levels",
+                  "must be 2 (sign(e), sign-DFA's signal)")
+
+    # -- what is on -------------------------------------------------------------------------
+    @property
+    def transforms_b(self) -> bool:
+        return any(v is not None for v in (self.b_rank, self.b_density, self.b_levels, self.b_noise))
+
+    def keys(self) -> list[str]:
+        """The keys set away from their defaults."""
+        default = Hardware()
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The keys set (what configs and checkpoints hold)."""
+        return {k: getattr(self, k) for k in self.keys()}
+
+    # -- the transforms -----------------------------------------------------------------------
+    def transform(self, r: Tensor, seed: int) -> Tensor:
+        """R (receiving x sending) as the device holds it: rank, density, levels, variation,
+        in that order; the random parts are drawn from ``seed`` alone."""
+        out = r
+        if self.b_rank is not None:
+            out = low_rank(out, self.b_rank, _seed(seed, "rank"))
+        if self.b_density is not None:
+            out = sparsify(out, self.b_density, _seed(seed, "density"))
+        if self.b_levels is not None:
+            out = quantize(out, self.b_levels, self.b_clip)
+        if self.b_noise is not None:
+            out = vary(out, self.b_noise, _seed(seed, "noise"))
+        return out
+
+
+def hardware_from(value: Any, where: str = "rule option hardware") -> Hardware | None:
+    """A :class:`Hardware` from a mapping of keys (a config's), an instance, or None; an unknown
+    key names the nearest known one."""
+    if value is None or isinstance(value, Hardware):
+        return value
+    if not isinstance(value, dict):
+        raise HardwareError(f"{where} must be a mapping of hardware keys, not {type(value).__name__}")
+    known = [f.name for f in dataclasses.fields(Hardware)]
+    for key in value:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise HardwareError(f"{where}: unknown key '{key}'{hint} (keys: {', '.join(known)})")
+    return Hardware(**value)
+
+
+def _seed(seed: int, what: str) -> int:
+    digest = hashlib.sha256(f"falign:hardware:{seed}:{what}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _rms(t: Tensor) -> Tensor:
+    return t.pow(2).mean().sqrt()
+
+
+def _rescaled(t: Tensor, like: Tensor) -> Tensor:
+    rms = _rms(t)
+    return t * (_rms(like) / rms) if rms > 0 else t
+
+
+def low_rank(r: Tensor, rank: int, seed: int) -> Tensor:
+    """(R V^T) V with V (rank x n) orthonormal rows from ``seed``, rescaled to RMS(R); R as it is
+    where ``rank`` >= min(R's dims)."""
+    m, n = r.shape
+    if rank >= min(m, n):
+        return r
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(n, rank, generator=gen, dtype=torch.float64)
+    v = torch.linalg.qr(g).Q.T.to(r.dtype).to(r.device)  # (rank, n), orthonormal rows
+    return _rescaled((r @ v.T) @ v, r)
+
+
+def density_mask(shape: tuple[int, int], density: float, seed: int) -> Tensor:
+    """A fixed boolean mask keeping max(1, round(density x n)) entries of every row."""
+    m, n = shape
+    k = max(1, int(density * n + 0.5))  # round half up
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.rand(m, n, generator=gen).argsort(dim=1)
+    mask = torch.zeros(m, n, dtype=torch.bool)
+    mask.scatter_(1, order[:, :k], True)
+    return mask
+
+
+def sparsify(r: Tensor, density: float, seed: int) -> Tensor:
+    """R with a fixed per-row mask (``density_mask``), rescaled to RMS(R)."""
+    return _rescaled(r * density_mask(tuple(r.shape), density, seed).to(r.device, r.dtype), r)
+
+
+def quantize(r: Tensor, levels: int, clip: float) -> Tensor:
+    """R on ``levels`` uniform levels over [-clip RMS(R), +clip RMS(R)], rescaled to RMS(R);
+    two levels: sign(R) mean|R|."""
+    if levels == 2:
+        return _rescaled(torch.sign(r) * r.abs().mean(), r)
+    c = clip * _rms(r)
+    if c == 0:
+        return r
+    step = 2 * c / (levels - 1)
+    q = torch.round((r.clamp(-c, c) + c) / step) * step - c
+    return _rescaled(q, r)
+
+
+def vary(r: Tensor, sigma: float, seed: int) -> Tensor:
+    """R (1 + sigma xi), xi ~ N(0, 1) fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    xi = torch.randn(tuple(r.shape), generator=gen, dtype=torch.float64).to(r.device, r.dtype)
+    return r * (1 + sigma * xi)
