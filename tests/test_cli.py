@@ -794,6 +794,36 @@ def test_a_missing_dataset_says_how_to_get_it_and_what_is_there(fashion_only, tm
     assert not out.exists()  # nothing a rerun after `falign download` would have to step over
 
 
+def test_a_loader_raises_the_missing_dataset_line_itself(fashion_only):
+    """The line the command prints is the loaders' own error, not a rewrite of their text."""
+    from falign import FalignError
+    from falign.data import DatasetError, MissingDatasetError, load_dataset
+
+    with pytest.raises(MissingDatasetError) as caught:
+        load_dataset("mnist", root=fashion_only)
+    err = caught.value
+    assert isinstance(err, DatasetError) and isinstance(err, FalignError)
+    assert (err.name, err.root) == ("mnist", fashion_only)
+    assert str(err).startswith(f"dataset mnist not found under {fashion_only} (missing mnist/")
+    assert f"datasets found under {fashion_only}: fashion-mnist" in str(err)
+
+
+def test_compare_defaults_come_from_the_models_registration(monkeypatch):
+    from falign.cli.main import build_parser, compare_base
+    from falign.models import registry
+
+    monkeypatch.setitem(registry._COMPARE_DEFAULTS, "lenet",
+                        registry.CompareDefaults({"init": "xavier"}, {"cifar10": {"variant": "cifar"}}))
+    for dataset, options in (("mnist", {"init": "xavier"}),
+                             ("cifar10", {"init": "xavier", "variant": "cifar"})):
+        cfg = compare_base(build_parser().parse_args(["compare", "--model", "lenet", "--dataset", dataset]))
+        assert cfg.model.options == options
+    cfg = compare_base(build_parser().parse_args(["compare", "--dataset", "cifar10"]))
+    assert (cfg.model.name, cfg.model.options) == ("mlp", {"activation": "tanh"})
+    cfg = compare_base(build_parser().parse_args(["compare"]))
+    assert cfg.model.options == {"activation": "tanh", "sizes": [784, 256, 256, 10]}
+
+
 def test_download_flag_fetches_the_missing_dataset(fashion_only, tmp_path, capsys, monkeypatch):
     from falign.cli.main import main
 

@@ -14,6 +14,7 @@ from conftest import IDX_NAMES
 from falign.data import (
     Dataset,
     DatasetError,
+    MissingDatasetError,
     Split,
     available_datasets,
     batches,
@@ -273,8 +274,9 @@ def test_missing_files_error_names_them_the_folder_and_download(tmp_path):
     assert "\n" not in msg
     for name in IDX_NAMES:
         assert f"{name}.gz" in msg
-    assert str(tmp_path / "fashion-mnist") in msg
+    assert f"under {tmp_path} (missing fashion-mnist/" in msg  # the data root, the files under it
     assert "download=True" in msg and "falign download fashion-mnist" in msg
+    assert isinstance(err.value, MissingDatasetError) and err.value.name == "fashion-mnist"
 
 
 # ------------------------------------------------------------------------------------ batches

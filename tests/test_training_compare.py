@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from conftest import tiny_config
 
 from falign.training import RunDirError, RunRecord, parse_config
 from falign.training.compare import compare_configs, run_compare
@@ -386,3 +387,63 @@ def test_resume_with_another_config_does_not_pass_the_old_runs_off_as_the_new(co
     rows = run_compare(longer, RULES, copy, resume=True, log=lambda s: None)
     assert all(len(RunRecord.read(copy / r / "tracking.json").epochs) == 3 for r in RULES)
     assert [r.label for r in rows] == RULES
+
+
+# ------------------------------------------- the statistics and the tables, from the record
+
+def _record_over_seeds():
+    from falign.records import ComparedRun, CompareRecord
+
+    def run(rule, seed, test, val, status="completed"):
+        return ComparedRun(rule=rule, seed=seed, run_dir=f"{rule}/seed{seed}", best_val_acc=val,
+                           test_acc=test, epochs=2, best_epoch=2, sec_per_epoch=1.5, status=status)
+
+    base = parse_config(tiny_config()).to_dict()
+    return CompareRecord(rules=("bp", "fa"), seeds=(0, 1, 2), base=base, status="completed",
+                         runs=(run("bp", 0, 0.9, 0.8), run("bp", 1, 0.8, 0.7), run("bp", 2, 0.7, 0.9),
+                               run("fa", 0, 0.5, 0.4), run("fa", 1, float("nan"), 0.2, "diverged"),
+                               run("fa", 2, 0.7, 0.6)))
+
+
+def test_seed_statistics_are_functions_of_the_record():
+    import statistics
+
+    from falign.training.statistics import seed_summaries
+
+    bp, fa = seed_summaries(_record_over_seeds())
+    assert (bp.rule, bp.seeds, bp.n, bp.status) == ("bp", (0, 1, 2), 3, "completed")
+    assert bp.test_acc_mean == pytest.approx(0.8) and bp.test_acc_std == pytest.approx(0.1)
+    assert bp.best_val_acc_mean == pytest.approx(0.8)
+    # a diverged run's NaN is left out of the mean; the status counts each
+    assert fa.test_acc_mean == pytest.approx(0.6)
+    assert fa.test_acc_std == pytest.approx(statistics.stdev([0.5, 0.7]))
+    assert fa.status == "2 completed, 1 diverged"
+
+
+def test_the_tables_are_drawn_from_the_record():
+    from falign.training.compare_text import seed_summary_markdown, seed_table
+
+    record = _record_over_seeds()
+    table = seed_table(record)
+    assert table.splitlines()[0] == "mnist / mlp, seeds 0,1,2 (mean ± sample std over 3 seeds)"
+    assert "80.00 ± 10.00" in table
+    md = seed_summary_markdown(record)
+    assert md.startswith("# falign compare: mnist / mlp\n\nSeeds 0,1,2 ")
+    assert "| fa | 0,1,2 |" in md and md.endswith("![mean and standard deviation over seeds](seeds.png)\n")
+
+
+def test_the_old_table_functions_still_answer_and_warn_once():
+    import warnings
+
+    from falign.training import compare
+    from falign.training.compare_text import seed_summary_markdown
+    from falign.training.statistics import seed_groups
+
+    record = _record_over_seeds()
+    base = parse_config(record.base)
+    compare._WARNED.discard("seed_summary_markdown")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        texts = [compare.seed_summary_markdown(seed_groups(record), base) for _ in range(2)]
+    assert texts == [seed_summary_markdown(record)] * 2
+    assert [w.category for w in caught] == [DeprecationWarning]

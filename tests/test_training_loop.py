@@ -6,6 +6,7 @@ checked is bookkeeping and exactness, not accuracy.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -17,6 +18,7 @@ import torch
 import yaml
 from conftest import tiny_config
 
+from falign.analysis.alignment import Probe
 from falign.data import load_dataset
 from falign.layers import FeedbackError
 from falign.training import (
@@ -380,3 +382,53 @@ def test_resume_of_a_run_stopped_in_its_first_epoch_starts_it_again(data_root, t
     (out / "tracking.json").write_text(json.dumps(record))
     resumed = train(cfg, out, resume=True, log=None)
     assert metrics(resumed)["epochs"] == metrics(whole)["epochs"] and resumed.status == "completed"
+
+
+# ------------------------------------------------------------------------- probes as objects
+
+class _Counting(Probe):
+    """A user's own probe: every third step, records when it was asked, bound and finished."""
+
+    def __init__(self) -> None:
+        self.model, self.asked, self.captured, self.finished = None, [], [], []
+        self.step = None
+
+    def bind(self, model, *, world=1, reduce=None):
+        self.model = model
+
+    def due(self, step):
+        self.step = step
+        self.asked.append(step)
+        return step % 3 == 0
+
+    @contextlib.contextmanager
+    def capture(self):
+        self.captured.append(self.step)
+        yield
+
+    def finish(self, x, y, loss_fn):
+        # between the step's backward and the optimizer step: every weight has its gradient
+        assert all(p.grad is not None for p in self.model.parameters() if p.requires_grad)
+        self.finished.append((self.step, x.shape[0]))
+        return None
+
+
+def test_a_users_probe_object_is_called_on_its_schedule(data_root, tmp_path):
+    probe = _Counting()
+    record = train(parse_config(tiny()), tmp_path / "run", log=None, probes=[probe])
+    steps = len(probe.asked)
+    assert probe.asked == list(range(steps)) and steps > 6  # asked once on every training step
+    assert isinstance(probe.model, torch.nn.Module)
+    assert probe.captured == list(range(0, steps, 3))
+    assert probe.finished == [(s, 50) for s in range(0, steps, 3)]
+    assert record.alignment == []  # it returned nothing to record
+
+
+def test_a_step_probe_object_records_what_the_config_key_records(data_root, tmp_path):
+    from falign.analysis import StepProbe
+
+    by_key = train(parse_config(tiny(train={"alignment_every": 5})), tmp_path / "key", log=None)
+    by_object = train(parse_config(tiny()), tmp_path / "object", log=None, probes=[StepProbe(every=5)])
+    assert [a.step for a in by_key.alignment] == [0, 5, 10, 15, 20]
+    assert [a.to_dict() for a in by_object.alignment] == [a.to_dict() for a in by_key.alignment]
+    assert metrics(by_object)["epochs"] == metrics(by_key)["epochs"]

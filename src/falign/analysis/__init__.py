@@ -12,7 +12,8 @@ import importlib as _importlib
 #: public name -> the submodule that defines it; imported on first use, so that the training
 #: loop, which needs only the alignment probe, does not import CKA and Grad-CAM
 _HOMES = {
-    "LayerAlignment": "alignment", "StepProbe": "alignment", "measure_alignment": "alignment",
+    "LayerAlignment": "alignment", "Probe": "alignment", "StepProbe": "alignment",
+    "measure_alignment": "alignment",
     "CKAResult": "cka", "cka_matrix": "cka", "cka_subsets": "cka", "linear_cka": "cka",
     "ClassificationReport": "classification", "classification_report": "classification",
     "ChannelRanking": "gradcam", "ExemplarSet": "gradcam", "channel_importance": "gradcam",
@@ -36,6 +37,7 @@ __all__ = [
     "ClassificationReport",
     "ExemplarSet",
     "LayerAlignment",
+    "Probe",
     "StepProbe",
     "channel_importance",
     "cka_matrix",

@@ -43,8 +43,8 @@ from torch import Tensor, nn
 from ..layers.convert import exact_backward, feedback_layers
 from ..layers.scope import INPUT, capture
 
-__all__ = ["OUT", "LayerAlignment", "StepProbe", "angle", "capture_inputs", "compare", "measure_alignment",
-           "preserved_buffers", "sign_agreement"]
+__all__ = ["OUT", "LayerAlignment", "Probe", "StepProbe", "angle", "capture_inputs", "compare",
+           "measure_alignment", "preserved_buffers", "sign_agreement"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Reduce = Callable[[Tensor], Tensor]
@@ -202,7 +202,33 @@ def measure_alignment(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn, *
     return compare(model, rule_grads, rule_signals, true_grads, true_signals, reduce)
 
 
-class StepProbe:
+class Probe:
+    """A side measurement of training steps, handed to ``train(cfg, out, probes=[...])``.
+
+    The loop calls ``bind`` once, when the model exists; then, on every training step for which
+    ``due(step)`` is true, runs the step's forward and backward inside ``capture()`` and calls
+    ``finish(x, y, loss_fn)`` before the optimizer step.  What ``finish`` returns ({layer name:
+    :class:`LayerAlignment`}) is appended to the run's alignment records; None records nothing.
+    Subclass it and override what the measurement needs (``due`` at least)."""
+
+    def bind(self, model: nn.Module, *, world: int = 1, reduce: Reduce = _identity) -> None:
+        """The model being trained (not a DDP wrapper), the number of processes and a sum over them."""
+
+    def due(self, step: int) -> bool:
+        """Whether the probe measures training step ``step`` (counted from 0)."""
+        return False
+
+    @contextlib.contextmanager
+    def capture(self) -> Iterator[None]:
+        """Around the step's forward and backward."""
+        yield
+
+    def finish(self, x: Tensor, y: Tensor, loss_fn: LossFn) -> Mapping[str, LayerAlignment] | None:
+        """After the step's backward, before the optimizer step."""
+        return None
+
+
+class StepProbe(Probe):
     """Alignment measured on a training step at the cost of one extra pass.
 
         probe = StepProbe(model, every=10)
@@ -215,10 +241,12 @@ class StepProbe:
     one exact pass with the same RNG state gives the true ones.  Under several processes
     ``loss_fn`` is this process's share of the loss (whose gradients DDP averages), ``world``
     the number of processes and ``reduce`` a sum over them: the true gradients are then
-    averaged like the rule's, and the records equal one process's.
+    averaged like the rule's, and the records equal one process's.  Given to ``train()``
+    without a model (``train(cfg, out, probes=[StepProbe(every=5)])``), the loop binds it to
+    the model it trains; ``train.alignment_every`` makes one such probe.
     """
 
-    def __init__(self, model: nn.Module, *, every: int = 1, world: int = 1,
+    def __init__(self, model: nn.Module | None = None, *, every: int = 1, world: int = 1,
                  reduce: Reduce = _identity) -> None:
         self.model = model
         self.every = every
@@ -227,12 +255,17 @@ class StepProbe:
         self._inputs: dict[str, Tensor] = {}
         self._rng: Tensor | None = None
 
+    def bind(self, model: nn.Module, *, world: int = 1, reduce: Reduce = _identity) -> None:
+        self.model, self.world, self.reduce = model, world, reduce
+
     def due(self, step: int) -> bool:
         """Whether the probe measures training step ``step`` (counted from 0): every ``every``-th."""
         return self.every > 0 and step % self.every == 0
 
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
+        if self.model is None:
+            raise ValueError("StepProbe: no model; give one, or hand the probe to train()")
         self._rng = torch.get_rng_state()
         with capture_inputs(self.model) as inputs:
             yield

@@ -10,7 +10,6 @@ import argparse
 import contextlib
 import os
 import platform
-import re
 import signal
 import sys
 from pathlib import Path
@@ -76,61 +75,17 @@ def _download(args, cfg):
     return cfg
 
 
-def _missing_files(name: str, root: Path) -> list[str]:
-    """The files of a downloadable dataset that ``root`` lacks (none: it is there)."""
-    from ..data.fetch import REMOTES
-
-    return [r.path for r in REMOTES.get(name, ())
-            if not any((root / p).exists() for p in (r.path, *r.present_if))]
-
-
-def _missing_data(name: str, root: Path) -> str:
-    """One line: the dataset ``name`` is not under ``root``, how to get it, and what is there."""
-    from ..data.fetch import REMOTES
-    from ..data.text import DEFAULT_TEXT
-
-    found = [n for n in REMOTES if not _missing_files(n, root)]
-    if (root / DEFAULT_TEXT).is_file():
-        found.append("text")
-    if all(r.url for r in REMOTES[name]):
-        how = f"get it with `falign download {name}` or add --download (online)"
-    else:
-        how = (f"{name} has no official download location: copy it there, or add --download with "
-               "FALIGN_DATA_MIRROR set to a mirror that has it")
-    return (f"dataset {name} not found under {root} (missing {', '.join(_missing_files(name, root))}); "
-            f"{how}, or point FALIGN_DATA or --data-dir at a folder that has it; datasets found under "
-            f"{root}: {', '.join(found) if found else 'none'}")
-
-
 def _require_data(cfg) -> None:
     """The dataset of ``cfg`` is under its data root, or ``data.download`` fetches it; checked
     before anything is written."""
-    from ..data import DatasetError, data_root
-    from ..data.fetch import REMOTES
+    from ..data import data_root
+    from ..data.fetch import missing_dataset
     from ..data.registry import _canonical as dataset_key
 
-    key = dataset_key(cfg.data.name)
-    if cfg.data.download or key not in REMOTES:
-        return
-    root = data_root(cfg.data.root)
-    if _missing_files(key, root):
-        raise DatasetError(_missing_data(key, root))
-
-
-def _explain_missing(err: Exception, root: Path) -> Exception:
-    """A loader's error about a dataset missing under ``root`` as the line `_missing_data`
-    gives; any other error as it is."""
-    from ..data import DatasetError
-    from ..data.fetch import REMOTES
-
-    text = str(err)
-    named = re.search(r"falign download ([\w-]+)", text)
-    candidates = [named.group(1)] if named and named.group(1) in REMOTES else []
-    candidates += [n for n in REMOTES if any(Path(r.path).name in text for r in REMOTES[n])]
-    for name in candidates:
-        if _missing_files(name, root):
-            return DatasetError(_missing_data(name, root))
-    return err
+    if not cfg.data.download:
+        missing = missing_dataset(dataset_key(cfg.data.name), data_root(cfg.data.root))
+        if missing is not None:
+            raise missing
 
 
 def cmd_train(args) -> int:
@@ -154,6 +109,7 @@ def compare_flags(args) -> dict:
 
 
 def compare_base(args):
+    from ..models.registry import compare_options
     from ..training.config import apply_overrides, check_override_keys, parse_config, set_values
 
     dataset = args.dataset or COMPARE_DEFAULTS["dataset"]
@@ -167,10 +123,7 @@ def compare_base(args):
         "optim": dict(COMPARE_DEFAULTS["optim"]),
         "train": {"epochs": COMPARE_DEFAULTS["epochs"], "batch_size": COMPARE_DEFAULTS["batch_size"]},
     }
-    if model == "mlp":
-        data["model"]["options"] = {"activation": "tanh"}
-        if dataset in ("mnist", "fashion-mnist"):
-            data["model"]["options"]["sizes"] = [784, 256, 256, 10]
+    data["model"]["options"] = compare_options(model, dataset)  # as the model's registration says
     check_override_keys(args.set)
     data = set_values(data, compare_flags(args), where="falign compare")
     return parse_config(apply_overrides(data, args.set), where="falign compare")
@@ -305,29 +258,21 @@ def _report_analyses(args) -> dict:
 
 
 def cmd_report(args) -> int:
-    from ..data import DatasetError, data_root
     from ..report import write_report
 
     published = _published(args.published, args.runs) if args.published else None
-    try:
-        path = write_report(args.runs, Path(args.out), title=args.title, published=published,
-                            notes=args.note, analyses=_report_analyses(args), device=args.device)
-    except DatasetError as err:  # the analyses rebuild each run's dataset
-        raise _explain_missing(err, data_root()) from None
+    path = write_report(args.runs, Path(args.out), title=args.title, published=published,
+                        notes=args.note, analyses=_report_analyses(args), device=args.device)
     print(f"report: {path}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from ..data import DatasetError, data_root
     from ..training.results import format_table
     from ..training.run import evaluate_checkpoint
 
     root = str(Path(args.data_dir).resolve()) if args.data_dir else None
-    try:
-        result = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, data_root=root)
-    except DatasetError as err:
-        raise _explain_missing(err, data_root(root)) from None
+    result = evaluate_checkpoint(args.checkpoint, split=args.split, device=args.device, data_root=root)
     report = result.report  # a ClassificationReport
     total = int(report.support.sum())
     correct = int(report.confusion.diagonal().sum())
@@ -351,15 +296,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from ..data import DatasetError, data_root
     from ..reproduce import reproduce
 
-    try:
-        reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
-                  overwrite=args.overwrite, download=args.download, parts=args.part,
-                  records=args.records)
-    except DatasetError as err:
-        raise _explain_missing(err, data_root()) from None
+    reproduce(args.name, scale=args.scale, out=args.out, resume=args.resume,
+              overwrite=args.overwrite, download=args.download, parts=args.part,
+              records=args.records)
     return 0
 
 

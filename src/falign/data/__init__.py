@@ -21,6 +21,7 @@ from .core import (
     data_root,
     using_data_root,
 )
+from .fetch import MissingDatasetError
 from .registry import available_datasets, download, load_dataset, register_dataset
 from .transforms import ImageTransform, ToFloat
 
@@ -30,6 +31,7 @@ __all__ = [
     "DatasetError",
     "ImageTransform",
     "LazyImages",
+    "MissingDatasetError",
     "Split",
     "ToFloat",
     "available_datasets",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .core import DatasetError, Loaded, Split, is_writable_dir
+from .fetch import missing_dataset
 from .folder import load_image_tree, to_split
 from .transforms import ImageTransform
 
@@ -190,7 +191,7 @@ def load_cifar10(
     elif archive.is_file():
         batches = _open_from_archive(archive)
     else:
-        raise DatasetError(
+        raise missing_dataset("cifar10", root) or DatasetError(
             f"CIFAR-10 not found: expected {BATCH_DIR}/ (data_batch_1..5, test_batch) or "
             f"{ARCHIVE} in {root}; pass download=True to load_dataset, or run "
             f"`falign download cifar10`, to fetch it (or set FALIGN_DATA to the data folder)"
@@ -223,7 +224,7 @@ def load_cifar10_jpeg(
     candidates = [root / JPEG_ARCHIVE, root / JPEG_DIR]
     source = next((p for p in candidates if p.is_file() or (p / "train").is_dir()), None)
     if source is None:
-        raise DatasetError(
+        raise missing_dataset("cifar10-jpeg", root) or DatasetError(
             f"CIFAR-10 (JPEG copy) not found: expected {JPEG_ARCHIVE} (or its extracted folder "
             f"{JPEG_DIR}/ with train/<class>/*.jpg and test/<class>/*.jpg) in {root}; it has no "
             f"official download location: copy it there, or set FALIGN_DATA_MIRROR to a mirror "

@@ -39,6 +39,13 @@ __all__ = [
 ]
 
 
+# (images, labels) per split of an IDX dataset; the download tables and the loader share these names
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
 class DatasetError(FalignError):
     """A dataset cannot be found, read, fetched or configured.
 

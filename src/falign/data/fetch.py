@@ -24,10 +24,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import DatasetError
-from .idx import IDX_FILES
+from .core import IDX_FILES, DatasetError
 
-__all__ = ["REMOTES", "Remote", "fetch_dataset", "fetch_file", "md5sum"]
+__all__ = ["REMOTES", "MissingDatasetError", "Remote", "fetch_dataset", "fetch_file", "md5sum",
+           "missing_dataset", "missing_files"]
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +160,40 @@ def fetch_dataset(name: str, root: Path, base_url: str | None = None) -> list[Pa
             )
         paths.append(fetch_file(url, dest, remote.md5, gunzip=remote.md5_of_gunzipped))
     return paths
+
+
+class MissingDatasetError(DatasetError):
+    """A downloadable dataset is not under the data root: one line naming the files missing, how
+    to get them (on the command line and in Python) and the datasets that are there.  ``name``
+    and ``root`` say which and where.  The loaders raise it; ``falign`` prints it as it is."""
+
+    def __init__(self, name: str, root: Path) -> None:
+        from .text import DEFAULT_TEXT
+
+        self.name, self.root = name, Path(root)
+        found = [n for n in REMOTES if not missing_files(n, root)]
+        if (root / DEFAULT_TEXT).is_file():
+            found.append("text")
+        if all(r.url for r in REMOTES[name]):
+            how = f"get it with `falign download {name}` or add --download (online)"
+        else:
+            how = (f"{name} has no official download location: copy it there, or add --download with "
+                   "FALIGN_DATA_MIRROR set to a mirror that has it")
+        super().__init__(
+            f"dataset {name} not found under {root} (missing {', '.join(missing_files(name, root))}); "
+            f"{how}, or point FALIGN_DATA or --data-dir at a folder that has it; datasets found under "
+            f"{root}: {', '.join(found) if found else 'none'} (in Python: load_dataset(..., "
+            "download=True))")
+
+
+def missing_files(name: str, root: Path) -> list[str]:
+    """The files of the downloadable dataset ``name`` that ``root`` lacks (none: it is there)."""
+    return [r.path for r in REMOTES.get(name, ())
+            if not any((root / p).exists() for p in (r.path, *r.present_if))]
+
+
+def missing_dataset(name: str, root: Path) -> MissingDatasetError | None:
+    """The error a loader raises when the downloadable dataset ``name`` is not under ``root``;
+    None when it is there (or ``name`` is not downloadable)."""
+    root = Path(root)
+    return MissingDatasetError(name, root) if missing_files(name, root) else None

@@ -15,16 +15,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .core import DatasetError, Loaded, Split
+from .core import IDX_FILES, DatasetError, Loaded, Split
+from .fetch import missing_dataset
 from .transforms import ImageTransform
 
 __all__ = ["IDX_FILES", "find_idx_dir", "read_idx"]
 
-# (images, labels) per split; the download tables and the loader share these names
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
 _UBYTE = 0x08
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -103,7 +99,7 @@ def load_idx_dataset(
     if directory is None:
         stems = [s for pair in IDX_FILES.values() for s in pair]
         missing = [s + ".gz" for s in stems if _find(root / subdir, s) is None]
-        raise DatasetError(
+        raise missing_dataset(name, root) or DatasetError(
             f"{title} not found: expected {', '.join(s + '.gz' for s in stems)} (or the same "
             f"without .gz) in {root / subdir}, missing {', '.join(missing)}; pass download=True "
             f"to load_dataset, or run `falign download {name}`, to fetch them (or set "

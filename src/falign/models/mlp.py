@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from ._common import check_choice, init_weights, make_activation, prod
-from .registry import ModelError, register_model
+from .registry import CompareDefaults, ModelError, register_model
 from .summary import SummaryMixin
 
 __all__ = ["MLP", "OUTPUTS", "mlp"]
@@ -74,7 +74,12 @@ class MLP(SummaryMixin, nn.Module):
         return self.out_act(x)  # (N, sizes[-1])
 
 
-@register_model("mlp")
+# `falign compare` without a config: tanh units, and two hidden layers of 256 on the 28x28 images
+_MNIST_LIKE = {"sizes": [784, 256, 256, 10]}
+
+
+@register_model("mlp", compare=CompareDefaults({"activation": "tanh"},
+                                               {"mnist": _MNIST_LIKE, "fashion-mnist": _MNIST_LIKE}))
 def mlp(
     *,
     num_classes: int | None = None,

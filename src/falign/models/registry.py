@@ -9,11 +9,13 @@ rule is applied afterwards by ``falign.layers.convert``, so no builder knows abo
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.nn as nn
@@ -22,9 +24,11 @@ from ..errors import FalignError
 from ..registry import Registry
 
 __all__ = [
+    "CompareDefaults",
     "InputTooSmallError",
     "ModelError",
     "available_models",
+    "compare_options",
     "create_model",
     "model_from_spec",
     "register_model",
@@ -56,8 +60,24 @@ def suggest(word: str, choices: list[str]) -> str:
     return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that registers a model builder under ``name`` and returns it unchanged."""
+@dataclass(frozen=True)
+class CompareDefaults:
+    """The options a model takes in ``falign compare`` without a config (a quick, fair
+    comparison): ``options`` on every dataset, updated by ``per_dataset[dataset]``."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)
+    per_dataset: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+#: registered name -> its compare defaults (a model registered without any has none)
+_COMPARE_DEFAULTS: dict[str, CompareDefaults] = {}
+
+
+def register_model(name: str, *, compare: CompareDefaults | None = None,
+                   ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that registers a model builder under ``name`` and returns it unchanged.
+    ``compare``: the model's options in ``falign compare`` without a config
+    (:func:`compare_options`)."""
     if not isinstance(name, str) or not name:
         raise ModelError(f"model name must be a non-empty string, got {name!r}")
 
@@ -65,9 +85,23 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
         existing = _REGISTRY.get(name)
         if existing is not None and _import_path(existing) != _import_path(builder):
             raise ModelError(f"model {name!r} is already registered by {_import_path(existing)}")
-        return _REGISTRY.register(name, builder, identity=_import_path)
+        registered = _REGISTRY.register(name, builder, identity=_import_path)
+        if compare is not None:
+            _COMPARE_DEFAULTS[name] = compare
+        return registered
 
     return decorator
+
+
+def compare_options(name: str, dataset: str) -> dict[str, Any]:
+    """The options of model ``name`` in ``falign compare`` without a config, on ``dataset``, as
+    its registration declares them ({} for a model that declares none, or an unknown name: that
+    error is the factory's)."""
+    builder = _REGISTRY.get(name) or _REGISTRY.get(name.strip().lower())
+    defaults = _COMPARE_DEFAULTS.get(_registered_name(builder)) if builder is not None else None
+    if defaults is None:
+        return {}
+    return copy.deepcopy({**defaults.options, **defaults.per_dataset.get(dataset, {})})
 
 
 def available_models() -> list[str]:

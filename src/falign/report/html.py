@@ -212,7 +212,7 @@ def _figures(runs: Sequence[Run], folder: Path, references: dict[str, float]) ->
 
 
 def _seed_table(groups) -> list[str]:
-    from ..training.compare import seed_cells
+    from ..training.compare_text import seed_cells
 
     return [*_table(*seed_cells(groups, label="method")),
             "<p>Runs whose configs differ only in the seed, grouped: mean &plusmn; sample standard "
@@ -221,7 +221,7 @@ def _seed_table(groups) -> list[str]:
 
 def _sweep_html(sources: Sources) -> list[str]:
     """Per sweep: each rule's trials, best parameters and final runs (mean ± std)."""
-    from ..training.compare import pct_pm
+    from ..training.compare_text import pct_pm
 
     out = []
     for source in sources.of_kind("sweep"):

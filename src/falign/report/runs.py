@@ -14,7 +14,7 @@ from ..records import CompareRecord, RecordError, ReproductionSummary, RunRecord
 from ..training.results import ResultRow
 
 if TYPE_CHECKING:
-    from ..training.compare import SeedRuns
+    from ..training.statistics import SeedRuns
 
 __all__ = ["ReportError", "Run", "Source", "Sources", "load_runs", "load_sources", "published_columns",
            "seed_groups", "summary"]
@@ -269,9 +269,9 @@ def _without_seed(config: Mapping[str, Any]) -> str:
 
 def seed_groups(runs: Sequence[Run]) -> list[SeedRuns]:
     """The runs whose configs differ only in the seed (and name), two or more of different
-    seeds: one :class:`~falign.training.compare.SeedRuns` each (mean ± std), labelled by the
+    seeds: one :class:`~falign.training.statistics.SeedRuns` each (mean ± std), labelled by the
     rule, plus the folder above the runs where two groups share a rule."""
-    from ..training.compare import SeedRuns
+    from ..training.statistics import SeedRuns
 
     groups: dict[str, list[Run]] = {}
     for run in runs:

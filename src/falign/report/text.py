@@ -10,7 +10,7 @@ from ..training.results import Column, by_label, format_results
 from .runs import Run, summary
 
 if TYPE_CHECKING:
-    from ..training.compare import SeedRuns
+    from ..training.statistics import SeedRuns
 
 __all__ = ["JPEG_NOTE", "config_summary", "is_jpeg", "model_text", "published_cells", "results_txt",
            "shared_or_each"]
@@ -82,7 +82,7 @@ def results_txt(runs: Sequence[Run], title: str, published: Mapping[str, Mapping
         out += ["", f"no model selection (train.select_on: last): the last epoch is tested for: "
                 f"{', '.join(last)}"]
     if seed_groups:
-        from ..training.compare import format_seed_results
+        from ..training.compare_text import format_seed_results
 
         out += ["", "Mean ± sample std over seeds (runs whose configs differ only in the seed):",
                 format_seed_results(seed_groups, label="method")]

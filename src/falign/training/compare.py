@@ -2,8 +2,11 @@
 
 ``run_compare`` trains each method once, into ``out/<label>``; ``run_compare_seeds`` trains each
 on every seed, into ``out/<label>/seed<k>``, and reports the mean and standard deviation over the
-seeds (:class:`SeedRuns`).  The figures are drawn by the caller (``falign compare``,
-``falign reproduce``) from the returned rows: ``falign.training`` imports no plotting code.
+seeds (:class:`SeedRuns`).  This module runs; the statistics are functions of the comparison's
+record (:mod:`falign.training.statistics`) and its tables and ``summary.md`` are drawn from that
+record (:mod:`falign.training.compare_text`); the figures are drawn by the caller (``falign
+compare``, ``falign reproduce``) from the returned rows: ``falign.training`` imports no plotting
+code.
 
 Every method's config is built and checked (its dataset, model and optimizer, see
 :func:`~falign.training.loop.check_config`) before a file is written.  The same comparison asked
@@ -16,19 +19,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import statistics
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..records import ComparedRun, CompareRecord, RecordError, RunRecord, SeedSummary
+from ..records import ComparedRun, CompareRecord, RecordError, RunRecord
 from ..rules import parse_rule
+from . import compare_text
+from .compare_text import COMPARE_COLUMNS, SEED_COLUMNS, format_seed_results, pct_pm, seed_cells
 from .config import CompareEntry, ExperimentConfig, parse_config, set_values
 from .loop import RunDirError, check_config, same_config, signals_interrupt, train
-from .results import ResultRow, format_results, format_table, seconds
+from .results import ResultRow
+from .statistics import SeedRuns, mean_std, seed_summaries
+
+__all__ = ["COMPARE_COLUMNS", "SEED_COLUMNS", "SeedRuns", "check_configs", "compare_configs",
+           "compare_table", "format_seed_results", "mean_std", "method", "method_values", "pct_pm",
+           "run_compare", "run_compare_seeds", "run_label", "seed_cells", "seed_configs",
+           "seed_run_dir", "seed_summary_markdown", "seed_table", "summary_markdown"]
 
 
 def method(entry: str | CompareEntry | dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -99,9 +109,10 @@ def run_compare(base: ExperimentConfig, rules: list[str | CompareEntry], out: st
             record = _train_once(cfg, out / run_label(label), label, resume=resume,
                                  overwrite=overwrite, log=log)
             rows.append(ResultRow.of(label, record))
-    log(compare_table(rows, base))
-    (out / "summary.md").write_text(summary_markdown(rows, base))
-    replace(started, status="completed", rows=tuple(_marker_row(r) for r in rows)).save(marker)
+    done = replace(started, status="completed", rows=tuple(_marker_row(r) for r in rows))
+    log(compare_text.compare_table(done))
+    (out / "summary.md").write_text(compare_text.summary_markdown(done))
+    done.save(marker)
     return rows
 
 
@@ -239,105 +250,26 @@ def run_compare_seeds(base: ExperimentConfig, rules: list[str | CompareEntry], s
                                      resume=resume, overwrite=overwrite, log=log)
                 rows.append(ResultRow.of(label, record))
             groups.append(SeedRuns(label, list(seeds), rows))
-    log(seed_table(groups, base))
-    (out / "summary.md").write_text(seed_summary_markdown(groups, base))
     runs = tuple(replace(_marker_row(row), seed=plan.seed, run_dir=plan.run_dir)
                  for plan, row in zip(planned, (r for g in groups for r in g.rows), strict=True))
-    replace(marker, status="completed", runs=runs,
-            summary=tuple(g.summary() for g in groups)).save(out / "compare.json")
+    done = replace(marker, status="completed", runs=runs)
+    done = replace(done, summary=seed_summaries(done))  # the statistics, of the record
+    log(compare_text.seed_table(done))
+    (out / "summary.md").write_text(compare_text.seed_summary_markdown(done))
+    done.save(out / "compare.json")
     return groups
 
 
-# -- several seeds: mean ± std ----------------------------------------------------------------------
+# -- the statistics and the tables: their own modules, names kept here ----------------------------
 
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1; 0 for one value) of the finite values;
-    (None, None) when there are none.  The sweep's final runs report the same."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return None, None
-    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else 0.0
+_WARNED: set[str] = set()
 
 
-def pct_pm(mean: float | None, std: float | None) -> str:
-    """A mean ± std of fractions as percentages with two decimals; "-" when absent."""
-    return "-" if mean is None else f"{100 * mean:.2f} ± {100 * (std or 0.0):.2f}"
-
-
-@dataclass
-class SeedRuns:
-    """One method trained on several seeds: its results row for each seed (in ``seeds`` order)
-    and their mean ± standard deviation (:func:`mean_std`)."""
-
-    label: str
-    seeds: list[int]
-    rows: list[ResultRow]
-
-    def mean_std(self, key: str) -> tuple[float | None, float | None]:
-        """Of a row attribute: ``test_acc``, ``best_val_acc``, ``sec_per_epoch``."""
-        return mean_std([getattr(r, key) for r in self.rows])
-
-    @property
-    def status(self) -> str:
-        """"completed" when every seed's run is; else the count of each status."""
-        counts = Counter(r.status for r in self.rows)
-        if set(counts) == {"completed"}:
-            return "completed"
-        return ", ".join(f"{n} {status}" for status, n in counts.items())
-
-    @property
-    def epochs(self) -> str:
-        counts = sorted({r.epochs for r in self.rows})
-        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
-
-    def summary(self) -> SeedSummary:
-        """The means and standard deviations ``compare.json`` keeps."""
-        test, val = self.mean_std("test_acc"), self.mean_std("best_val_acc")
-        return SeedSummary(rule=self.label, seeds=tuple(self.seeds), n=len(self.rows),
-                           test_acc_mean=test[0], test_acc_std=test[1], best_val_acc_mean=val[0],
-                           best_val_acc_std=val[1], status=self.status)
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.summary().to_dict()
-
-
-#: the columns of the table over seeds (after the method's label)
-SEED_COLUMNS = ("seeds", "best val % (mean ± std)", "test % (mean ± std)", "epochs", "s/epoch", "status")
-
-
-def seed_cells(groups: Sequence[SeedRuns], *, label: str = "rule") -> tuple[list[str], list[list[str]]]:
-    """(headers, cells) of the table over seeds: one row per method."""
-    cells = [[g.label, _seed_text(g.seeds), pct_pm(*g.mean_std("best_val_acc")),
-              pct_pm(*g.mean_std("test_acc")), g.epochs, seconds(g.mean_std("sec_per_epoch")[0]),
-              g.status] for g in groups]
-    return [label, *SEED_COLUMNS], cells
-
-
-def format_seed_results(groups: Sequence[SeedRuns], *, label: str = "rule", style: str = "text") -> str:
-    return format_table(*seed_cells(groups, label=label), style=style)
-
-
-def seed_table(groups: Sequence[SeedRuns], base: ExperimentConfig) -> str:
-    """The table ``run_compare_seeds`` logs: a line naming the setting, then one row per method."""
-    seeds = groups[0].seeds if groups else []
-    return (f"{base.data.name} / {base.model.name}, seeds {_seed_text(seeds)} "
-            f"(mean ± sample std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''})\n"
-            + format_seed_results(groups))
-
-
-def seed_summary_markdown(groups: Sequence[SeedRuns], base: ExperimentConfig) -> str:
-    seeds = groups[0].seeds if groups else []
-    md = [f"# falign compare: {base.data.name} / {base.model.name}", "",
-          f"Seeds {_seed_text(seeds)} (mean ± sample standard deviation over the seeds), "
-          f"{base.train.epochs} epochs, optimiser {base.optim.name} lr {base.optim.lr}, "
-          f"batch {base.train.batch_size}.", "",
-          format_seed_results(groups, style="markdown"), "",
-          "![mean and standard deviation over seeds](seeds.png)", ""]
-    return "\n".join(md)
-
-
-#: the columns of a comparison's table (after the method's label)
-COMPARE_COLUMNS = ("best val %", "test %", "epochs", "s/epoch", "status")
+def _deprecated(name: str, new: str) -> None:
+    if name not in _WARNED:
+        _WARNED.add(name)
+        warnings.warn(f"falign.training.compare.{name} is deprecated; use {new}(record) "
+                      "with the comparison's CompareRecord", DeprecationWarning, stacklevel=3)
 
 
 def _marker_row(row: ResultRow) -> ComparedRun:
@@ -346,16 +278,38 @@ def _marker_row(row: ResultRow) -> ComparedRun:
                        status=row.status)
 
 
+def _one_seed_record(rows: list[ResultRow], base: ExperimentConfig) -> CompareRecord:
+    return CompareRecord(rules=tuple(r.label for r in rows), base=base.to_dict(), status="completed",
+                         rows=tuple(_marker_row(r) for r in rows))
+
+
+def _seeds_record(groups: Sequence[SeedRuns], base: ExperimentConfig) -> CompareRecord:
+    seeds = groups[0].seeds if groups else []
+    runs = tuple(replace(_marker_row(row), seed=seed) for g in groups
+                 for seed, row in zip(g.seeds, g.rows, strict=True))
+    return CompareRecord(rules=tuple(g.label for g in groups), seeds=tuple(seeds), base=base.to_dict(),
+                         status="completed", runs=runs)
+
+
 def compare_table(rows: list[ResultRow], base: ExperimentConfig) -> str:
-    """The table ``run_compare`` logs: a line naming the setting, then one row per method."""
-    return (f"{base.data.name} / {base.model.name}, seed {base.seed}\n"
-            + format_results(rows, COMPARE_COLUMNS, label="rule"))
+    """Deprecated: :func:`falign.training.compare_text.compare_table` of the record."""
+    _deprecated("compare_table", "falign.training.compare_text.compare_table")
+    return compare_text.compare_table(_one_seed_record(rows, base))
 
 
 def summary_markdown(rows: list[ResultRow], base: ExperimentConfig) -> str:
-    md = [f"# falign compare: {base.data.name} / {base.model.name}", "",
-          f"Seed {base.seed}, {base.train.epochs} epochs, optimiser {base.optim.name} "
-          f"lr {base.optim.lr}, batch {base.train.batch_size}.", "",
-          format_results(rows, COMPARE_COLUMNS, label="rule", style="markdown"),
-          "", "![validation accuracy](val_acc.png)", ""]
-    return "\n".join(md)
+    """Deprecated: :func:`falign.training.compare_text.summary_markdown` of the record."""
+    _deprecated("summary_markdown", "falign.training.compare_text.summary_markdown")
+    return compare_text.summary_markdown(_one_seed_record(rows, base))
+
+
+def seed_table(groups: Sequence[SeedRuns], base: ExperimentConfig) -> str:
+    """Deprecated: :func:`falign.training.compare_text.seed_table` of the record."""
+    _deprecated("seed_table", "falign.training.compare_text.seed_table")
+    return compare_text.seed_table(_seeds_record(groups, base))
+
+
+def seed_summary_markdown(groups: Sequence[SeedRuns], base: ExperimentConfig) -> str:
+    """Deprecated: :func:`falign.training.compare_text.seed_summary_markdown` of the record."""
+    _deprecated("seed_summary_markdown", "falign.training.compare_text.seed_summary_markdown")
+    return compare_text.seed_summary_markdown(_seeds_record(groups, base))

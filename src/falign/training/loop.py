@@ -32,7 +32,7 @@ import yaml
 from torch import Tensor, nn
 
 from .. import __version__
-from ..analysis.alignment import StepProbe
+from ..analysis.alignment import Probe, StepProbe
 from ..data import Dataset, Split, batches, load_dataset
 from ..data.registry import dataset_options
 from ..errors import FalignError
@@ -426,7 +426,7 @@ def _partial_counts(partial: dict[str, Any], ddp) -> tuple[int, int, float]:
 def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, log: Callable[[str], None] | None = print,
           stop_after: int | None = None, threads: int | None = None,
-          loggers: Sequence[Logger] = ()) -> RunRecord:
+          loggers: Sequence[Logger] = (), probes: Sequence[Probe] = ()) -> RunRecord:
     """Train as ``cfg`` says, writing the run to ``out``; returns its record (also written to
     ``out/tracking.json`` after every epoch).
 
@@ -434,6 +434,9 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
     :func:`default_threads`); recorded in ``environment.threads``.  The same config, seed and
     thread count give bit-identical numbers on a CPU.  ``loggers``: trackers of one's own
     (:class:`falign.training.loggers.Logger`) besides the config's ``train.loggers``.
+    ``probes``: side measurements of training steps (:class:`falign.analysis.alignment.Probe`,
+    e.g. ``StepProbe(every=5)``), besides the alignment probe ``train.alignment_every`` makes;
+    each is bound to the model and asked ``due(step)`` on every step.
     ``stop_after`` ends the process-equivalent early after that many epochs of this call
     (used by tests to simulate a kill between epochs).
     """
@@ -449,7 +452,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
         with signals_interrupt():
             return _train(cfg, out, ddp, distributed.device_for(ddp, device), resume=resume,
                           overwrite=overwrite, progress=progress, log=log, stop_after=stop_after,
-                          extra_loggers=list(loggers))
+                          extra_loggers=list(loggers), extra_probes=list(probes))
     finally:
         distributed.teardown(ddp)
         torch.set_num_threads(before)
@@ -458,7 +461,7 @@ def train(cfg: ExperimentConfig, out: str | Path, *, resume: bool = False, overw
 def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: torch.device, *,
            resume: bool, overwrite: bool, progress: bool | None,
            log: Callable[[str], None] | None, stop_after: int | None,
-           extra_loggers: list[Logger]) -> RunRecord:
+           extra_loggers: list[Logger], extra_probes: list[Probe]) -> RunRecord:
     finished = prepare_run_dir(out, cfg, resume=resume, overwrite=overwrite)
     if finished is not None:
         if ddp.main and log is not None:
@@ -501,9 +504,12 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
 
     record = RunRecord(config=cfg.to_dict(), model_spec=model.falign_spec, dataset=data.description,
                        selected_on=select_name, status="running", environment=environment(device))
-    # side measurements of training steps: objects with due(step), capture() and finish(...)
-    probes = [StepProbe(model, every=cfg.train.alignment_every, world=ddp.world, reduce=reduce)
-              ] if cfg.train.alignment_every else []
+    # side measurements of training steps: objects with bind(model), due(step), capture() and
+    # finish(...); the config's alignment probe first, then the caller's
+    probes = [*([StepProbe(every=cfg.train.alignment_every)] if cfg.train.alignment_every else []),
+              *extra_probes]
+    for p in probes:
+        p.bind(model, world=ddp.world, reduce=reduce)
     start_epoch = 1
     partial = None  # an epoch a mid-epoch checkpoint left unfinished
     if saved is not None:
@@ -592,8 +598,9 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                     break
                 for p in due:
                     stats = p.finish(fast.input(x), y, ctx.loss_fn)
-                    record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
-                        name: a.to_dict() for name, a in stats.items()}))
+                    if stats is not None:
+                        record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
+                            name: a.to_dict() for name, a in stats.items()}))
                 fast.step(optimizer)
                 step += 1
                 tokens = y.numel()
