@@ -24,7 +24,16 @@ optuna = pytest.importorskip("optuna")
 
 from conftest import DATA, ONE_THREAD, tiny_config  # noqa: E402
 
-from falign.training.sweep import MAX_RETRIES, _params, _take, _work  # noqa: E402
+from falign.training.study_queue import (  # noqa: E402
+    MAX_RETRIES,
+    _enqueue,
+    _grid_id,
+    _params,
+    _take,
+    open_study,
+    sweep_trials,
+    work,
+)
 
 GRID = {"optim.lr": [0.02, 0.1], "rule.options.scale": [0.5, 2.0]}
 STATE = optuna.trial.TrialState
@@ -67,7 +76,9 @@ def storage_of(out: Path, url: str | None):
 
 
 def load_trials(out: Path, url: str | None) -> list:
-    return optuna.load_study(study_name="sw-fa", storage=storage_of(out, url)).get_trials()
+    """The sweep's trials: all but those ``ask()`` made when another worker took the queue's last
+    trial first (failed untrained)."""
+    return sweep_trials(optuna.load_study(study_name="sw-fa", storage=storage_of(out, url)))
 
 
 def point(params: dict, grid: dict) -> tuple:
@@ -157,10 +168,14 @@ def test_a_worker_killed_mid_trial_leaves_a_study_the_next_worker_repairs(data_r
 
 # -- the queue rules in one process, without training ------------------------------------------
 
+def quiet(_: str) -> None:
+    pass
+
+
 def journal_study(tmp_path: Path):
-    """A new study in a journal file, and its storage (what ``_work`` takes trials from)."""
+    """A new study in a journal file, as the queue makes it (TPE: none queued), and its storage."""
     storage = storage_of(tmp_path, None)
-    return optuna.create_study(study_name="q", storage=storage, direction="maximize"), storage
+    return open_study("q", storage, None, None, wait=0, log=quiet), storage
 
 
 def fake_objective(calls: list):
@@ -175,10 +190,10 @@ def fake_objective(calls: list):
 def test_a_grid_point_queued_twice_is_trained_once(tmp_path):
     study, storage = journal_study(tmp_path)
     for x in (1, 2, 1, 3, 2):
-        study.enqueue_trial({"x": x})
+        _enqueue(study, {"x": x})
     calls: list = []
-    _work(study, storage, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
-          heartbeat=0.05, log=lambda _: None)
+    work(study, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
+         heartbeat=0.05, log=quiet)
     assert calls == [(0, 1), (1, 2), (3, 3)]
     trials = study.get_trials()
     assert [t.state for t in trials] == [STATE.COMPLETE] * 2 + [STATE.PRUNED, STATE.COMPLETE,
@@ -188,8 +203,8 @@ def test_a_grid_point_queued_twice_is_trained_once(tmp_path):
 
 def test_a_silent_running_trial_is_failed_and_queued_again_a_beating_one_is_waited_for(tmp_path):
     study, storage = journal_study(tmp_path)
-    study.enqueue_trial({"x": 1})
-    study.enqueue_trial({"x": 2})
+    _enqueue(study, {"x": 1})
+    _enqueue(study, {"x": 2})
     dead = study.ask()  # taken by a worker that died: it never beats
     dead.suggest_categorical("x", [1, 2, 3])
     alive = study.ask()  # taken by a worker that beats for 1.5 s, then finishes
@@ -206,8 +221,8 @@ def test_a_silent_running_trial_is_failed_and_queued_again_a_beating_one_is_wait
     thread.start()
     calls: list = []
     start = time.monotonic()
-    _work(study, storage, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
-          heartbeat=0.2, log=lambda _: None)  # dead after 6 silent beats: 1.2 s
+    work(study, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
+         heartbeat=0.2, log=quiet)  # dead after 6 silent beats: 1.2 s
     assert time.monotonic() - start >= 1.4  # it waited for the beating trial to finish
     thread.join()
     trials = study.get_trials()
@@ -219,39 +234,40 @@ def test_a_silent_running_trial_is_failed_and_queued_again_a_beating_one_is_wait
 
 def test_a_trial_whose_workers_keep_dying_is_not_queued_forever(tmp_path):
     study, storage = journal_study(tmp_path)
-    study.enqueue_trial({"x": 1}, user_attrs={"retry_of": 0, "retries": MAX_RETRIES})
+    _enqueue(study, {"x": 1}, retry_of=0, retries=MAX_RETRIES)
     study.ask()  # taken, never beats
     calls: list = []
-    _work(study, storage, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
-          heartbeat=0.05, log=lambda _: None)
+    work(study, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
+         heartbeat=0.05, log=quiet)
     assert calls == [] and [t.state for t in study.get_trials()] == [STATE.FAIL]
 
 
 def test_a_stopped_worker_hands_its_trial_back(tmp_path):
     study, storage = journal_study(tmp_path)
-    study.enqueue_trial({"x": 3})
+    _enqueue(study, {"x": 3})
 
     def interrupted(trial) -> float:
         trial.suggest_categorical("x", [1, 2, 3])
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _work(study, storage, interrupted, grid=True, may_ask=lambda trials: False, limit=None,
-              heartbeat=0.05, log=lambda _: None)
+        work(study, interrupted, grid=True, may_ask=lambda trials: False, limit=None,
+             heartbeat=0.05, log=quiet)
     trials = study.get_trials()
     assert [t.state for t in trials] == [STATE.FAIL, STATE.WAITING]
-    assert trials[1].system_attrs["fixed_params"] == {"x": 3} and trials[1].user_attrs["retry_of"] == 0
+    assert trials[1].user_attrs["queued"] == {"x": 3} and trials[1].user_attrs["retry_of"] == 0
+    assert _params(trials[1]) == {"x": 3}
 
 
-# -- the two places that lean on Optuna's inside: sweep._take and sweep._params ----------------
+# -- taking a queued trial with Study.ask() --------------------------------------------------
 
 def take_race(make_storage: Callable[[], Any], takers: int = 4, queued: int = 24) -> None:
     """``takers`` threads, each on its own storage as a process would be, take queued trials until
     none is left: every trial is taken exactly once, and runs with the point it was queued with."""
     storage = make_storage()
-    study = optuna.create_study(study_name="take", storage=storage, direction="maximize")
+    study = open_study("take", storage, None, None, wait=0, log=quiet)
     for x in range(queued):
-        study.enqueue_trial({"x": x})
+        _enqueue(study, {"x": x})
     assert [_params(t) for t in study.get_trials()] == [{"x": x} for x in range(queued)]  # queued
     taken: list[list[tuple[int, int]]] = [[] for _ in range(takers)]
     errors: list[BaseException] = []
@@ -260,7 +276,7 @@ def take_race(make_storage: Callable[[], Any], takers: int = 4, queued: int = 24
         try:
             own = make_storage()
             mine = optuna.load_study(study_name="take", storage=own)
-            while (trial := _take(mine, own)) is not None:
+            while (trial := _take(mine, quiet)) is not None:
                 taken[i].append((trial.number, trial.suggest_int("x", 0, queued)))
         except BaseException as err:  # failed in the test's own thread below
             errors.append(err)
@@ -272,10 +288,14 @@ def take_race(make_storage: Callable[[], Any], takers: int = 4, queued: int = 24
         t.join()
     assert not errors, errors
     assert sorted(itertools.chain(*taken)) == [(x, x) for x in range(queued)]
-    trials = study.get_trials()
+    # A taker that saw a queued trial and lost it, and every other one, to the others: ask() made
+    # it a new trial, failed untrained.
+    extra = [t for t in study.get_trials() if "queue_empty" in t.user_attrs]
+    assert all(t.state == STATE.FAIL and t.params == {} for t in extra)
+    trials = sweep_trials(study)
     assert [t.state for t in trials] == [STATE.RUNNING] * queued
-    assert [_params(t) for t in trials] == [{"x": x} for x in range(queued)]  # suggested
-    assert _take(study, storage) is None
+    assert [t.params for t in trials] == [{"x": x} for x in range(queued)]  # suggested
+    assert _take(study, quiet) is None
 
 
 def test_take_gives_each_queued_trial_to_exactly_one_taker(tmp_path):
@@ -294,14 +314,73 @@ def test_take_passes_over_trials_other_processes_took_or_finished_since_it_read_
         tmp_path, monkeypatch):
     study, storage = journal_study(tmp_path)
     for x in (1, 2, 3):
-        study.enqueue_trial({"x": x})
+        _enqueue(study, {"x": x})
     queue = study.get_trials(states=(STATE.WAITING,))  # this process reads the queue, then ...
     other = optuna.load_study(study_name="q", storage=storage_of(tmp_path, None))
     other.tell(other.ask(), 1.0)  # ... another takes trial 0 and finishes it
     other.ask()  # ... and takes trial 1
     monkeypatch.setattr(study, "get_trials", lambda **_: queue)
-    trial = _take(study, storage)
+    trial = _take(study, quiet)
     assert trial.number == 2 and trial.suggest_categorical("x", [1, 2, 3]) == 3
     monkeypatch.undo()
     assert [t.state for t in study.get_trials()] == [STATE.COMPLETE, STATE.RUNNING, STATE.RUNNING]
-    assert _take(study, storage) is None  # all three taken
+    assert _take(study, quiet) is None  # all three taken
+
+
+def test_a_trial_ask_makes_when_others_took_the_last_queued_one_is_failed_untrained(
+        tmp_path, monkeypatch):
+    study, storage = journal_study(tmp_path)
+    for x in (1, 2):
+        _enqueue(study, {"x": x})
+    queue = study.get_trials(states=(STATE.WAITING,))  # this process reads the queue, then ...
+    other = optuna.load_study(study_name="q", storage=storage_of(tmp_path, None))
+    other.ask(), other.ask()  # ... another takes both trials
+    monkeypatch.setattr(study, "get_trials", lambda **_: queue)
+    assert _take(study, quiet) is None  # ask() made trial 2 from the sampler
+    monkeypatch.undo()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [STATE.RUNNING, STATE.RUNNING, STATE.FAIL]
+    assert trials[2].params == {} and trials[2].user_attrs == {"queue_empty": True}
+    assert [t.number for t in sweep_trials(study)] == [0, 1]  # left out of the sweep's record
+
+
+def test_a_grid_trial_without_a_point_left_running_is_failed_not_queued_again(tmp_path):
+    study, _ = journal_study(tmp_path)
+    study.ask()  # made by ask() on a dry queue, its process killed before it failed the trial
+    calls: list = []
+    work(study, fake_objective(calls), grid=True, may_ask=lambda trials: False, limit=None,
+         heartbeat=0.05, log=quiet)
+    assert calls == [] and [t.state for t in study.get_trials()] == [STATE.FAIL]
+
+
+def test_a_study_an_earlier_falign_made_still_resumes(tmp_path):
+    """Queue form 1: points queued with ``enqueue_trial(point)`` alone, the study marked only with
+    ``grid_points``; a trial done, one taken by a worker that died before its suggest call, one
+    waiting.  Resumed with a grid grown by one point, each point is trained once, with its own x."""
+    storage = storage_of(tmp_path, None)
+    old = optuna.create_study(study_name="q", storage=storage, direction="maximize")
+    for x in (1, 2, 3):
+        old.enqueue_trial({"x": x})
+    old.set_user_attr("grid_points", _grid_id([{"x": x} for x in (1, 2, 3)]))
+    done = old.ask()
+    old.tell(done, float(done.suggest_categorical("x", [1, 2, 3, 4])))
+    old.ask()  # trial 1 (x=2): its worker died at once
+
+    lines: list[str] = []
+    study = open_study("q", storage, None, [{"x": x} for x in (1, 2, 3, 4)], wait=0,
+                       log=lines.append)
+    assert lines == ["[q] queued 1 grid points missing from the study"]  # x=4, trial 3
+    calls: list = []
+
+    def objective(trial) -> float:
+        x = trial.suggest_categorical("x", [1, 2, 3, 4])
+        calls.append((trial.number, x))
+        return float(x)
+
+    work(study, objective, grid=True, may_ask=lambda trials: False, limit=None, heartbeat=0.05,
+         log=lines.append)
+    assert calls == [(2, 3), (3, 4), (4, 2)]  # trial 4: trial 1's point, read from the old form
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [STATE.COMPLETE, STATE.FAIL] + [STATE.COMPLETE] * 3
+    assert trials[4].user_attrs["retry_of"] == 1 and trials[4].user_attrs["queued"] == {"x": 2}
+    assert "queue_form" not in study.user_attrs  # its old trials keep the old form

@@ -22,7 +22,6 @@ from typing import Any
 from ..errors import FalignError
 from ..records import FinalRun, SweepFinal, SweepRecord, SweepRule, SweepTrial
 from ..rules import parse_rule
-from . import study_queue
 from .config import (
     ConfigError,
     ExperimentConfig,
@@ -33,12 +32,7 @@ from .config import (
 )
 from .loop import RunDirError, train
 from .results import format_table
-from .study_queue import HEARTBEAT_S, STALE_BEATS, best_params, open_study, work
-
-# the names tests/test_sweep_workers.py reaches the queue through (their home before it had a
-# module of its own)
-MAX_RETRIES = study_queue.MAX_RETRIES
-_params, _take, _work = study_queue._params, study_queue._take, work
+from .study_queue import HEARTBEAT_S, STALE_BEATS, best_params, open_study, sweep_trials, work
 
 
 class SweepError(FalignError, ValueError):
@@ -179,8 +173,8 @@ def run_study(base: ExperimentConfig, spec: SweepConfig, params: dict[str, Any],
         log(f"[{study_name}] trial {trial.number}: best val acc {100 * record.best_val_acc:.2f}%")
         return record.best_val_acc
 
-    work(study, store, objective, grid=points is not None, may_ask=may_ask,
-          limit=n_trials if worker else None, heartbeat=heartbeat, log=log)
+    work(study, objective, grid=points is not None, may_ask=may_ask,
+         limit=n_trials if worker else None, heartbeat=heartbeat, log=log)
     return study
 
 
@@ -249,7 +243,7 @@ def run_sweep(base: ExperimentConfig, spec: SweepConfig, out: str | Path, *,
                           worker=worker, n_trials=n_trials, heartbeat=heartbeat, log=log)
         trials = tuple(SweepTrial(number=t.number, params=t.params, value=t.value, state=t.state.name,
                                   status=t.user_attrs.get("status"))
-                       for t in study.get_trials(deepcopy=False))
+                       for t in sweep_trials(study))
         best = best_params(study)
         fin = None
         if final and not worker and best is not None:
