@@ -324,6 +324,11 @@ class _FeedbackConv(FeedbackLayer):
             padding = tuple(self.padding)
         self.spec = ConvSpec(tuple(self.stride), padding, tuple(self.dilation), self.groups)
 
+    @property
+    def prepadded(self) -> bool:
+        """Whether the layer pads its input before the convolution (padding modes, uneven 'same')."""
+        return self._prepad is not None
+
     def pad(self, x: Tensor) -> Tensor:
         return x if self._prepad is None else F.pad(x, self._prepad, mode=self._pad_mode)
 

@@ -35,10 +35,10 @@ from ...errors import FeedbackError
 from .._formulas import prepadded, through_pad
 from ..base import Pathway, register_pathway
 from .averaged import averaged_step, check_mlp
-from .functions import DirectConvFn, DirectLinearFn, apply_eager
+from .functions import Collect, DirectConvFn, DirectLinearFn, apply_eager
 from .points import FeedbackPoint
 from .signal import IGNORE_INDEX
-from .state import DirectLayerState, StepState, timing
+from .state import DirectLayerState, StepState
 from .wiring import DirectWiring, set_step, set_targets, wiring_of
 
 __all__ = ["IGNORE_INDEX", "Direct", "DirectLayerState", "DirectWiring", "FeedbackPoint",
@@ -133,15 +133,22 @@ class Direct(Pathway):
             # feedback points elsewhere (the layers learn by backprop from them), or a layer
             # above the tap (it learns by backprop from the loss)
             return plain(x)
-        if wiring is not None and not timing(layer)[0]:
-            x = wiring.collect(x)
+        state = layer.pathway_state
+        state.key = None
+        if wiring is not None and not state.recurrent:
+            key = wiring.watch(x)
+            if key is not None and layer.op == "conv" and layer.prepadded:
+                # pre-padded: the Function's input is the padded map, so record before the pad
+                x = Collect.apply(x, wiring.collected, key)
+            else:
+                state.key = key  # the Function records what it sends to x
         return super().forward(layer, x, plain)
 
     def linear(self, layer, x, feedback):
-        return apply_eager(DirectLinearFn, x, layer, feedback)
+        return apply_eager(DirectLinearFn, x, layer, feedback, layer.pathway_state.key)
 
     def conv(self, layer, x, feedback):
-        return apply_eager(DirectConvFn, layer.pad(x), layer, feedback)
+        return apply_eager(DirectConvFn, layer.pad(x), layer, feedback, layer.pathway_state.key)
 
     def reference_input_grad(self, layer, x, g, e, targets=None):
         """``direct_input_grad`` with s the rule's ``direct_signal(e, y*, 1/N)``."""

@@ -82,10 +82,17 @@ class Inject(torch.autograd.Function):
         return (signal if ctx.wiring.cut else g + signal), None, None
 
 
+def _record(collected: dict, key: int | None, gx: Tensor | None) -> None:
+    """Add the signal a layer sends to its input to the wiring's record for that input (what
+    ``Collect`` does, made by the Function whose input is the watched tensor itself)."""
+    if key is not None and gx is not None:
+        collected[key] = gx if key not in collected else collected[key] + gx
+
+
 class DirectLinearFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback, layer, wiring):
-        ctx.layer, ctx.wiring, ctx.position = layer, wiring, timing(layer)[2]
+    def forward(ctx, x, weight, bias, feedback, layer, wiring, key):
+        ctx.layer, ctx.wiring, ctx.position, ctx.key = layer, wiring, timing(layer)[2], key
         ctx.save_for_backward(x, weight, feedback)
         return nn.functional.linear(x, weight, bias)
 
@@ -95,15 +102,17 @@ class DirectLinearFn(torch.autograd.Function):
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
         gx = input_signal(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype,
                           ctx.position) if need_x else None
+        _record(ctx.wiring.collected, ctx.key, gx)
         gw, gb = linear_weight_grads(g, x, weight, need_w, need_b)
         gfb = feedback_grad(ctx, x, feedback) if need_fb else None
-        return gx, gw, gb, gfb, None, None
+        return gx, gw, gb, gfb, None, None, None
 
 
 class DirectConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback, layer, wiring):
+    def forward(ctx, x, weight, bias, feedback, layer, wiring, key):
         ctx.layer, ctx.wiring, ctx.has_bias, ctx.position = layer, wiring, bias is not None, None
+        ctx.key = key
         ctx.save_for_backward(x, weight, feedback)
         return layer.spec.forward(x, weight, bias)
 
@@ -116,8 +125,9 @@ class DirectConvFn(torch.autograd.Function):
         if need_w or need_b:
             _, gw, gb = conv_backward(g, x, weight, ctx.layer.spec, [False, need_w, need_b])
         gx = input_signal(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype) if need_x else None
+        _record(ctx.wiring.collected, ctx.key, gx)
         gfb = feedback_grad(ctx, x, feedback) if need_fb else None
-        return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None, None
+        return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None, None, None
 
 
 def _eager(fn):
@@ -131,6 +141,7 @@ def _eager(fn):
 _APPLY = {DirectLinearFn: _eager(DirectLinearFn), DirectConvFn: _eager(DirectConvFn)}
 
 
-def apply_eager(fn, x, layer, feedback):
-    """Apply a direct Function (eagerly, see ``_eager``) to a layer's input."""
-    return _APPLY[fn](x, layer.weight, layer.bias, feedback, layer, layer.pathway_state.wiring)
+def apply_eager(fn, x, layer, feedback, key=None):
+    """Apply a direct Function (eagerly, see ``_eager``) to a layer's input; ``key``: the
+    wiring's record its signal goes to (``DirectWiring.watch``)."""
+    return _APPLY[fn](x, layer.weight, layer.bias, feedback, layer, layer.pathway_state.wiring, key)

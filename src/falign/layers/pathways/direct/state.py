@@ -32,10 +32,16 @@ class DirectLayerState:
     pending_input_shape: tuple[int, ...] | None = None
     #: the number of entries of one sample's e, once B_i is made (None: read as B_i's last dim)
     error_numel: int | None = None
+    #: a recurrent weight's slot (its input is the previous state, along ``time_dim``); set
+    #: when the model is wired, from the slot (``FeedbackSlot.recurrent``)
+    recurrent: bool = False
+    time_dim: int = 0
+    #: the wiring's record the layer's Function adds its signal to, for the call under way
+    key: int | None = None
 
 
 def timing(layer) -> tuple[bool, int, int | None]:
     """(recurrent, time_dim, position) of a layer: a recurrent weight's slot says which step its
-    input belongs to (``FeedbackSlot``); every other layer sees whole sequences."""
-    return (getattr(layer, "recurrent", False), getattr(layer, "time_dim", 0),
-            getattr(layer, "position", None))
+    input belongs to (``FeedbackSlot.position``); every other layer sees whole sequences."""
+    state = layer.pathway_state
+    return state.recurrent, state.time_dim, layer.position if state.recurrent else None

@@ -58,7 +58,10 @@ class DirectWiring:
         self.collected: dict[int, Tensor] = {}  # key of a layer input -> signals sent to it
         self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
         for layer in layers:
-            layer.pathway_state.wiring = self
+            state = layer.pathway_state
+            state.wiring = self
+            state.recurrent = bool(getattr(layer, "recurrent", False))  # a slot's, set at conversion
+            state.time_dim = getattr(layer, "time_dim", 0)
         self.points = attach_points(model, rule, self) if rule.points else []
         target = model.get_submodule(output) if output else model
         target.register_forward_hook(self)
@@ -114,7 +117,7 @@ class DirectWiring:
         pending = []
         for m in (*self.layers, *self.points):
             shape = m.pathway_state.pending_input_shape
-            if m.feedback is None and shape is not None:
+            if shape is not None and m.feedback is None:
                 pending.append((m, feedback_shape(shape, error_shape, op=m.op, recurrent=timing(m)[0])))
         if not pending:
             return
@@ -138,8 +141,15 @@ class DirectWiring:
         """Under ``above="cut"``: ``x`` (a layer's input) receives only what the layers reading
         it send (their direct signals): anything else -- a skip connection's gradient from the
         blocks above -- is replaced.  Returns the tensor the layer should read."""
+        key = self.watch(x)
+        return x if key is None else Collect.apply(x, self.collected, key)
+
+    def watch(self, x: Tensor) -> int | None:
+        """``collect`` without the identity Function: the key under which what the layers
+        reading ``x`` send must be recorded (a direct Function whose input is ``x`` itself
+        records its own signal there), or None where nothing is replaced."""
         if not self.cut or not x.requires_grad or not torch.is_grad_enabled():
-            return x
+            return None
         seen = self.hooked.get(id(x))
         if seen is not None and seen[0]() is x:  # another layer reading the same tensor
             key = seen[1]
@@ -147,7 +157,7 @@ class DirectWiring:
             key = len(self.hooked) + 1 + max((k for _, k in self.hooked.values()), default=0)
             self.hooked[id(x)] = (weakref.ref(x), key)
             x.register_hook(_replace_gradient(weakref.ref(self), key))
-        return Collect.apply(x, self.collected, key)
+        return key
 
     def source(self, rule, error: Tensor) -> Tensor:
         """What B_i multiplies, (N, *e): the rule's function of e, of the targets and of a
