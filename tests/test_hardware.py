@@ -233,3 +233,43 @@ def test_a_config_takes_rule_hardware_and_refuses_a_bad_key():
     assert cfg.rule.options["hardware"] == {"b_levels": 3}
     with pytest.raises((ConfigError, ValueError), match="b_lvls"):
         parse_config({"rule": {"name": "dfa", "hardware": {"b_lvls": 3}}})
+
+
+# -- a device in the loop ---------------------------------------------------------------------------
+
+def test_a_projection_is_what_the_layers_receive():
+    """A projection that computes falign's own product from the same B gives DFA bit for bit;
+    it is called once per feedback point per backward with e (N, E)."""
+    reference, base = _grads("dfa")
+    bs = {name: m.effective_feedback() for name, m in reference.named_modules() if name in ("l2", "l3")}
+    calls = []
+
+    def device(e, point, out_features):
+        calls.append((point, tuple(e.shape), out_features))
+        return e @ bs[point].T
+
+    model, got = _grads("dfa", hardware={"projection": device})
+    assert sorted(calls) == [("l2", (16, 5), 64), ("l3", (16, 5), 64)]
+    assert got.keys() == base.keys() and all(torch.equal(got[k], base[k]) for k in base)
+    _, halved = _grads("dfa", hardware={"projection": lambda e, p, n: 0.5 * (e @ bs[p].T)})
+    torch.testing.assert_close(halved["l1.weight"], 0.5 * base["l1.weight"])
+
+
+def test_a_projection_by_name_from_a_config_and_a_bad_one(tmp_path, monkeypatch):
+    (tmp_path / "mydevice.py").write_text(
+        "import torch\n\n\ndef opu(e, point, out_features):\n"
+        "    g = torch.Generator().manual_seed(len(point))\n"
+        "    b = torch.randn(out_features, e.shape[1], generator=g, dtype=e.dtype)\n"
+        "    return e @ b.T\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from falign.training import parse_config
+
+    cfg = parse_config({"rule": {"name": "dfa", "hardware": {"projection": "mydevice:opu"}}})
+    model = falign.convert(Net().double(), cfg.rule.name, seed=1, **cfg.rule.options)
+    assert model.l2.rule.options()["hardware"] == {"projection": "mydevice:opu"}
+    F.cross_entropy(model(X), Y).backward()
+    assert model.l1.weight.grad.abs().sum() > 0
+    with pytest.raises(HardwareError, match="cannot import it"):
+        falign.convert(Net(), "dfa", hardware={"projection": "mydevice:nothing"})
+    with pytest.raises(HardwareError, match="direct-feedback rules"):
+        falign.convert(Net(), "fa", hardware={"projection": "mydevice:opu"})

@@ -26,9 +26,12 @@ class HardwareRule:
         self.owner, self.rule, self.hardware = owner, rule, hardware
         self._key: tuple | None = None
         self._value: Tensor | None = None
+        #: the device's e -> signal, in place of falign's product (direct rules), or None
+        self.device_projection = hardware.projection_function()
 
     def __getattr__(self, name: str) -> Any:  # everything else is the rule's
-        if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value"):
+        if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value",
+                                              "device_projection"):
             raise AttributeError(name)
         return getattr(self.rule, name)
 

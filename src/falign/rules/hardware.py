@@ -26,7 +26,13 @@ a neuron that gets feedback; RMS(R) is the root mean square of R's entries.  In 
 
 For direct rules, ``error_levels`` quantises the error e before the projection: 2 gives
 sign(e) with a sample's weight in the loss, the signal of sign-DFA (Frenkel, Lefebvre & Bol
-2021), so ``dfa`` with ``error_levels: 2`` is ``sdfa`` bit for bit.
+2021), so ``dfa`` with ``error_levels: 2`` is ``sdfa`` bit for bit.  ``projection`` puts the
+device in the loop: a function ``projection(e, point, out_features) -> signal`` (e of shape
+(N, E), the signal (N, out_features), ``point`` the feedback point's name) called once per
+feedback point per backward in place of falign's product ``e B_i^T`` -- an optical processor,
+an analog tile, or a model of one (Launay et al. 2020 trained with their optical processor's
+projection this way).  It is named ``"module:function"`` in configs and checkpoints; a bare
+callable works from Python only and cannot be saved.
 
 For rules whose B is learned (kp, wm, dkp) the learned B stays full precision and the backward
 reads the transformed B, as a device holding a digital copy of the learned weights would.
@@ -56,7 +62,7 @@ class HardwareError(FalignError, ValueError):
 #: the keys that transform B (refused on backprop, whose B is W)
 B_KEYS = ("b_rank", "b_density", "b_levels", "b_clip", "b_noise")
 #: the keys only rules that project the output error (the direct pathway) honour
-DIRECT_KEYS = ("error_levels",)
+DIRECT_KEYS = ("error_levels", "projection")
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,8 @@ class Hardware:
     b_clip: float = 2.5
     b_noise: float | None = None
     error_levels: int | None = None
+    #: ``"module:function"`` (or, from Python only, a callable): the device's e -> signal
+    projection: Any = None
 
     def __post_init__(self) -> None:
         def check(ok: bool, key: str, what: str) -> None:
@@ -93,6 +101,9 @@ class Hardware:
         if self.error_levels is not None:
             check(self.error_levels == 2 and is_int(self.error_levels), "error_levels",
                   "must be 2 (sign(e), sign-DFA's signal)")
+        if self.projection is not None:
+            check(callable(self.projection) or (isinstance(self.projection, str) and ":" in self.projection),
+                  "projection", "must be 'module:function' (or, from Python, a callable)")
 
     # -- what is on -------------------------------------------------------------------------
     @property
@@ -105,8 +116,31 @@ class Hardware:
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(default, f.name)]
 
     def to_dict(self) -> dict[str, Any]:
-        """The keys set (what configs and checkpoints hold)."""
-        return {k: getattr(self, k) for k in self.keys()}
+        """The keys set (what configs and checkpoints hold); a projection given as a callable
+        appears by its import path, which a checkpoint cannot load back unless it is one."""
+        out = {k: getattr(self, k) for k in self.keys()}
+        if callable(out.get("projection")):
+            f = out["projection"]
+            out["projection"] = f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
+        return out
+
+    def projection_function(self) -> Any:
+        """The projection as a callable (imported from its ``module:function`` name), or None."""
+        if self.projection is None or callable(self.projection):
+            return self.projection
+        import importlib
+
+        module, _, name = self.projection.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in name.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise HardwareError(f"hardware projection '{self.projection}': cannot import it "
+                                f"({err})") from None
+        if not callable(obj):
+            raise HardwareError(f"hardware projection '{self.projection}' is not a function")
+        return obj
 
     # -- the transforms -----------------------------------------------------------------------
     def transform(self, r: Tensor, seed: int) -> Tensor:

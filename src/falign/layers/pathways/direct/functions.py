@@ -5,11 +5,13 @@ local gradients."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from .._ops import as_dtype, conv_backward, linear_weight_grads, outside_compile
-from .signal import feedback_rows, project
+from .signal import batch_axis, feedback_rows, project
 from .state import timing
 
 
@@ -33,8 +35,38 @@ def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
     source = wiring.source(layer.backward_rule, error)
     if position is not None and source.dim() > 2:  # the error of one time step
         source = source.select(time_dim, position)
-    b = layer.backward_rule.matrix(layer.weight, feedback)
+    rule = layer.backward_rule
+    if rule is not layer.rule and rule.device_projection is not None:
+        return device_signal(rule.device_projection, source, layer, feedback, tuple(x_shape), dtype)
+    b = rule.matrix(layer.weight, feedback)
     return project(source, b, tuple(x_shape), dtype, op=layer.op)
+
+
+def device_signal(projection, source: Tensor, layer, feedback: Tensor, x_shape: tuple[int, ...],
+                  dtype) -> Tensor:
+    """The signal a device computes from ``source`` (N, *e) for a layer input of ``x_shape``:
+    ``projection(e, point, out_features)`` on e as (rows, E) -- one row a position where B_i
+    is token-wise, a sample otherwise -- reshaped to the input."""
+    token_wise = feedback is not None and feedback.dim() == 2 and layer.op == "linear" \
+        and feedback.shape[0] == x_shape[-1]
+    if token_wise and tuple(source.shape[:-1]) == x_shape[:-1]:
+        e, out = source.reshape(-1, source.shape[-1]), x_shape[-1]
+    elif token_wise:  # every position receives the sample's (mean) signal
+        if batch_axis(x_shape, tuple(source.shape)) != 0:
+            raise RuntimeError(f"hardware projection: an error of shape {tuple(source.shape)} cannot "
+                               f"feed an input of shape {x_shape} (the batch must lead both)")
+        e, out = source.reshape(source.shape[0], -1, source.shape[-1]).mean(1), x_shape[-1]
+    else:
+        e, out = source.reshape(source.shape[0], -1), math.prod(x_shape[1:])
+    name = getattr(layer, "layer_name", None) or getattr(layer, "point_name", "")
+    signal = projection(e, name, out)
+    if tuple(signal.shape) != (e.shape[0], out):
+        raise RuntimeError(f"hardware projection returned a signal of shape {tuple(signal.shape)} for "
+                           f"'{name}'; expected {(e.shape[0], out)}")
+    if token_wise and tuple(source.shape[:-1]) != x_shape[:-1]:
+        view = [x_shape[0]] + [1] * (len(x_shape) - 2) + [out]
+        return signal.reshape(view).expand(x_shape).to(dtype)
+    return signal.reshape(x_shape).to(dtype)
 
 
 def feedback_grad(ctx, x: Tensor, feedback: Tensor) -> Tensor:
