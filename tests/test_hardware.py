@@ -273,3 +273,14 @@ def test_a_projection_by_name_from_a_config_and_a_bad_one(tmp_path, monkeypatch)
         falign.convert(Net(), "dfa", hardware={"projection": "mydevice:nothing"})
     with pytest.raises(HardwareError, match="direct-feedback rules"):
         falign.convert(Net(), "fa", hardware={"projection": "mydevice:opu"})
+
+
+def test_the_command_line_refuses_a_bad_device_in_one_line(tmp_path, capsys):
+    from falign.cli.main import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rule: {name: bp, hardware: {b_levels: 3}}\n")
+    code = main(["train", str(cfg), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "backprop has none" in err
+    assert not (tmp_path / "r").exists()
