@@ -8,7 +8,9 @@ interleaved rounds (plain, rule, plain, rule, ...) and a run's ratio is the medi
 of rule-time / plain-time, so slow drifts of a shared machine cancel; the table gives the median
 of ``--runs`` such runs.  Each model has its own plan (rules, rounds, steps a round);
 ``--repeats`` / ``--steps`` / ``--rules`` override it.  The rules come from the registry, so a
-rule of one's own is benchmarked by ``--rules mypkg.rules:MyRule``.
+rule of one's own is benchmarked by ``--rules mypkg.rules:MyRule``, and a rule with a hardware
+model of its feedback path by ``--rules "dfa+b_levels=3+b_density=0.1"`` (held to its rule's
+target: a fixed transform of B costs nothing per step).
 
 Targets: ``bp`` through falign is the noise floor; rules whose B is stored (``fa``) are held to
 1.02, rules that recompute B from W or redraw it each step to 1.03; a rule whose maths adds
@@ -116,8 +118,22 @@ def time_steps(step, n: int, device: str) -> float:
     return (time.perf_counter() - t0) / n
 
 
+def _number(v: str) -> int | float:
+    return int(v) if v.lstrip("-").isdigit() else float(v)
+
+
+def parse_spec(spec: str) -> tuple[str, dict | None]:
+    """``"dfa+b_levels=3+b_density=0.5"``: a rule and the hardware model of its feedback path
+    (``falign.rules.hardware``), to time what a device's B costs."""
+    name, *keys = spec.split("+")
+    hardware = {k: _number(v) for k, v in (kv.split("=", 1) for kv in keys)}
+    return name, hardware or None
+
+
 def convert_rule(model: nn.Module, spec: str, example: torch.Tensor) -> nn.Module:
-    return falign.convert(model, spec, warn=False, example_input=example)
+    name, hardware = parse_spec(spec)
+    options = {"hardware": hardware} if hardware else {}
+    return falign.convert(model, name, warn=False, example_input=example, **options)
 
 
 def measure(model_name: str, rules: list[str], *, batch: int, repeats: int, steps: int,
@@ -165,7 +181,7 @@ def format_table(rows: list[dict]) -> str:
 def summary_rows(rows: list[dict]) -> list[Row]:
     out = []
     for r in rows:
-        target = TARGETS.get(r["rule"])
+        target = TARGETS.get(parse_spec(r["rule"])[0])  # a fixed device B costs nothing a step
         out.append(Row(
             benchmark="step time", unit="ms",
             config=f"{DESCRIPTION.get(r['model'], r['model'])} b{r['batch']}, {r['rule']} "
