@@ -110,7 +110,7 @@ class AlignmentRecord:
     """The alignment probe on one training step (``train.alignment_every``): layer name ->
     measure -> value (``update_angle``, ``signal_angle``, ``feedback_angle``, ``norm_ratio``,
     ``sign_concordance``, ``update_sign_concordance``; None where a measure is undefined, see
-    :mod:`falign.layers.alignment`)."""
+    :mod:`falign.analysis.alignment`)."""
 
     step: int
     epoch: int
