@@ -177,3 +177,16 @@ def test_the_floor_and_cycle_checks_find_what_they_look_for(tmp_path):
     assert floor_violations(pkg) == ["layers/a.py (floor 2) imports training.loop (floor 5)"]
     assert sorted(map(sorted, import_cycles(pkg))) == [["layers/a.py", "training/loop.py"],
                                                        ["layers/b.py", "layers/c.py"]]
+
+
+def test_a_moved_module_still_imports_with_one_warning():
+    import subprocess
+    import sys
+
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "from falign.layers.alignment import StepProbe, measure_alignment\n"
+            "import falign.analysis.alignment as a\n"
+            "assert StepProbe is a.StepProbe and a.__spec__.name == 'falign.analysis.alignment'\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("falign.layers.alignment moved to falign.analysis.alignment") == 1

@@ -8,6 +8,11 @@
     plain = falign.export(model)                  # the plain architecture, trained weights, no feedback
 """
 
+import importlib.abc as _abc
+import importlib.util as _util
+import sys as _sys
+import warnings as _warnings
+
 from .errors import FalignError
 from .layers import (
     ConversionReport,
@@ -21,7 +26,7 @@ from .layers import (
     feedback_layers,
     set_step,
 )
-from .rules import Rule, RuleError, get_rule, register_rule, rules
+from .rules import Hardware, Rule, RuleError, get_rule, register_rule, rules
 
 __version__ = "0.2.0.dev0"
 
@@ -32,6 +37,7 @@ __all__ = [
     "FeedbackConv2d",
     "FeedbackConv3d",
     "FeedbackLinear",
+    "Hardware",
     "Rule",
     "RuleError",
     "convert",
@@ -52,3 +58,31 @@ def __getattr__(name):  # lazy: models import torch layers only when asked for
 
         return create_model
     raise AttributeError(f"module 'falign' has no attribute {name!r}")
+
+
+#: modules that moved, old name -> new name: the old import still works, with one warning
+_MOVED = {"falign.layers.alignment": "falign.analysis.alignment"}
+
+
+class _MovedModules(_abc.MetaPathFinder, _abc.Loader):
+    """``import falign.layers.alignment`` gives ``falign.analysis.alignment`` (where the
+    alignment measures and the step probe live now) and warns once."""
+
+    def find_spec(self, name, path=None, target=None):
+        return _util.spec_from_loader(name, self) if name in _MOVED else None
+
+    def create_module(self, spec):
+        _warnings.warn(f"{spec.name} moved to {_MOVED[spec.name]}; import it from there",
+                       DeprecationWarning, stacklevel=3)
+        import importlib
+
+        module = importlib.import_module(_MOVED[spec.name])
+        self._own_spec = module.__spec__  # the import system writes the old name's over it
+        return module
+
+    def exec_module(self, module):
+        module.__spec__ = self._own_spec
+
+
+if not any(isinstance(f, _MovedModules) for f in _sys.meta_path):
+    _sys.meta_path.append(_MovedModules())
