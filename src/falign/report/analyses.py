@@ -31,7 +31,14 @@ from ..analysis.compared import CKAComparison, ConfusionResults, ExemplarCompari
 from ..plots.compared import draw_cka, draw_confusion, draw_exemplars, stem_part
 from ..registry import Registry
 from ..training.run import CheckpointEvaluation, evaluate_checkpoint, predictions
-from .compute import Group, cka_comparison, confusion_results, exemplar_comparison, open_groups, test_inputs
+from .compute import (
+    Group,
+    cka_comparison,
+    confusion_results,
+    evaluation_inputs,
+    exemplar_comparison,
+    open_groups,
+)
 from .runs import ReportError, Run
 
 if TYPE_CHECKING:
@@ -240,7 +247,7 @@ def _cka(group: Group, option: Any) -> CKAComparison:
         return CKAComparison(reference, title, DEFAULT_MINIBATCH_SIZE, 0, notes=[
             f"CKA compares two runs on the same data; {labels[0]} is alone here (report it with a "
             "bp run, e.g. a comparison)."])
-    x, y = test_inputs(group.data)
+    x, y = evaluation_inputs(group.data)
     comparison = cka_comparison(group.models, x, y, reference=reference, title=title)
     if not exact:
         comparison.notes.insert(0, f"No backprop run on this data: CKA is against {reference}.")
@@ -264,7 +271,7 @@ def _gradcam_check(group: Group, layer: Any) -> None:
 
 
 def _gradcam(group: Group, layer: Any) -> ExemplarComparison:
-    x, y = test_inputs(group.data)
+    x, y = evaluation_inputs(group.data)
     first = group.models[group.runs[0].label]
     channels = _channels(dict(first.named_modules())[layer])
     k = min(3, channels) if channels else 3

@@ -25,8 +25,8 @@ if TYPE_CHECKING:
 
     from ..data import Dataset
 
-__all__ = ["Group", "cka_comparison", "confusion_results", "exemplar_comparison", "open_groups",
-           "test_inputs"]
+__all__ = ["Group", "cka_comparison", "confusion_results", "evaluation_inputs", "exemplar_comparison",
+           "open_groups"]
 
 
 @dataclass
@@ -61,7 +61,7 @@ def open_groups(runs: Sequence[Run], device: str = "cpu") -> tuple[list[Group], 
     return groups, skipped
 
 
-def test_inputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluation_inputs(data: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The test split through the evaluation transform: (x (N, ...) float, un-augmented; y (N,))."""
     return data.eval_transform(data.test.x), data.test.y
 
