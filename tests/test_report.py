@@ -476,24 +476,43 @@ def test_the_report_picks_its_analyses_by_name() -> None:
         asked_analyses(["ckaa"])
 
 
-def test_analyses_of_the_best_models(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("FALIGN_DATA", str(mnist_or_skip()))
-    from falign.training import parse_config
-    from falign.training.compare import run_compare
+@pytest.fixture(scope="module")
+def tiny_compare(tmp_path_factory) -> tuple[Path, list]:
+    """A real comparison (bp, fa) of a tiny MLP on 600 MNIST images, one epoch: its folder and rows."""
+    import os
 
-    base = parse_config({
-        "name": "tiny", "seed": 0, "device": "cpu",
-        "data": {"name": "mnist", "subset": 600, "val_size": 200},
-        "model": {"name": "mlp", "options": {"sizes": [784, 16, 10]}},
-        "optim": {"name": "sgd", "lr": 0.05}, "train": {"epochs": 1, "batch_size": 50},
-    })
-    rows = run_compare(base, ["bp", "fa"], tmp_path / "cmp", log=lambda s: None)
+    root = mnist_or_skip()
+    saved = os.environ.get("FALIGN_DATA")
+    os.environ["FALIGN_DATA"] = str(root)
+    try:
+        from falign.training import parse_config
+        from falign.training.compare import run_compare
+
+        base = parse_config({
+            "name": "tiny", "seed": 0, "device": "cpu",
+            "data": {"name": "mnist", "subset": 600, "val_size": 200},
+            "model": {"name": "mlp", "options": {"sizes": [784, 16, 10]}},
+            "optim": {"name": "sgd", "lr": 0.05}, "train": {"epochs": 1, "batch_size": 50},
+        })
+        folder = tmp_path_factory.mktemp("tiny") / "cmp"
+        rows = run_compare(base, ["bp", "fa"], folder, log=lambda s: None)
+    finally:
+        if saved is None:
+            os.environ.pop("FALIGN_DATA", None)
+        else:
+            os.environ["FALIGN_DATA"] = saved
+    return folder, rows
+
+
+def test_analyses_of_the_best_models(tiny_compare, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FALIGN_DATA", str(mnist_or_skip()))
+    cmp, rows = tiny_compare
     with pytest.raises(ReportError, match=r"--gradcam layer0: no layer 'layer0' in the model of bp .*"
                                           r"did you mean 'layers.0'\?"):
-        write_report([tmp_path / "cmp"], tmp_path / "bad", analyses={"gradcam": "layer0"})
+        write_report([cmp], tmp_path / "bad", analyses={"gradcam": "layer0"})
     assert not (tmp_path / "bad").exists()
 
-    write_report([tmp_path / "cmp"], tmp_path / "out",
+    write_report([cmp], tmp_path / "out",
                  analyses={"confusion": True, "cka": True, "gradcam": "layers.1"})
     page = (tmp_path / "out" / "report.html").read_text()
     for title in ("Confusion matrix: bp", "Confusion matrix: fa", "CKA vs BP: all", "Exemplars"):
@@ -505,3 +524,150 @@ def test_analyses_of_the_best_models(tmp_path: Path, monkeypatch) -> None:
         assert accuracy.split()[1] == f"{row.test_acc:.2f}" and accuracy.split()[2] == "600"
     notes = re.findall(r"<p>(CKA diagonal, all, fa vs bp: [^<]*)</p>", page)
     assert len(notes) == 1 and "layers.0" in notes[0] and "layers.1" in notes[0]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_the_compute_step_returns_results_and_writes_nothing(tiny_compare, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """Step one gives dataclasses and no file; steps two and three by hand make write_report's files."""
+    from falign.analysis import CKAComparison, ConfusionResults, ExemplarComparison
+    from falign.plots import draw_run_figures
+    from falign.report.analyses import compute_analyses, draw_analyses
+    from falign.report.html import write_html
+
+    monkeypatch.setenv("FALIGN_DATA", str(mnist_or_skip()))
+    monkeypatch.chdir(tmp_path)
+    cmp, rows = tiny_compare
+    before = _files(cmp)
+    sources = load_sources([cmp])
+    results = compute_analyses(sources.runs, {"confusion": True, "cka": True, "gradcam": "layers.1"})
+    assert _files(cmp) == before and not list(tmp_path.iterdir())  # nothing written anywhere
+    kinds = [(item.name, type(item.result), item.figures) for item in results.items]
+    assert kinds == [("confusion", ConfusionResults, None), ("cka", CKAComparison, None),
+                     ("gradcam", ExemplarComparison, None)]
+    confusion, cka, exemplars = (item.result for item in results.items)
+    for row in rows:  # the confusion matrix's diagonal is the run's test accuracy
+        matrix = confusion.reports[row.label].confusion
+        assert int(matrix.sum()) == 600
+        assert int(matrix.diagonal().sum()) / 600 == pytest.approx(row.test_acc)
+    assert (cka.reference, cka.title, list(cka.results)) == ("bp", "BP", ["fa vs bp"])
+    assert set(cka.by_subset) == {"all", "both_correct", "ref_correct_other_wrong"}
+    assert exemplars.layer == "layers.1" and list(exemplars.sets) == ["bp", "fa"]
+
+    out = tmp_path / "by-hand"
+    draw_analyses(results, out / "figures")
+    figures = draw_run_figures({run.label: run.record for run in sources.runs}, out / "figures")
+    write_html(sources, out, run_figures=figures, analyses=results)
+    write_report([cmp], tmp_path / "whole", analyses={"confusion": True, "cka": True, "gradcam": "layers.1"})
+    assert _files(out) == _files(tmp_path / "whole")
+
+
+_PNG = b"\x89PNG\r\n\x1a\n not a real image: "  # the writer only inlines the bytes
+
+
+def _drawn(folder: Path, name: str) -> list[Path]:
+    """A figure someone else drew: a PNG and a PDF whose bytes say which they are."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    for path in paths:
+        path.write_bytes(_PNG + name.encode())
+    return paths
+
+
+def _inlined(path: Path) -> str:
+    return f'src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode("ascii")}"'
+
+
+def test_the_html_writer_takes_records_results_and_figure_paths(tmp_path: Path) -> None:
+    """No training, no checkpoint, no drawing: hand-made records, results and figure files in,
+    the page out with every number, text and figure where it belongs."""
+    import torch
+
+    from falign.analysis import CKAComparison, CKAResult, ConfusionResults, ExemplarComparison, ExemplarSet
+    from falign.analysis.classification import classification_report
+    from falign.report.analyses import Analysed, AnalysisResults
+    from falign.report.html import write_html
+
+    runs = tmp_path / "runs"
+    _write(runs / "bp", _tracking("bp", [0.5, 0.6], 0.55))
+    _write(runs / "fa", _tracking("fa", [0.4, 0.45], 0.42))
+    sources = load_sources([runs / "bp", runs / "fa"])
+    drawn = tmp_path / "drawn"  # figures drawn elsewhere; the writer must not add any of its own
+    report = {"bp": classification_report([0, 0, 1, 1], [0, 1, 1, 1], class_names=["cat", "dog"]),
+              "fa": classification_report([0, 0, 1, 1], [1, 1, 1, 1], class_names=["cat", "dog"])}
+    cka = CKAComparison("bp", "BP", 4, 0, results={"fa vs bp": {"all": CKAResult(
+        torch.tensor([[0.91, 0.2], [0.3, 0.77]], dtype=torch.float64), ["fc1", "fc2"], ["fc1", "fc2"], 8,
+        minibatch=True, minibatch_size=4)}}, notes=["No backprop run on this data? (a note of its own)"])
+    sets = {"bp": ExemplarSet("conv2", "Grad-CAM (true gradient)", [0], {0: torch.tensor([1])},
+                              {0: torch.zeros(1, 1, 2, 2)})}
+    results = AnalysisResults(
+        asked={"confusion": True, "cka": True, "gradcam": "conv2"},
+        items=[Analysed("Confusion matrices", "confusion", ConfusionResults(report, ["cat", "dog"]),
+                        figures={"bp": _drawn(drawn, "confusion-bp"), "fa": _drawn(drawn, "confusion-fa")}),
+               Analysed("CKA", "cka", cka, figures={"all": _drawn(drawn, "cka-all")}),
+               Analysed("Grad-CAM exemplars", "gradcam", ExemplarComparison("conv2", sets),
+                        prefix="data2-", figures=_drawn(drawn, "data2-exemplars"))],
+        skipped=["ghost: no best.pt in nowhere"])
+    loss = _drawn(drawn, "loss_curves")
+    out = tmp_path / "out"
+    path = write_html(sources, out, title="By <hand>", run_figures={
+        "loss_curves": loss, "val_accuracy": NothingToPlot("no validation accuracy"),
+        "update_angle": NothingToPlot("no alignment"), "signal_angle": NothingToPlot("no alignment")},
+        analyses=results)
+
+    page = path.read_text()
+    assert path == out / "report.html" and "<title>By &lt;hand&gt;</title>" in page
+    # nothing drawn: the only files written beside the page are the per-class reports
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["classification-bp.txt",
+                                                                   "classification-fa.txt"]
+    assert (out / "figures" / "classification-fa.txt").read_text() == report["fa"].to_text()
+    assert (out / "results.txt").is_file()
+    assert _inlined(loss[0]) in page and "Files: figures/loss_curves.png, figures/loss_curves.pdf." in page
+    assert "Validation accuracy: not drawn, no validation accuracy." in page
+    assert page.count("no alignment records: set train.alignment_every") == 1  # one line for both
+    assert "<h3>Feedback alignment</h3>" not in page and "<h3>Loss curves</h3>" in page
+    for title, png in (("Confusion matrix: bp", drawn / "confusion-bp.png"),
+                       ("Confusion matrix: fa", drawn / "confusion-fa.png"),
+                       ("CKA vs BP: all", drawn / "cka-all.png"),
+                       ("Exemplars", drawn / "data2-exemplars.png")):
+        assert f"<h3>{title}</h3>" in page and _inlined(png) in page
+        assert f"File: figures/{png.name}." in page
+    assert "<pre>" + report["bp"].to_text().replace("&", "&amp;").replace("<", "&lt;") in page
+    notes = re.findall(r"<p>(CKA[^<]*|No backprop[^<]*)</p>", page)
+    assert notes[0] == "No backprop run on this data? (a note of its own)"
+    assert "Subset sizes: fa vs bp: all n=8 (8 used)." in notes[1]
+    assert notes[2] == "CKA diagonal, all, fa vs bp: fc1 0.91, fc2 0.77"
+    assert "For each method, the conv2 channels with the largest mean" in page
+    assert "<h3>Not analysed</h3>\n<p>ghost: no best.pt in nowhere</p>" in page
+    assert "add --confusion" not in page
+
+    # asked for nothing: the page says how to ask, and the same records give the same tables
+    write_html(sources, tmp_path / "plain", run_figures={"loss_curves": loss})
+    plain = (tmp_path / "plain" / "report.html").read_text()
+    assert "add --confusion, --cka or --gradcam LAYER" in plain and _tables(plain) == _tables(page)
+
+
+def test_an_analysis_of_earlier_falign_still_runs(tmp_path: Path, monkeypatch) -> None:
+    """ReportAnalysis(title, make): warned once, then its make runs in the draw step."""
+    from falign.report import analyses
+
+    monkeypatch.setattr(analyses, "_WARNED", set())
+    calls = []
+
+    def make(group, folder, prefix, option):
+        calls.append((group, folder, prefix, option))
+        return analyses.Section(notes=["made"])
+
+    with pytest.warns(DeprecationWarning, match="compute=") as caught:
+        old = analyses.ReportAnalysis("Old", make)
+        analyses.ReportAnalysis("Old again", make)
+    assert len([w for w in caught if w.category is DeprecationWarning]) == 1
+    made = old.compute("group", 7)
+    assert calls == []  # computing writes nothing
+    figures = old.draw(made, tmp_path, "p-")
+    assert calls == [("group", tmp_path, "p-", 7)] and old.section(made, figures).notes == ["made"]
+    with pytest.raises(TypeError, match="compute, draw and section"):
+        analyses.ReportAnalysis("Nothing")

@@ -4,7 +4,8 @@ Each is a function (or an object) with one verb that returns a dataclass: alignm
 backprop (:func:`measure_alignment`, and :class:`StepProbe` on a training step), linear CKA
 (:func:`linear_cka`, :func:`cka_matrix`, :func:`cka_subsets`), Grad-CAM
 (:func:`channel_importance`, :func:`exemplars`) and the classification report
-(:func:`classification_report`).  The submodules hold the helpers.
+(:func:`classification_report`); several models' results side by side are the dataclasses of
+:mod:`falign.analysis.compared`.  The submodules hold the helpers.
 """
 
 import importlib as _importlib
@@ -18,6 +19,7 @@ _HOMES = {
     "ClassificationReport": "classification", "classification_report": "classification",
     "ChannelRanking": "gradcam", "ExemplarSet": "gradcam", "channel_importance": "gradcam",
     "exemplars": "gradcam",
+    "CKAComparison": "compared", "ConfusionResults": "compared", "ExemplarComparison": "compared",
 }
 
 
@@ -32,9 +34,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "CKAComparison",
     "CKAResult",
     "ChannelRanking",
     "ClassificationReport",
+    "ConfusionResults",
+    "ExemplarComparison",
     "ExemplarSet",
     "LayerAlignment",
     "Probe",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ANGLE_MEASURES",
     "NothingToPlot",
+    "RUN_FIGURES",
+    "draw_run_figures",
     "plot_alignment",
     "plot_loss_curves",
     "plot_sign_concordance",
@@ -352,3 +354,38 @@ def plot_sign_concordance(
 
 def _chance(ax: Axes) -> None:
     ax.axhline(0.5, color="#555555", linestyle=":", linewidth=0.9, label="chance (0.5)")
+
+
+#: the figures of a set of runs, by file stem, in the order a report shows them: how each is drawn
+#: from the runs' records (``references``: a method's published test accuracy in %)
+RUN_FIGURES: dict[str, Callable[[Runs, Path, dict[str, float]], list[Path]]] = {
+    "val_accuracy": lambda runs, stem, refs: plot_val_accuracy(runs, stem, references=refs),
+    "loss_curves": lambda runs, stem, refs: plot_loss_curves(runs, stem),
+    "update_angle": lambda runs, stem, refs: plot_alignment(runs, stem, "update_angle"),
+    "signal_angle": lambda runs, stem, refs: plot_alignment(runs, stem, "signal_angle"),
+    "feedback_angle": lambda runs, stem, refs: plot_alignment(runs, stem, "feedback_angle"),
+    "sign_concordance": lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=False),
+    "sign_concordance_per_layer": lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=True),
+}
+
+
+def draw_run_figures(
+    runs: Runs,
+    folder: str | os.PathLike[str],
+    references: Mapping[str, float] | None = None,
+) -> dict[str, list[Path] | NothingToPlot]:
+    """Every figure of :data:`RUN_FIGURES` under ``folder`` (``<name>.png`` and ``.pdf``):
+    {name: [png, pdf]}, or for a figure whose data no run has, the `NothingToPlot` it raised
+    (and its files from an earlier drawing into the same folder removed)."""
+    folder = Path(folder)
+    refs = dict(references or {})
+    out: dict[str, list[Path] | NothingToPlot] = {}
+    for name, draw in RUN_FIGURES.items():
+        stem = folder / name
+        try:
+            out[name] = list(draw(runs, stem, refs))
+        except NothingToPlot as err:
+            for stale in (stem.with_suffix(".png"), stem.with_suffix(".pdf")):
+                stale.unlink(missing_ok=True)
+            out[name] = err
+    return out

@@ -1,5 +1,12 @@
 """``write_report``: one self-contained HTML page (figures inlined), ``results.txt`` and the figures.
 
+The report is made in three steps: the analyses are computed from the opened runs
+(:func:`falign.report.analyses.compute_analyses`: results, no files); the figures are drawn from
+the runs' records and those results (:func:`falign.plots.draw_run_figures`,
+:func:`falign.report.analyses.draw_analyses`: paths); :func:`write_html` takes the records, the
+results and the figure paths and writes the page and ``results.txt``.  It draws nothing and opens
+no checkpoint.
+
     from falign.report import write_report
     write_report(["runs/compare-mnist"], Path("report"), published={"test_acc": {"bp": 98.2}})
     write_report(["runs/sweep-x"], Path("report"), analyses={"confusion": True, "cka": True,
@@ -23,16 +30,10 @@ from typing import Any
 import yaml
 
 from .. import __version__
-from ..plots.training import (
-    NothingToPlot,
-    plot_alignment,
-    plot_loss_curves,
-    plot_sign_concordance,
-    plot_val_accuracy,
-)
+from ..plots.training import RUN_FIGURES, NothingToPlot, draw_run_figures
 from ..records import RunRecord
 from ..training.results import RESULT_COLUMNS, numeric_columns, result_cells
-from .analyses import Section, analyse, asked_analyses
+from .analyses import AnalysisResults, Section, asked_analyses, compute_analyses, draw_analyses
 from .runs import Run, Sources, load_sources, published_columns, seed_groups, summary
 from .text import (
     JPEG_NOTE,
@@ -44,18 +45,24 @@ from .text import (
     shared_or_each,
 )
 
-__all__ = ["FIGURES", "write_report"]
+__all__ = ["FIGURES", "write_html", "write_report"]
 
 Runs = Mapping[str, RunRecord]
 
 
 @dataclass(frozen=True)
 class FigureSpec:
-    name: str  # file stem under figures/
+    """How the page shows one figure of the runs (drawn by `falign.plots.draw_run_figures`)."""
+
+    name: str  # file stem under figures/, a key of falign.plots.RUN_FIGURES
     title: str
     caption: str
-    draw: Callable[[Runs, Path, dict[str, float]], list[Path]]
     needs: str = ""  # drawn from: "val" (a validation split), "alignment" (train.alignment_every)
+
+    @property
+    def draw(self) -> Callable[[Runs, Path, dict[str, float]], list[Path]]:
+        """The function of `falign.plots` that draws it."""
+        return RUN_FIGURES[self.name]
 
 
 #: how to get the data of a figure that could not be drawn, by what it needs
@@ -70,30 +77,24 @@ HOW_TO_GET = {
 FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("val_accuracy", "Validation accuracy",
                "Validation accuracy after each epoch. Dashed lines, where shown: published test accuracy.",
-               lambda runs, stem, refs: plot_val_accuracy(runs, stem, references=refs), "val"),
+               "val"),
     FigureSpec("loss_curves", "Loss curves",
                "Training loss (solid; mean over the epoch's minibatches while the weights moved) and "
-               "validation loss (dashed; measured after the epoch).",
-               lambda runs, stem, refs: plot_loss_curves(runs, stem)),
+               "validation loss (dashed; measured after the epoch)."),
     FigureSpec("update_angle", "Update alignment",
                "Angle between each layer's weight update and the true backprop gradient on the same "
-               "batch; 0 degrees is backprop, 90 degrees is no alignment.",
-               lambda runs, stem, refs: plot_alignment(runs, stem, "update_angle"), "alignment"),
+               "batch; 0 degrees is backprop, 90 degrees is no alignment.", "alignment"),
     FigureSpec("signal_angle", "Signal alignment",
                "Angle between the signal a layer sends to its input and backprop's signal at the same "
-               "point (for DFA: the injected B e against backprop's signal there).",
-               lambda runs, stem, refs: plot_alignment(runs, stem, "signal_angle"), "alignment"),
+               "point (for DFA: the injected B e against backprop's signal there).", "alignment"),
     FigureSpec("feedback_angle", "Feedback alignment",
                "Angle between the effective feedback matrix B and the weights W (undefined, so absent, "
-               "where B does not have W's shape: DFA, dense convolutional FA).",
-               lambda runs, stem, refs: plot_alignment(runs, stem, "feedback_angle"), "alignment"),
+               "where B does not have W's shape: DFA, dense convolutional FA).", "alignment"),
     FigureSpec("sign_concordance", "Sign concordance",
                "Fraction of weights with sign(B) = sign(W) (left) and with sign(update) = sign(backprop "
-               "gradient) (right), averaged over the layers that report it. 0.5 is chance.",
-               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=False), "alignment"),
+               "gradient) (right), averaged over the layers that report it. 0.5 is chance.", "alignment"),
     FigureSpec("sign_concordance_per_layer", "Sign concordance per layer (supplementary)",
-               "As above, one panel per layer: B vs W solid, update vs gradient dashed.",
-               lambda runs, stem, refs: plot_sign_concordance(runs, stem, per_layer=True), "alignment"),
+               "As above, one panel per layer: B vs W solid, update vs gradient dashed.", "alignment"),
 )
 
 _CSS = """
@@ -186,18 +187,15 @@ def _missing(spec: FigureSpec, runs: Sequence[Run], err: NothingToPlot) -> str:
     return str(err)
 
 
-def _figures(runs: Sequence[Run], folder: Path, references: dict[str, float]) -> list[str]:
-    data = {run.label: run.record for run in runs}
+def _figures(runs: Sequence[Run], drawn: Mapping[str, Sequence[Path] | NothingToPlot]) -> list[str]:
     out = []
     said: set[str] = set()  # one line for all the figures that lack the same data
     for spec in FIGURES:
-        stem = folder / spec.name
-        try:
-            png, pdf = spec.draw(data, stem, references)
-        except NothingToPlot as err:
-            for stale in (stem.with_suffix(".png"), stem.with_suffix(".pdf")):
-                stale.unlink(missing_ok=True)  # from an earlier report into the same folder
-            why = _missing(spec, runs, err)
+        paths = drawn.get(spec.name)
+        if paths is None:
+            continue
+        if isinstance(paths, NothingToPlot):
+            why = _missing(spec, runs, paths)
             if why in HOW_TO_GET.values():
                 if why not in said:
                     titles = [f.title for f in FIGURES if f.needs == spec.needs]
@@ -206,6 +204,7 @@ def _figures(runs: Sequence[Run], folder: Path, references: dict[str, float]) ->
                 continue
             out.append(f'<p class="skipped">{e(spec.title)}: not drawn, {e(why)}.</p>')
             continue
+        png, pdf = (Path(p) for p in paths)
         out += _figure_html(spec.title, png, f"{spec.caption} Files: figures/{png.name}, "
                             f"figures/{pdf.name}.")
     return out
@@ -293,6 +292,74 @@ def _default_title(runs: Sequence[Run]) -> str:
     return "falign report" + (f": {' / '.join(parts)}" if parts else "")
 
 
+def write_html(
+    sources: Sources,
+    out: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    published: Mapping[str, Mapping[str, float]] | None = None,
+    notes: Sequence[str] = (),
+    run_figures: Mapping[str, Sequence[Path] | NothingToPlot] | None = None,
+    analyses: AnalysisResults | None = None,
+    extra_figures: Sequence[tuple[str, str | os.PathLike[str], str]] = (),
+) -> Path:
+    """Step three of :func:`write_report`: ``report.html`` and ``results.txt`` into ``out``, from the
+    runs' records (``sources``, from :func:`falign.report.load_sources`), the figures already drawn
+    of them (``run_figures``: {name of :data:`FIGURES`: [png, pdf] or the `NothingToPlot` of a
+    figure without data}, as :func:`falign.plots.draw_run_figures` returns) and the analyses computed
+    and drawn (``analyses``, as :func:`falign.report.analyses.draw_analyses` returns; their text
+    files are written beside the figures, in ``out/figures``).  Draws nothing and opens no
+    checkpoint.  The other arguments are :func:`write_report`'s.  Returns the path of
+    ``report.html``."""
+    runs = sources.runs
+    out = Path(out)
+    analyses = analyses if analyses is not None else AnalysisResults()
+    asked = bool(analyses.asked)
+    sections = analyses.sections()
+    out.mkdir(parents=True, exist_ok=True)
+    for item, (_, section) in zip(analyses.items, sections, strict=False):
+        section.write_files(out / "figures", item.prefix)
+    title = title or _default_title(runs)
+    columns = published_columns(runs, published)
+    groups = seed_groups(runs)
+    notes = [*notes, *sources.notes]
+
+    (out / "results.txt").write_text(results_txt(runs, title, columns, notes, groups), encoding="utf-8")
+
+    datasets = shared_or_each(runs, lambda r: r.record.dataset or "unknown")
+    page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+            f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+            f"<h1>{e(title)}</h1>",
+            f"<p>{len(runs)} run{'s' if len(runs) != 1 else ''}; generated by falign {e(__version__)}.</p>"]
+    page += _reproduce_html(sources)
+    page += _shared_line("Dataset", datasets)
+    if any(is_jpeg(text) for _, text in datasets):
+        page.append(f'<p class="warning"><strong>JPEG copy:</strong> {e(JPEG_NOTE)}</p>')
+    page += _shared_line("Model", shared_or_each(runs, model_text))
+    if notes:
+        page += ["<h2>Notes</h2>", "<ul>", *(_note(note) for note in notes), "</ul>"]
+    page += ["<h2>Results</h2>", *_results_table(runs, columns)]
+    if groups:
+        page += ["<h2>Mean &plusmn; std over seeds</h2>", *_seed_table(groups)]
+    if sources.of_kind("sweep"):
+        page += ["<h2>Sweeps</h2>", *_sweep_html(sources)]
+    page += ["<h2>Setup</h2>", *_setup_table(runs)]
+    page += ["<h2>Figures</h2>", *_figures(runs, run_figures or {})]
+    for fig_title, png, caption in extra_figures:
+        page += _figure_html(fig_title, Path(png), caption)
+    if not extra_figures or asked:
+        page += _analyses_html(sections, asked)
+    page += ["<h2>Configurations</h2>"]
+    for run in runs:
+        text = yaml.safe_dump(run.config, sort_keys=False)
+        page += [f"<details><summary>{e(run.label)} &mdash; {e(run.path)}</summary>",
+                 f"<pre>{e(text)}</pre></details>"]
+    page += ["<h2>Environment</h2>", *_environment_table(runs), "</body>", "</html>"]
+    path = out / "report.html"
+    path.write_text("\n".join(page) + "\n", encoding="utf-8")
+    return path
+
+
 def write_report(
     run_dirs: Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
@@ -318,56 +385,23 @@ def write_report(
     exemplar grids, confusion matrices), embedded after the training figures.  ``analyses`` names
     the analyses of each run's best model, made on ``device``: names of
     :data:`falign.report.analyses.ANALYSES`, or {name: option}, e.g. ``{"confusion": True, "cka":
-    True, "gradcam": "conv2"}`` (:func:`falign.report.analyses.analyse`); the keywords
-    ``confusion``, ``cka`` and ``gradcam`` of earlier falign still work (deprecated).  Returns the
-    path of ``report.html``.  Raises `ReportError` for a path that is none of these, or an
-    analysis that cannot be made, before anything is written.
+    True, "gradcam": "conv2"}``; the keywords ``confusion``, ``cka`` and ``gradcam`` of earlier
+    falign still work (deprecated).  Returns the path of ``report.html``.  Raises `ReportError` for
+    a path that is none of these, or an analysis that cannot be made, before anything is written.
+
+    The three steps, each callable on its own: compute the analyses
+    (:func:`falign.report.analyses.compute_analyses`), draw the figures
+    (:func:`falign.plots.draw_run_figures`, :func:`falign.report.analyses.draw_analyses`), write
+    the page (:func:`write_html`).
     """
     sources = load_sources([Path(p) for p in run_dirs])
-    runs = sources.runs
     out = Path(out)
     chosen = asked_analyses(analyses, confusion=confusion, cka=cka, gradcam=gradcam)
-    asked = bool(chosen)
-    sections = analyse(runs, out / "figures", chosen, device=device)
-    out.mkdir(parents=True, exist_ok=True)
-    title = title or _default_title(runs)
-    columns = published_columns(runs, published)
-    references = published_columns(runs, {"test_acc": (published or {}).get("test_acc") or {}})
-    references_pct = next(iter(references.values()), {})
-    groups = seed_groups(runs)
-    notes = [*notes, *sources.notes]
-
-    (out / "results.txt").write_text(results_txt(runs, title, columns, notes, groups), encoding="utf-8")
-
-    datasets = shared_or_each(runs, lambda r: r.record.dataset or "unknown")
-    page = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
-            f"<title>{e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-            f"<h1>{e(title)}</h1>",
-            f"<p>{len(runs)} run{'s' if len(runs) != 1 else ''}; generated by falign {e(__version__)}.</p>"]
-    page += _reproduce_html(sources)
-    page += _shared_line("Dataset", datasets)
-    if any(is_jpeg(text) for _, text in datasets):
-        page.append(f'<p class="warning"><strong>JPEG copy:</strong> {e(JPEG_NOTE)}</p>')
-    page += _shared_line("Model", shared_or_each(runs, model_text))
-    if notes:
-        page += ["<h2>Notes</h2>", "<ul>", *(_note(note) for note in notes), "</ul>"]
-    page += ["<h2>Results</h2>", *_results_table(runs, columns)]
-    if groups:
-        page += ["<h2>Mean &plusmn; std over seeds</h2>", *_seed_table(groups)]
-    if sources.of_kind("sweep"):
-        page += ["<h2>Sweeps</h2>", *_sweep_html(sources)]
-    page += ["<h2>Setup</h2>", *_setup_table(runs)]
-    page += ["<h2>Figures</h2>", *_figures(runs, out / "figures", references_pct)]
-    for fig_title, png, caption in extra_figures:
-        page += _figure_html(fig_title, Path(png), caption)
-    if not extra_figures or asked:
-        page += _analyses_html(sections, asked)
-    page += ["<h2>Configurations</h2>"]
-    for run in runs:
-        text = yaml.safe_dump(run.config, sort_keys=False)
-        page += [f"<details><summary>{e(run.label)} &mdash; {e(run.path)}</summary>",
-                 f"<pre>{e(text)}</pre></details>"]
-    page += ["<h2>Environment</h2>", *_environment_table(runs), "</body>", "</html>"]
-    path = out / "report.html"
-    path.write_text("\n".join(page) + "\n", encoding="utf-8")
-    return path
+    results = compute_analyses(sources.runs, chosen, device=device)
+    figures = out / "figures"
+    draw_analyses(results, figures)
+    references = published_columns(sources.runs, {"test_acc": (published or {}).get("test_acc") or {}})
+    run_figures = draw_run_figures({run.label: run.record for run in sources.runs}, figures,
+                                   next(iter(references.values()), {}))
+    return write_html(sources, out, title=title, published=published, notes=notes, run_figures=run_figures,
+                      analyses=results, extra_figures=extra_figures)
