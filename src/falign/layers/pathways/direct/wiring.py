@@ -196,7 +196,10 @@ def _record_error(wiring_ref, index: int):
 def _replace_gradient(wiring_ref, key: int):
     def replace(g):
         wiring = wiring_ref()
-        return None if wiring is None else wiring.collected.pop(key, torch.zeros_like(g))
+        if wiring is None:
+            return None
+        signal = wiring.collected.pop(key, None)  # (zeros made only when no layer sent any)
+        return torch.zeros_like(g) if signal is None else signal
 
     return replace
 
