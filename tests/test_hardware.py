@@ -284,3 +284,63 @@ def test_the_command_line_refuses_a_bad_device_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "backprop has none" in err
     assert not (tmp_path / "r").exists()
+
+
+# -- read noise ---------------------------------------------------------------------------------------
+
+def test_read_noise_is_fixed_by_each_samples_global_index():
+    from falign.rules.hardware import read_noise
+
+    signal = _b(10, 50)
+    whole = read_noise(signal, 0.3, key=123)
+    assert torch.equal(read_noise(signal[3:7], 0.3, key=123, offset=3), whole[3:7])  # a share
+    assert not torch.equal(read_noise(signal, 0.3, key=124), whole)
+
+
+def _noisy_layer(sigma, seed=1):
+    layer = falign.FeedbackLinear(2000, 50, rule="fa", seed=seed, dtype=DT,
+                                  hardware={"signal_noise": sigma})
+    opt = torch.optim.SGD(layer.parameters(), lr=0.0)  # steps W (its version) without moving it
+    return layer, opt
+
+
+def _input_grad(layer, g):
+    x = torch.zeros(64, 2000, dtype=DT, requires_grad=True)
+    (layer(x) * g).sum().backward()
+    return x.grad
+
+
+def test_read_noise_has_the_stated_std_per_sample_and_is_fresh_each_step():
+    layer, opt = _noisy_layer(0.2)
+    g = torch.randn(64, 50, generator=torch.Generator().manual_seed(3), dtype=DT)
+    clean = g @ layer.effective_feedback()
+    first = _input_grad(layer, g)
+    rms = clean.pow(2).mean(1, keepdim=True).sqrt()
+    z = (first - clean) / rms
+    assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 0.2) < 0.005
+    again = _input_grad(layer, g)  # a second backward in the same step: its own draw
+    assert not torch.equal(again, first)
+    opt.step()
+    later = _input_grad(layer, g)
+    assert not torch.equal(later, first) and not torch.equal(later, again)
+    twin, twin_opt = _noisy_layer(0.2)  # the same seed: the same draws, step by step
+    assert torch.equal(_input_grad(twin, g), first) and torch.equal(_input_grad(twin, g), again)
+    twin_opt.step()
+    assert torch.equal(_input_grad(twin, g), later)
+
+
+def test_read_noise_on_direct_feedback_and_refused_with_points():
+    model, noisy = _grads("dfa", hardware={"signal_noise": 0.1})
+    _, clean = _grads("dfa")
+    assert not torch.equal(noisy["l1.weight"], clean["l1.weight"])
+    torch.testing.assert_close(noisy["l3.weight"], clean["l3.weight"])  # the output layer: e itself
+    with pytest.raises(falign.FalignError, match="feedback points"):
+        falign.convert(Net(), "dfa", hardware={"signal_noise": 0.1}, points=["l2"])
+
+
+@pytest.mark.slow
+def test_two_processes_draw_the_read_noise_one_process_draws():
+    import falign.testing as contract
+
+    specs = [("fa", {"hardware": {"signal_noise": 0.3}}), ("dfa", {"hardware": {"signal_noise": 0.3}})]
+    assert contract.compare_processes(specs) == [None, None]

@@ -337,6 +337,7 @@ def _ddp_worker(specs: str, out_dir: str) -> None:
 
     import torch.distributed as dist
 
+    from .data.core import share_rows
     from .layers import StepContext, train_step
     from .training.distributed import reduce_sum, setup, shard, teardown
 
@@ -354,7 +355,8 @@ def _ddp_worker(specs: str, out_dir: str) -> None:
                 return F.cross_entropy(o, yy, reduction="sum") * (info.world / n)
 
             opt.zero_grad()
-            ctx = StepContext(loss_fn=loss_fn, world=info.world, reduce=reduce_sum(info), batch=n)
+            ctx = StepContext(loss_fn=loss_fn, world=info.world, reduce=reduce_sum(info), batch=n,
+                              sample_offset=share_rows(n, info.rank, info.world)[0])
             train_step(model, net, x, y, ctx)
             opt.step()
         if info.rank == 0:

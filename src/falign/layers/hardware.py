@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..rules.hardware import Hardware, hardware_from
+from ..rules.hardware import Hardware, hardware_from, noise_key, read_noise
 
 
 class HardwareRule:
@@ -28,10 +28,14 @@ class HardwareRule:
         self._value: Tensor | None = None
         #: the device's e -> signal, in place of falign's product (direct rules), or None
         self.device_projection = hardware.projection_function()
+        #: the global index of this process's first sample (``set_step(sample_offset=...)``)
+        self.sample_offset = 0
+        self._noise_step, self._calls = -1, 0
 
     def __getattr__(self, name: str) -> Any:  # everything else is the rule's
         if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value",
-                                              "device_projection"):
+                                              "device_projection", "sample_offset", "_noise_step",
+                                              "_calls"):
             raise AttributeError(name)
         return getattr(self.rule, name)
 
@@ -47,6 +51,20 @@ class HardwareRule:
             self._key = key
         return self._value
 
+    @property
+    def noisy(self) -> bool:
+        return self.hardware.signal_noise is not None
+
+    def read_noise(self, signal: Tensor) -> Tensor:
+        """The signal a layer input receives with the device's read noise (fresh each backward
+        call of each step; keyed by the layer's seed, the step, the call, each sample's index)."""
+        step = self.owner._step
+        if step != self._noise_step:
+            self._noise_step, self._calls = step, 0
+        key = noise_key(self.owner._seed, step, self._calls)
+        self._calls += 1
+        return read_noise(signal, self.hardware.signal_noise, key, self.sample_offset)
+
     def direct_signal(self, error: Tensor, targets: Tensor | None, weight: float) -> Tensor:
         if self.hardware.error_levels == 2:
             return torch.sign(error) * weight  # sign-DFA's signal (Frenkel et al. 2021)
@@ -55,6 +73,14 @@ class HardwareRule:
 
 def _version(t: Tensor | None) -> tuple:
     return (None,) if t is None else (t.data_ptr(), t._version, tuple(t.shape))
+
+
+def set_sample_offset(model: nn.Module, offset: int) -> None:
+    """The global index of this process's first sample, for read noise keyed by sample."""
+    for m in model.modules():
+        rule = getattr(m, "backward_rule", None)
+        if type(rule) is HardwareRule:
+            rule.sample_offset = int(offset)
 
 
 def backward_rule(owner: Any, rule: Any) -> Any:

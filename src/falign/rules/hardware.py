@@ -24,6 +24,11 @@ a neuron that gets feedback; RMS(R) is the root mean square of R's entries.  In 
 * ``b_noise = s`` -- fixed device-to-device variation R (1 + s xi), xi ~ N(0, 1) drawn once
   from the seed.
 
+``signal_noise = s`` is read noise: each sample's feedback signal (what a layer input
+receives) gets fresh Gaussian noise of std s x that sample's signal RMS, keyed by (the layer's
+seed, the optimizer step, the backward call of the step, the sample's index in the global
+batch), so a run is reproducible and N processes draw what one process draws.
+
 For direct rules, ``error_levels`` quantises the error e before the projection: 2 gives
 sign(e) with a sample's weight in the loss, the signal of sign-DFA (Frenkel, Lefebvre & Bol
 2021), so ``dfa`` with ``error_levels: 2`` is ``sdfa`` bit for bit.  ``projection`` puts the
@@ -74,6 +79,7 @@ class Hardware:
     b_levels: int | None = None
     b_clip: float = 2.5
     b_noise: float | None = None
+    signal_noise: float | None = None
     error_levels: int | None = None
     #: ``"module:function"`` (or, from Python only, a callable): the device's e -> signal
     projection: Any = None
@@ -98,6 +104,9 @@ class Hardware:
         check(is_num(self.b_clip) and self.b_clip > 0, "b_clip", "must be a positive number")
         if self.b_noise is not None:
             check(is_num(self.b_noise) and self.b_noise >= 0, "b_noise", "must be a number >= 0")
+        if self.signal_noise is not None:
+            check(is_num(self.signal_noise) and self.signal_noise >= 0, "signal_noise",
+                  "must be a number >= 0")
         if self.error_levels is not None:
             check(self.error_levels == 2 and is_int(self.error_levels), "error_levels",
                   "must be 2 (sign(e), sign-DFA's signal)")
@@ -156,6 +165,25 @@ class Hardware:
         if self.b_noise is not None:
             out = vary(out, self.b_noise, _seed(seed, "noise"))
         return out
+
+
+def read_noise(signal: Tensor, sigma: float, key: int, offset: int = 0) -> Tensor:
+    """``signal`` (N, ...) plus Gaussian noise of std ``sigma`` x each sample's RMS; sample n's
+    noise is fixed by ``key`` and its global index ``offset + n`` alone (a draw of the rows up
+    to it: rows before ``offset`` belong to other processes), whatever the batch's split."""
+    rows = signal.shape[0]
+    numel = signal[0].numel()
+    gen = torch.Generator().manual_seed(key)
+    u = torch.rand((offset + rows, 2, numel), generator=gen, dtype=torch.float64)[offset:]
+    z = torch.sqrt(-2 * torch.log1p(-u[:, 0])) * torch.cos(2 * math.pi * u[:, 1])  # Box-Muller
+    flat = signal.reshape(rows, -1)
+    rms = flat.double().pow(2).mean(1, keepdim=True).sqrt()
+    return (flat + (sigma * rms * z).to(flat.dtype)).reshape(signal.shape)
+
+
+def noise_key(seed: int, step: int, call: int) -> int:
+    """The read noise's key of a layer's ``call``-th backward of optimizer step ``step``."""
+    return _seed(seed, f"signal:{step}:{call}")
 
 
 def hardware_from(value: Any, where: str = "rule option hardware") -> Hardware | None:

@@ -45,7 +45,7 @@ from torch import Tensor
 
 from ..errors import FalignError
 from ..registry import Registry
-from .hardware import B_KEYS, DIRECT_KEYS, HardwareError, hardware_from
+from .hardware import B_KEYS, DIRECT_KEYS, Hardware, HardwareError, hardware_from
 
 
 class RuleError(FalignError, ValueError):
@@ -167,7 +167,8 @@ class Rule:
     @property
     def stateful(self) -> bool:
         """Whether :meth:`update` can change anything (else layers never call it)."""
-        return type(self).update is not Rule.update
+        noisy = isinstance(self.hardware, Hardware) and self.hardware.signal_noise is not None
+        return type(self).update is not Rule.update or noisy  # read noise is keyed by the step
 
     def options(self) -> dict[str, Any]:
         """The rule's options; ``hardware`` only where it is set (as its keys)."""

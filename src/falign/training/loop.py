@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from .. import __version__
 from ..analysis.alignment import Probe, StepProbe
 from ..data import Dataset, Split, batches, load_dataset
+from ..data.core import share_rows
 from ..data.registry import dataset_options
 from ..errors import FalignError
 from ..layers import StepContext, train_step
@@ -587,7 +588,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 optimizer.zero_grad(set_to_none=True)
                 ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
                                   world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch,
-                                  loss_scale=fast.loss_scale)
+                                  loss_scale=fast.loss_scale,
+                                  sample_offset=share_rows(global_batch, ddp.rank, ddp.world)[0])
                 due = [p for p in probes if p.due(step)]
                 with contextlib.ExitStack() as measuring:
                     for p in due:

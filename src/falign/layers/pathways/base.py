@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ...errors import FalignError
 from ...registry import Registry
+from ..hardware import set_sample_offset
 from ._ops import outside_compile
 
 
@@ -71,6 +72,8 @@ class StepContext:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     #: the factor ``backward`` multiplies the loss by (a GradScaler's current scale)
     loss_scale: Callable[[], float] = lambda: 1.0
+    #: the global batch index of this process's first example (its share's start)
+    sample_offset: int = 0
 
 
 class Pathway:
@@ -169,6 +172,8 @@ class Pathway:
                    ctx: StepContext) -> tuple[Tensor, Tensor]:
         """One step's gradients into ``.grad``: (output, loss).  ``net`` is ``model`` or its
         DDP / compiled wrapper.  The default is forward, loss, backward."""
+        if ctx.world > 1:
+            set_sample_offset(model, ctx.sample_offset)
         with ctx.autocast():
             out = net(x)
             loss = ctx.loss_fn(out, y)

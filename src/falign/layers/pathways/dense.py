@@ -10,6 +10,7 @@ import math
 import torch
 from torch import nn
 
+from ..hardware import HardwareRule
 from ._formulas import prepadded, through_pad
 from ._ops import as_dtype, conv_backward
 from .base import register_pathway
@@ -34,6 +35,8 @@ class DenseConvFn(torch.autograd.Function):
         if need_x:
             b = ctx.rule.matrix(weight, feedback).to(g.dtype)  # (out_numel, in_numel)
             gx = (g.reshape(g.shape[0], -1) @ b).view(x.shape)
+            if type(ctx.rule) is HardwareRule and ctx.rule.noisy:
+                gx = ctx.rule.read_noise(gx)
         return as_dtype(gx, x), as_dtype(gw, weight), as_dtype(gb, weight), None, None, None
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hardware import HardwareRule
 from ._formulas import through_pad
 from ._ops import as_dtype, conv_backward, linear_weight_grads
 from .base import Pathway, register_pathway
@@ -30,6 +31,8 @@ class KernelLinearFn(torch.autograd.Function):
         gx = gfb = None
         if need_x:
             gx = (g @ ctx.rule.matrix(weight, feedback).to(g.dtype)).to(x.dtype)  # (..., in)
+            if type(ctx.rule) is HardwareRule and ctx.rule.noisy:
+                gx = ctx.rule.read_noise(gx)
         gw, gb = linear_weight_grads(g, x, weight, need_w or need_fb, need_b)
         if need_fb:
             gfb = ctx.rule.feedback_grad(gw).to(feedback.dtype)
@@ -53,6 +56,8 @@ class KernelConvFn(torch.autograd.Function):
         kernel = ctx.rule.matrix(weight, feedback) if need_x else weight
         gx, gw, gb = conv_backward(g, x, kernel, ctx.spec, [need_x, need_w or need_fb, need_b])
         gfb = ctx.rule.feedback_grad(gw.to(weight.dtype)).to(feedback.dtype) if need_fb else None
+        if need_x and type(ctx.rule) is HardwareRule and ctx.rule.noisy:
+            gx = ctx.rule.read_noise(gx)
         return (as_dtype(gx, x), as_dtype(gw, weight) if need_w else None, as_dtype(gb, weight),
                 gfb, None, None)
 

@@ -168,7 +168,8 @@ class Direct(Pathway):
         labels = y.shape[1:-1] if y.is_floating_point() else y.shape[1:]
         n = None if ctx.batch is None else ctx.batch * math.prod(labels)
         weight = None if n is None else ctx.world / n if mean else float(ctx.world)
-        set_step(model, targets=y, sample_weight=weight, loss_scale=ctx.loss_scale())
+        set_step(model, targets=y, sample_weight=weight, loss_scale=ctx.loss_scale(),
+                 sample_offset=ctx.sample_offset if ctx.world > 1 else None)
         try:
             if rule.average == "sample":
                 return super().train_step(model, net, x, y, ctx)

@@ -36,10 +36,13 @@ def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
     if position is not None and source.dim() > 2:  # the error of one time step
         source = source.select(time_dim, position)
     rule = layer.backward_rule
-    if rule is not layer.rule and rule.device_projection is not None:
-        return device_signal(rule.device_projection, source, layer, feedback, tuple(x_shape), dtype)
-    b = rule.matrix(layer.weight, feedback)
-    return project(source, b, tuple(x_shape), dtype, op=layer.op)
+    if rule is layer.rule:
+        return project(source, rule.matrix(layer.weight, feedback), tuple(x_shape), dtype, op=layer.op)
+    if rule.device_projection is not None:
+        signal = device_signal(rule.device_projection, source, layer, feedback, tuple(x_shape), dtype)
+    else:
+        signal = project(source, rule.matrix(layer.weight, feedback), tuple(x_shape), dtype, op=layer.op)
+    return rule.read_noise(signal) if rule.noisy else signal
 
 
 def device_signal(projection, source: Tensor, layer, feedback: Tensor, x_shape: tuple[int, ...],

@@ -73,6 +73,9 @@ def attach_points(model: nn.Module, rule, wiring) -> list[FeedbackPoint]:
     if rule.learned:
         raise FeedbackError(f"rule '{rule.name}' trains its feedback; feedback points (option "
                             "points) hold fixed B only")
+    if rule.hardware is not None and rule.hardware.signal_noise is not None:
+        raise FeedbackError("hardware signal_noise is keyed by a layer's optimizer steps: feedback "
+                            "points (option points) do not count them; convert without points")
     points = []
     for name, module in list(model.named_modules()):
         if name and any(fnmatch.fnmatchcase(name, p) for p in rule.points):

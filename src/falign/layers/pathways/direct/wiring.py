@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ....rules import derive_seed, gaussian
 from ...errors import FeedbackError
+from ...hardware import set_sample_offset
 from .functions import Collect
 from .points import attach_points
 from .signal import feedback_shape, labels_counted, one_hot_targets
@@ -214,7 +215,7 @@ def wiring_of(model: nn.Module) -> DirectWiring | None:
 
 
 def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: float | None = None,
-             loss_scale: float = 1.0) -> None:
+             loss_scale: float = 1.0, sample_offset: int | None = None) -> None:
     """Tell a converted model what the training step about to run needs besides its input.
 
     * ``targets`` -- the step's labels: class indices (N,) or (N, T) for a sequence, positions
@@ -229,10 +230,16 @@ def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: 
       in e; sign-DFA and DRTP, whose signal does not, multiply by it, so that their updates
       scale with the loss like every other rule's and a GradScaler's unscaling is exact.
 
+    * ``sample_offset`` -- under several processes, the global batch index of this process's
+      first example: the hardware model's read noise (``signal_noise``) is keyed by each
+      sample's global index, so N processes draw what one does (None: leave it as it is).
+
     Call it before each step's backward in a loop of your own; falign's runner and its
     Lightning and Hugging Face callbacks call it for you.  Models without a direct-feedback
-    rule ignore it.
+    rule or a hardware model ignore it.
     """
+    if sample_offset is not None:
+        set_sample_offset(model, sample_offset)
     wiring = wiring_of(model)
     if wiring is not None:
         wiring.step = StepState(targets, wiring.forwards, sample_weight, float(loss_scale))
