@@ -98,7 +98,7 @@ def _records(run) -> int:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_mid_comparison_records_interrupted_and_the_report_lists_what_finished(data_root, tmp_path,
                                                                                      sig) -> None:
-    epochs = 25
+    epochs = 60  # long enough that a starved test process still signals a comparison under way
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(tiny_config(train={"epochs": epochs})))
     out = tmp_path / "cmp"
@@ -110,6 +110,7 @@ def test_a_signal_mid_comparison_records_interrupted_and_the_report_lists_what_f
         deadline = time.monotonic() + 120
         while _records(out / "bp") < 1 and victim.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
+        assert victim.poll() is None, "the comparison ended before it could be signalled"
         victim.send_signal(sig)  # Ctrl-C, or a scheduler's or `kill`'s SIGTERM
         _, err = victim.communicate(timeout=60)
     finally:
