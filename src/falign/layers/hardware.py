@@ -26,6 +26,8 @@ class HardwareRule:
         self.owner, self.rule, self.hardware = owner, rule, hardware
         self._key: tuple | None = None
         self._value: Tensor | None = None
+        #: whether the rule's B is its stored part as it is (None: not asked yet)
+        self._stored: bool | None = None
         #: the device's e -> signal, in place of falign's product (direct rules), or None
         self.device_projection = hardware.projection_function()
         #: the global index of this process's first sample (``set_step(sample_offset=...)``)
@@ -33,23 +35,30 @@ class HardwareRule:
         self._noise_step, self._calls = -1, 0
 
     def __getattr__(self, name: str) -> Any:  # everything else is the rule's
-        if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value",
+        if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value", "_stored",
                                               "device_projection", "sample_offset", "_noise_step",
                                               "_calls"):
             raise AttributeError(name)
         return getattr(self.rule, name)
 
     def matrix(self, weight: Tensor, feedback: Tensor | None) -> Tensor:
-        b = self.rule.matrix(weight, feedback)
         if not self.hardware.transforms_b:
-            return b
-        # B made from W changes at every step W takes; a stored B only when it is replaced
-        key = (_version(feedback),) if b is feedback else (_version(feedback), _version(weight))
-        if self._key != key or self._value is None:
-            with torch.no_grad():
-                self._value = self.owner.pathway.transform_feedback(self.owner, b.detach(), self.hardware)
-            self._key = key
+            return self.rule.matrix(weight, feedback)
+        if self._value is not None and self._key == self._key_of(weight, feedback):
+            return self._value  # the rule's B is not even made again
+        b = self.rule.matrix(weight, feedback)
+        self._stored = b is feedback
+        with torch.no_grad():
+            self._value = self.owner.pathway.transform_feedback(self.owner, b.detach(), self.hardware)
+        self._key = self._key_of(weight, feedback)
         return self._value
+
+    def _key_of(self, weight: Tensor, feedback: Tensor | None) -> tuple:
+        """What B depends on: a stored B changes only when it is replaced, B made from W at
+        every step W takes."""
+        if self._stored:
+            return (_version(feedback),)
+        return (_version(feedback), _version(weight))
 
     @property
     def noisy(self) -> bool:

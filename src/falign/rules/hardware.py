@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from ..errors import FalignError
+from ..registry import Registry
 
 __all__ = ["B_KEYS", "DIRECT_KEYS", "Hardware", "HardwareError", "hardware_from"]
 
@@ -137,16 +138,7 @@ class Hardware:
         """The projection as a callable (imported from its ``module:function`` name), or None."""
         if self.projection is None or callable(self.projection):
             return self.projection
-        import importlib
-
-        module, _, name = self.projection.partition(":")
-        try:
-            obj: Any = importlib.import_module(module)
-            for part in name.split("."):
-                obj = getattr(obj, part)
-        except (ImportError, AttributeError, ValueError) as err:
-            raise HardwareError(f"hardware projection '{self.projection}': cannot import it "
-                                f"({err})") from None
+        obj = Registry("hardware projection", HardwareError).resolve(self.projection)
         if not callable(obj):
             raise HardwareError(f"hardware projection '{self.projection}' is not a function")
         return obj

@@ -88,7 +88,8 @@ def feedback_grad(ctx, x: Tensor, feedback: Tensor) -> Tensor:
 
 class Collect(torch.autograd.Function):
     """Identity; its backward adds the gradient a layer sends to its input to the wiring's
-    record for that input (``collected``, see ``DirectWiring.collect``)."""
+    record for that input (``collected``, see ``DirectWiring.watch``): for a layer that pads its
+    input first, whose Function sees the padded map."""
 
     @staticmethod
     def forward(ctx, x, collected, key):
@@ -97,8 +98,7 @@ class Collect(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        acc = ctx.collected
-        acc[ctx.key] = g if ctx.key not in acc else acc[ctx.key] + g
+        _record(ctx.collected, ctx.key, g)
         return g, None, None
 
 

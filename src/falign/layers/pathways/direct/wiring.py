@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from ....rules import derive_seed, gaussian
 from ...errors import FeedbackError
 from ...hardware import set_sample_offset
-from .functions import Collect
 from .points import attach_points
 from .signal import feedback_shape, labels_counted, one_hot_targets
 from .state import DirectLayerState, StepState, timing
@@ -138,17 +137,12 @@ class DirectWiring:
             m.pathway_state.pending_input_shape = None
             m.pathway_state.error_numel = math.prod(shape[split:])
 
-    def collect(self, x: Tensor) -> Tensor:
+    def watch(self, x: Tensor) -> int | None:
         """Under ``above="cut"``: ``x`` (a layer's input) receives only what the layers reading
         it send (their direct signals): anything else -- a skip connection's gradient from the
-        blocks above -- is replaced.  Returns the tensor the layer should read."""
-        key = self.watch(x)
-        return x if key is None else Collect.apply(x, self.collected, key)
-
-    def watch(self, x: Tensor) -> int | None:
-        """``collect`` without the identity Function: the key under which what the layers
-        reading ``x`` send must be recorded (a direct Function whose input is ``x`` itself
-        records its own signal there), or None where nothing is replaced."""
+        blocks above -- is replaced.  Returns the key under which what they send is recorded (a
+        direct Function whose input is ``x`` itself records its own signal there; before a
+        pre-pad, ``Collect`` does), or None where nothing is replaced."""
         if not self.cut or not x.requires_grad or not torch.is_grad_enabled():
             return None
         seen = self.hooked.get(id(x))
