@@ -74,6 +74,11 @@ class HardwareRule:
         self._calls += 1
         return read_noise(signal, self.hardware.signal_noise, key, self.sample_offset)
 
+    @property
+    def weighs_signal(self) -> bool:
+        """The device's error levels are scaled by a sample's weight, like sign-DFA's."""
+        return self.hardware.error_levels is not None or self.rule.weighs_signal
+
     def direct_signal(self, error: Tensor, targets: Tensor | None, weight: float) -> Tensor:
         if self.hardware.error_levels == 2:
             return torch.sign(error) * weight  # sign-DFA's signal (Frenkel et al. 2021)

@@ -33,6 +33,10 @@ class DirectRule(Rule):
     #: how a sample is weighted in the signal where the step does not say (``set_step``):
     #: "mean" -> 1 over what a mean loss averages, "sum" -> 1 (a rule may make it an option)
     reduction: ClassVar[str] = "mean"
+    #: whether ``direct_signal`` reads ``weight``; False where e already carries a sample's
+    #: weight and the loss scale (DFA, DKP): the step's labels are then not counted and
+    #: ``weight`` is 1.0
+    weighs_signal: ClassVar[bool] = True
     #: DFA's batch- and class-averaged training loops (options of ``dfa``)
     average: ClassVar[str] = "sample"
     average_step: ClassVar[str] = "mean"

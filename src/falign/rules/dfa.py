@@ -28,6 +28,7 @@ class DFA(DirectRule):
     name: ClassVar[str] = "dfa"
     description: ClassVar[str] = "direct feedback alignment: input gradient B_i e from the output error"
     citation: ClassVar[str] = "Nokland 2016, NeurIPS"
+    weighs_signal: ClassVar[bool] = False  # e carries a sample's weight and the loss scale
     _average_choices: ClassVar[tuple[str, ...]] = ("sample", "batch", "class")
     _average_step_choices: ClassVar[tuple[str, ...]] = ("mean", "sum")
 

@@ -22,6 +22,7 @@ class DKP(DirectRule):
     description: ClassVar[str] = "direct Kolen-Pollack: DFA with B_i trained on h^T e"
     citation: ClassVar[str] = "Webster, Choi & Ahn 2020, arXiv:2012.06756"
     learned: ClassVar[bool] = True
+    weighs_signal: ClassVar[bool] = False  # e carries a sample's weight and the loss scale
     feedback_group: ClassVar[str] = "any"
 
 

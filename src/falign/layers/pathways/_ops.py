@@ -39,11 +39,17 @@ def conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, spec: ConvSpec, m
 
 def linear_weight_grads(grad_out: Tensor, x: Tensor, weight: Tensor, need_w: bool, need_b: bool):
     """(dL/dW, dL/db) of ``y = x W^T + b`` for inputs of any leading shape, in W's dtype."""
-    dt = grad_out.dtype
+    dt, wt = grad_out.dtype, weight.dtype
     g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (M, out)
-    gw = (g2.T @ x.reshape(-1, x.shape[-1]).to(dt)).to(weight.dtype) if need_w else None  # (out, in)
-    gb = g2.sum(0).to(weight.dtype) if need_b else None
-    return gw, gb
+    x2 = x.reshape(-1, x.shape[-1])
+    gw = g2.T @ (x2 if x2.dtype == dt else x2.to(dt)) if need_w else None  # (out, in)
+    gb = g2.sum(0) if need_b else None
+    return _cast(gw, wt), _cast(gb, wt)
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """``t.to(dtype)`` only where the dtype changes (a no-op call costs microseconds a step)."""
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def as_dtype(t: Tensor | None, like: Tensor | None) -> Tensor | None:

@@ -46,11 +46,16 @@ def one_hot_targets(targets: Tensor, error: Tensor) -> Tensor:
     return targets.reshape(error.shape).to(error.dtype)
 
 
+def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the call where it would return ``t`` (a step's hot path)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def labels_counted(targets: Tensor | None, error: Tensor) -> int:
     """What a mean loss averages over: the step's class labels other than IGNORE_INDEX (as
     PyTorch's cross-entropy does), else one per sample, or per position of a sequence's e (N, T, K)."""
     if targets is not None and not targets.is_floating_point():
-        return max(int((targets != IGNORE_INDEX).sum()), 1)
+        return max(int(torch.count_nonzero(targets != IGNORE_INDEX)), 1)
     return math.prod(error.shape[:-1]) if error.dim() == 3 else error.shape[0]
 
 
@@ -64,7 +69,7 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
     x_shape = tuple(x_shape)
     if b.dim() == 2 and b.shape[0] == x_shape[-1] and op == "linear":
         if tuple(source.shape[:-1]) == x_shape[:-1]:
-            return (source.to(b.dtype) @ b.T).to(dtype)  # position by position
+            return _to(_to(source, b.dtype) @ b.T, dtype)  # position by position
         # the input's positions are not the error's: every position receives the projection of
         # the sample's (mean) error
         axis = batch_axis(x_shape, tuple(source.shape))
@@ -74,17 +79,17 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
         if source.dim() > 2:
             others = [d for d in range(source.dim() - 1) if d != axis]
             source = source.mean(dim=others)  # (N, E)
-        g = source.to(b.dtype) @ b.T  # (N, D)
+        g = _to(source, b.dtype) @ b.T  # (N, D)
         view = [1] * len(x_shape)
         view[axis], view[-1] = g.shape[0], g.shape[-1]
-        return g.reshape(view).expand(x_shape).to(dtype)
+        return _to(g.reshape(view).expand(x_shape), dtype)
     if source.shape[0] != x_shape[0]:
         raise RuntimeError(
             f"DFA: output error has batch size {source.shape[0]} but the layer input has "
             f"{x_shape[0]}; DFA needs one output row per input sample"
         )
     b2d = b.reshape(-1, source[0].numel())  # (in_numel, e_numel)
-    return (source.reshape(source.shape[0], -1).to(b2d.dtype) @ b2d.T).view(x_shape).to(dtype)
+    return _to((_to(source.reshape(source.shape[0], -1), b2d.dtype) @ b2d.T).view(x_shape), dtype)
 
 
 def feedback_rows(x: Tensor, error: Tensor, feedback_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:

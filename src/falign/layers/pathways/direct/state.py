@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
+
+from .signal import labels_counted
 
 
 @dataclass
@@ -20,6 +22,17 @@ class StepState:
     sample_weight: float | None = None
     #: the factor the loss was multiplied by before backward (a GradScaler's)
     loss_scale: float = 1.0
+    #: what a mean loss averages over, once counted (``labels``)
+    counted: int | None = field(default=None, repr=False, compare=False)
+
+    def labels(self, error: Tensor) -> int:
+        """What a mean loss averages over this step (``labels_counted``): the given class
+        labels are counted once, however many layers ask."""
+        if self.targets is None or self.targets.is_floating_point():
+            return labels_counted(self.targets, error)
+        if self.counted is None:
+            self.counted = labels_counted(self.targets, error)
+        return self.counted
 
 
 @dataclass

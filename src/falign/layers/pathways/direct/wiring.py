@@ -29,7 +29,7 @@ from ....rules import derive_seed, gaussian
 from ...errors import FeedbackError
 from ...hardware import set_sample_offset
 from .points import attach_points
-from .signal import feedback_shape, labels_counted, one_hot_targets
+from .signal import feedback_shape, one_hot_targets
 from .state import DirectLayerState, StepState, timing
 
 #: autograd nodes of a final activation: e is taken at their input (the logits)
@@ -66,9 +66,11 @@ class DirectWiring:
         target = model.get_submodule(output) if output else model
         target.register_forward_hook(self)
         # layers that run after the tap (a language model's vocabulary projection, when e is
-        # taken at the last hidden state) are part of "the loss": they learn by backprop
+        # taken at the last hidden state) are part of "the loss": they learn by backprop.  With
+        # the model's own output as the tap, no layer runs after it (and no pre-hook is needed)
         self.tapped = False
-        model.register_forward_pre_hook(self._begin)
+        if output:
+            model.register_forward_pre_hook(self._begin)
 
     def __deepcopy__(self, memo):  # a copy of a converted model gets its own, empty wiring
         new = DirectWiring.__new__(DirectWiring)
@@ -83,7 +85,7 @@ class DirectWiring:
         self.tapped = False
 
     def __call__(self, module, args, output):
-        self.tapped = True
+        self.tapped = bool(self.output)
         self.forwards += 1
         self.hooked.clear()
         self.collected.clear()
@@ -161,9 +163,12 @@ class DirectWiring:
         loss scale (rules whose signal keeps e's magnitude ignore both: e carries them)."""
         step = self.step
         weight = step.sample_weight
-        if weight is None:
-            weight = 1.0 / labels_counted(step.targets, error) if rule.reduction == "mean" else 1.0
-        weight = weight * step.loss_scale
+        if not rule.weighs_signal:
+            weight = 1.0
+        elif weight is None:
+            weight = 1.0 / step.labels(error) if rule.reduction == "mean" else 1.0
+        if rule.weighs_signal:
+            weight = weight * step.loss_scale
         targets = None
         if rule.needs_targets:
             targets = step.targets
@@ -202,7 +207,7 @@ def _replace_gradient(wiring_ref, key: int):
 def wiring_of(model: nn.Module) -> DirectWiring | None:
     """The direct-feedback wiring of a converted model (None: no direct rule)."""
     for m in model.modules():
-        state = getattr(m, "pathway_state", None)
+        state = m.__dict__.get("pathway_state")  # (a module's missing attribute is slow to miss)
         if isinstance(state, DirectLayerState) and state.wiring is not None:
             return state.wiring
     return None
