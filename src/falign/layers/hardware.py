@@ -60,7 +60,7 @@ class HardwareRule:
         if self.hardware.optical is not None and feedback is not None:
             pathway = self.owner.pathway
             r = pathway.receiving_view(self.owner, feedback)  # (layer input, E)
-            t_e, a = self._transmission(r.shape[0], r.shape[1], feedback)
+            t_e, a = self._transmission(r.shape[0], r.shape[1])
             p = optical_matrix(t_e, a).to(feedback.device, feedback.dtype)
             return pathway.from_receiving_view(self.owner, p, feedback)
         if not self.hardware.transforms_b:
@@ -95,14 +95,14 @@ class HardwareRule:
         self._calls += 1
         return read_noise(signal, self.hardware.signal_noise, key, self.sample_offset)
 
-    def _transmission(self, out_features: int, inputs: int, feedback: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _transmission(self, out_features: int, inputs: int) -> tuple[Tensor, Tensor]:
         """(T_e, a): the layer's transmission matrix on the error's pixels (out_features x
         inputs) and the reference field a = T_r 1 (out_features,), complex128 on the CPU, drawn
-        from the layer's seed and scaled so that P's entries have the RMS of B_i when first drawn."""
+        from the layer's seed and scaled so that P's entries have the std the rule draws B_i with
+        (its ``scale``, or the Xavier std of (out_features, inputs))."""
         key = (self.owner._seed, out_features, inputs)
         if self._optics is None or self._optics[0] != key:
-            b = self.owner.feedback if feedback is None else feedback
-            std = float(b.detach().double().pow(2).mean().sqrt()) if b is not None and b.numel() else 1.0
+            std = self.rule.resolved_scale(out_features, inputs)
             anchor = self.hardware.optical.anchor or inputs
             t = transmission_matrix(out_features, inputs + anchor, std, self.owner._seed)
             self._optics = (key, t[:, :inputs], t[:, inputs:].sum(1))
@@ -113,7 +113,7 @@ class HardwareRule:
         row ternarised (exactly, when it already is), projected through the camera and scaled
         back by the row's max |e|."""
         t, c = ternarize(e, self.hardware.threshold)
-        t_e, a = self._transmission(out_features, e.shape[1], None)
+        t_e, a = self._transmission(out_features, e.shape[1])
         complex_dtype = torch.complex128 if e.dtype == torch.float64 else torch.complex64
         y = optical_project(t.to(e.device), t_e.to(e.device, complex_dtype), a.to(e.device, complex_dtype),
                             self.hardware.optical.bits)

@@ -55,7 +55,8 @@ pixels, always on, whose field a = T_r 1 interferes with the signal's:
 
 so the device computes the real, linear projection t P^T with P = Re(diag(conj(a)/|a|) T_e), a
 matrix of i.i.d. real Gaussian entries (a row phase of T leaves its distribution unchanged, Gupta
-et al. 2019).  T is scaled so P's entries have B_i's RMS, so a learning rate carries over.  The
+et al. 2019).  T is scaled so P's entries have the std the rule draws B_i with, so a learning
+rate carries over.  The
 signal each input receives is c y, c each row's max|s| taken off before the device (``ternarize``):
 with ``error_levels`` the signal is already ternary and the encoding exact; without it, e itself
 is ternarised with ``error_threshold``.  ``effective_feedback()`` returns P, the linear map the
