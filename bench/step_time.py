@@ -10,7 +10,9 @@ of ``--runs`` such runs.  Each model has its own plan (rules, rounds, steps a ro
 ``--repeats`` / ``--steps`` / ``--rules`` override it.  The rules come from the registry, so a
 rule of one's own is benchmarked by ``--rules mypkg.rules:MyRule``, and a rule with a hardware
 model of its feedback path by ``--rules "dfa+b_levels=3+b_density=0.1"`` (held to its rule's
-target: a fixed transform of B costs nothing per step).
+target: a fixed transform of B costs nothing per step) or ``--rules dfa+optical`` (the simulated
+optical co-processor: four complex projections and a camera per backward, reported without a
+target).
 
 Targets: ``bp`` through falign is the noise floor; rules whose B is stored (``fa``) are held to
 1.02, rules that recompute B from W or redraw it each step to 1.03; a rule whose maths adds
@@ -124,9 +126,11 @@ def _number(v: str) -> int | float:
 
 def parse_spec(spec: str) -> tuple[str, dict | None]:
     """``"dfa+b_levels=3+b_density=0.5"``: a rule and the hardware model of its feedback path
-    (``falign.rules.hardware``), to time what a device's B costs."""
+    (``falign.rules.hardware``), to time what a device's B costs; a bare key is switched on
+    (``"dfa+optical"``: the simulated optical co-processor, 8-bit camera)."""
     name, *keys = spec.split("+")
-    hardware = {k: _number(v) for k, v in (kv.split("=", 1) for kv in keys)}
+    hardware = {k: _number(v) for k, v in (kv.split("=", 1) for kv in keys if "=" in kv)}
+    hardware.update({k: True for k in keys if "=" not in k})
     return name, hardware or None
 
 
@@ -181,7 +185,9 @@ def format_table(rows: list[dict]) -> str:
 def summary_rows(rows: list[dict]) -> list[Row]:
     out = []
     for r in rows:
-        target = TARGETS.get(parse_spec(r["rule"])[0])  # a fixed device B costs nothing a step
+        name, hardware = parse_spec(r["rule"])
+        # a fixed device B costs nothing a step; an optical device computes its own projection
+        target = None if "optical" in (hardware or {}) else TARGETS.get(name)
         out.append(Row(
             benchmark="step time", unit="ms",
             config=f"{DESCRIPTION.get(r['model'], r['model'])} b{r['batch']}, {r['rule']} "

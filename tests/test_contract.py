@@ -30,11 +30,17 @@ def _hardware(name: str) -> dict | None:
 
 #: ... and each with a representative hardware model of its feedback path
 SPECS += [(name, {"hardware": hw}) for name in falign.rules() if (hw := _hardware(name)) is not None]
+#: ... and each direct rule through the simulated optical co-processor, fed ternary errors (exact
+#: intensities, so that its backward meets the formula with the P effective_feedback() returns)
+OPTICAL = {"error_levels": 3, "error_threshold": 0.5, "optical": {"bits": None}}
+SPECS += [(name, {"hardware": OPTICAL}) for name in falign.rules()
+          if isinstance(falign.get_rule(name), DirectRule)]
 
 
 def spec_id(spec) -> str:
     name, opts = spec
-    return name + "".join("[hardware]" if k == "hardware" else f"[{k}={v}]" for k, v in opts.items())
+    return name + "".join(("[optical]" if "optical" in v else "[hardware]") if k == "hardware"
+                          else f"[{k}={v}]" for k, v in opts.items())
 
 
 @pytest.mark.parametrize("case", contract.LAYER_CASES, ids=lambda c: c.id)

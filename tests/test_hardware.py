@@ -17,10 +17,15 @@ import falign
 from falign.rules.hardware import (
     Hardware,
     HardwareError,
+    camera,
     density_mask,
     low_rank,
+    optical_matrix,
+    optical_project,
     quantize,
     sparsify,
+    ternarize,
+    transmission_matrix,
     vary,
 )
 
@@ -209,6 +214,19 @@ def test_same_seed_same_device_and_a_state_dict_carries_it():
     ("fa", {"b_rank": 2.5}, "must be an integer >= 1"),
     ("fa", {"b_noise": -1}, "must be a number >= 0"),
     ("fa", [3], "must be a mapping"),
+    ("dfa", {"error_levels": 4}, "must be 2 .* or 3"),
+    ("dfa", {"error_threshold": 0.2}, "give it with error_levels: 3"),
+    ("dfa", {"error_levels": 2, "error_threshold": 0.2}, "give it with error_levels: 3"),
+    ("dfa", {"error_levels": 3, "error_threshold": 1.0}, r"must be in \(0, 1\)"),
+    ("dfa", {"error_levels": 3, "error_threshold": 0}, r"must be in \(0, 1\)"),
+    ("fa", {"error_levels": 3}, "direct-feedback rules"),
+    ("fa", {"optical": True}, "direct-feedback rules"),
+    ("dfa", {"optical": {"bitz": 8}}, "optical: unknown key 'bitz'; did you mean 'bits'"),
+    ("dfa", {"optical": {"bits": 0}}, "optical bits=0: must be an integer in"),
+    ("dfa", {"optical": {"anchor": 2.5}}, "optical anchor=2.5: must be an integer >= 1"),
+    ("dfa", {"optical": 8}, "must be true or a mapping"),
+    ("dfa", {"optical": True, "b_levels": 3}, "drop b_levels"),
+    ("dfa", {"optical": True, "projection": "x:y"}, "drop projection"),
 ])
 def test_keys_a_rule_cannot_honour_and_bad_values_are_one_line(rule, hardware, message):
     with pytest.raises(HardwareError, match=message) as err:
@@ -344,3 +362,179 @@ def test_two_processes_draw_the_read_noise_one_process_draws():
 
     specs = [("fa", {"hardware": {"signal_noise": 0.3}}), ("dfa", {"hardware": {"signal_noise": 0.3}})]
     assert contract.compare_processes(specs) == [None, None]
+
+
+# -- ternary errors ---------------------------------------------------------------------------------
+
+def test_ternary_errors_keep_the_entries_above_a_fraction_of_each_samples_max():
+    e = torch.tensor([[0.5, -0.04, 0.2, -0.6], [0.001, 0.0, -0.002, 0.0005]], dtype=DT)
+    t, c = ternarize(e, 0.1)  # thresholds 0.06 and 0.0002: each sample its own
+    assert torch.equal(t, torch.tensor([[1.0, 0, 1, -1], [1, 0, -1, 1]], dtype=DT))
+    assert torch.equal(c, torch.tensor([[0.6], [0.002]], dtype=DT))
+    assert torch.equal(ternarize(e, 0.5)[0], torch.tensor([[1.0, 0, 0, -1], [0, 0, -1, 0]], dtype=DT))
+    already = torch.tensor([[0.25, 0, -0.25], [0, 0, 0]], dtype=DT)  # on {-c, 0, c}: as it is
+    t, c = ternarize(already, 0.9)
+    assert torch.equal(t * c, already)
+
+
+def test_dfa_with_ternary_errors_projects_them_with_a_samples_weight():
+    model, grads = _grads("dfa", hardware={"error_levels": 3, "error_threshold": 0.3})
+    e = F.softmax(model(X), 1) - F.one_hot(Y, 5).to(DT)
+    keep = e.abs() > 0.3 * e.abs().amax(1, keepdim=True)
+    t = torch.sign(e) * keep
+    assert (t == 0).any() and (t != 0).sum(1).min() >= 1  # the threshold drops entries, never all
+    h1 = torch.tanh(model.l1(X))
+    delta = (t / 16) @ model.l3.effective_feedback().T * (1 - torch.tanh(model.l2(h1)) ** 2)
+    torch.testing.assert_close(grads["l2.weight"], delta.T @ h1)
+
+
+def test_ternary_errors_with_a_vanishing_threshold_are_sign_dfa_bit_for_bit():
+    _, sdfa = _grads("sdfa")
+    _, dfa3 = _grads("dfa", hardware={"error_levels": 3, "error_threshold": 1e-12})
+    assert sdfa.keys() == dfa3.keys() and all(torch.equal(sdfa[k], dfa3[k]) for k in sdfa)
+
+
+# -- a simulated optical co-processor ------------------------------------------------------------------
+
+#: a hand-set transmission matrix on 3 error pixels for 2 camera pixels, and a reference field
+T_E = torch.tensor([[1 + 1j, 2 - 1j, 0.5j], [-1, 1j, 2]], dtype=torch.complex128)
+A = torch.tensor([1j, 2], dtype=torch.complex128)
+
+
+def test_exact_intensities_give_the_linear_projection_re_conj_a_over_abs_a():
+    t = torch.tensor([[1.0, -1, 0], [0, 0, 1], [0, 0, 0]], dtype=DT)
+    # by hand: T t = (-1 + 2i, -1 - i), (0.5i, 2); conj(a)/|a| = (-i, 1)
+    expected = torch.tensor([[2.0, -1], [0.5, 2], [0, 0]], dtype=DT)
+    torch.testing.assert_close(optical_project(t, T_E, A, bits=None), expected, rtol=1e-12, atol=1e-12)
+    p = optical_matrix(T_E, A)
+    torch.testing.assert_close(p, torch.tensor([[1.0, -1, 0.5], [-1, 0, 2]], dtype=DT))
+    torch.testing.assert_close(t @ p.T, expected)
+    # the four camera frames, written out
+    fp, fn = T_E[:, 0], T_E[:, 1]  # the frames of t+ = (1, 0, 0) and t- = (0, 1, 0)
+    frames = ((fp + A).abs() ** 2 - fp.abs() ** 2 - (fn + A).abs() ** 2 + fn.abs() ** 2) / (2 * A.abs())
+    torch.testing.assert_close(frames, expected[0])
+
+
+def test_the_camera_reads_2_to_the_bits_levels_up_to_the_exposure():
+    frames = torch.rand(4, 10000, generator=torch.Generator().manual_seed(0), dtype=DT) * 3
+    full = frames.amax(1, keepdim=True)
+    q = camera(frames, full, bits=3)
+    for row, top in zip(q, full[:, 0], strict=True):
+        values = torch.unique(row)
+        assert values.numel() == 8
+        torch.testing.assert_close(values, torch.arange(8, dtype=DT) * top / 7)
+    assert (q - frames).abs().max() <= full.max() / 14 + 1e-12  # half a level
+    assert torch.equal(camera(frames, full, bits=None), frames)
+
+
+def test_an_8_bit_camera_gives_the_projection_within_its_rounding():
+    t_full = transmission_matrix(400, 60, std=0.1, seed=3)
+    t_e, a = t_full[:, :30], t_full[:, 30:].sum(1)
+    t = ternarize(torch.randn(32, 30, generator=torch.Generator().manual_seed(1), dtype=DT), 0.3)[0]
+    exact = optical_project(t, t_e, a, bits=None)
+    torch.testing.assert_close(exact, t @ optical_matrix(t_e, a).T)
+    errors = [((optical_project(t, t_e, a, bits=b) - exact).norm() / exact.norm()).item()
+              for b in (4, 8, 12, 16)]
+    # rounding errors, divided by the reference's amplitude: largest where a pixel's reference is dim
+    assert errors == sorted(errors, reverse=True) and 0 < errors[1] < 0.2 and errors[3] < 0.01
+
+
+def test_the_transmission_matrix_is_complex_gaussian_and_its_projection_real_gaussian():
+    t = transmission_matrix(500, 400, std=0.2, seed=9)
+    assert torch.equal(t, transmission_matrix(500, 400, std=0.2, seed=9))
+    assert not torch.equal(t, transmission_matrix(500, 400, std=0.2, seed=10))
+    assert abs(t.real.std().item() - 0.2) < 0.005 and abs(t.imag.std().item() - 0.2) < 0.005
+    p = optical_matrix(t[:, :300], t[:, 300:].sum(1))
+    assert abs(p.mean().item()) < 0.002 and abs(p.std().item() - 0.2) < 0.005
+
+
+@pytest.mark.parametrize("hardware", [{"optical": {"bits": None}, "error_levels": 3},
+                                      {"optical": {"bits": None, "anchor": 3}},
+                                      {"optical": {"bits": None}, "error_levels": 2}])
+def test_without_rounding_the_backward_is_the_projection_effective_feedback_reports(hardware):
+    model, grads = _grads("dfa", hardware=hardware)
+    p3 = model.l3.effective_feedback()
+    assert p3.shape == model.l3.feedback.shape and not torch.equal(p3, model.l3.feedback)
+    rms = [b.pow(2).mean().sqrt() for b in (p3, model.l3.feedback)]  # T is scaled to B's RMS
+    torch.testing.assert_close(rms[0], rms[1], rtol=0.2, atol=0)
+    e = F.softmax(model(X), 1) - F.one_hot(Y, 5).to(DT)
+    if hardware.get("error_levels") == 2:
+        s = torch.sign(e) / 16
+    elif hardware.get("error_levels") == 3:
+        s = torch.sign(e) * (e.abs() > 0.1 * e.abs().amax(1, keepdim=True)) / 16
+    else:  # e itself, ternarised on the device and scaled back by each sample's max |e|
+        t, c = ternarize(e / 16, 0.1)
+        s = t * c
+    h1 = torch.tanh(model.l1(X))
+    delta = s @ p3.T * (1 - torch.tanh(model.l2(h1)) ** 2)
+    torch.testing.assert_close(grads["l2.weight"], delta.T @ h1)
+
+
+def test_an_optical_device_is_fixed_by_the_seed_and_a_state_dict_carries_it():
+    a, ga = _grads("dfa", hardware={"optical": True})
+    b, gb = _grads("dfa", hardware={"optical": True})
+    assert all(torch.equal(ga[k], gb[k]) for k in ga)
+    other = falign.convert(Net().double(), "dfa", seed=9, example_input=X, hardware={"optical": True})
+    assert not torch.equal(other.l3.effective_feedback(), a.l3.effective_feedback())
+    other.load_state_dict(a.state_dict())
+    assert torch.equal(other.l3.effective_feedback(), a.l3.effective_feedback())
+    falign.set_step(other, targets=Y)
+    F.cross_entropy(other(X), Y).backward()
+    assert all(torch.equal(p.grad, ga[n]) for n, p in other.named_parameters())
+    _, rounded = _grads("dfa", hardware={"optical": {"bits": None}})
+    assert not torch.equal(rounded["l1.weight"], ga["l1.weight"])  # the camera rounds
+    cosine = F.cosine_similarity(rounded["l1.weight"].flatten(), ga["l1.weight"].flatten(), dim=0)
+    assert cosine > 0.9
+
+
+def test_dfa_learns_through_the_optical_device():
+    torch.manual_seed(0)
+    x = torch.randn(64, 20, dtype=DT)
+    y = (x[:, :5].argmax(1))
+    model = falign.convert(Net().double(), "dfa", seed=2, example_input=x, hardware={"optical": True})
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        falign.set_step(model, targets=y)
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_checkpoint_keeps_ternary_errors_and_the_optical_device(tmp_path):
+    from falign.training import load_model
+    from falign.training.checkpoint import save_checkpoint
+
+    hardware = {"error_levels": 3, "error_threshold": 0.2, "optical": {"bits": 6, "anchor": 4}}
+    torch.manual_seed(0)
+    model = falign.create_model("mlp", rule="dfa", num_classes=5, in_shape=(20,), sizes=[20, 16, 5],
+                                rule_options={"seed": 3, "hardware": hardware})
+    save_checkpoint(tmp_path / "m.pt", {"model_spec": model.falign_spec, "model": model.state_dict()})
+    loaded = load_model(tmp_path / "m.pt")
+    layers = [m for m in loaded.modules() if hasattr(m, "backward_rule")]
+    assert layers and all(m.rule.options()["hardware"] == hardware for m in layers)
+    x = X.float()
+    grads = []
+    for m in (model, loaded):
+        falign.set_step(m, targets=Y)
+        F.cross_entropy(m(x), Y).backward()
+        grads.append([p.grad for p in m.parameters()])
+    assert all(torch.equal(g, h) for g, h in zip(*grads, strict=True))
+
+
+def test_a_config_takes_optical_and_the_command_line_refuses_a_bad_one(tmp_path, capsys):
+    from falign.cli.main import main
+    from falign.training import parse_config
+
+    cfg = parse_config({"rule": {"name": "dfa", "hardware": {"optical": {"bits": 6}}}})
+    assert cfg.rule.options["hardware"] == {"optical": {"bits": 6}}
+    assert falign.get_rule("dfa", **cfg.rule.options).options()["hardware"] == {"optical": {"bits": 6}}
+    assert falign.get_rule("dfa", hardware={"optical": True}).options()["hardware"] == {"optical": True}
+    path = tmp_path / "c.yaml"
+    path.write_text("rule: {name: dfa, hardware: {optical: {bitz: 8}}}\n")
+    code = main(["train", str(path), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "unknown key 'bitz'" in err

@@ -3,7 +3,9 @@
 A converted layer hands its pathway's Functions ``layer.backward_rule``: the rule itself when
 the rule has no hardware (the ideal feedback path, the code path of every rule without it), or
 a :class:`HardwareRule` that answers ``matrix(W, B)`` with B as the device holds it and
-``direct_signal`` with the device's error.  The transformed B is made once per B the rule
+``direct_signal`` with the device's error; with ``optical`` the device's projection is the
+simulated optical co-processor (its transmission matrix drawn once per layer from the seed) and
+``matrix`` the linear map it realises.  The transformed B is made once per B the rule
 gives: once when B is fixed (drawn once), once per optimizer step when B follows W or is
 trained, and never in a backward that finds it made; ``effective_feedback()`` reads the same B.
 Each pathway says which way its B's rows and columns run (``Pathway.receiving_view``).
@@ -16,7 +18,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..rules.hardware import Hardware, hardware_from, noise_key, read_noise
+from ..rules.hardware import (
+    Hardware,
+    hardware_from,
+    noise_key,
+    optical_matrix,
+    optical_project,
+    read_noise,
+    ternarize,
+    transmission_matrix,
+)
 
 
 class HardwareRule:
@@ -30,6 +41,10 @@ class HardwareRule:
         self._stored: bool | None = None
         #: the device's e -> signal, in place of falign's product (direct rules), or None
         self.device_projection = hardware.projection_function()
+        #: the optical device's (key, T_e, a) as last drawn (``optical``)
+        self._optics: tuple | None = None
+        if hardware.optical is not None:
+            self.device_projection = self.optical_projection
         #: the global index of this process's first sample (``set_step(sample_offset=...)``)
         self.sample_offset = 0
         self._noise_step, self._calls = -1, 0
@@ -37,11 +52,17 @@ class HardwareRule:
     def __getattr__(self, name: str) -> Any:  # everything else is the rule's
         if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value", "_stored",
                                               "device_projection", "sample_offset", "_noise_step",
-                                              "_calls"):
+                                              "_calls", "_optics"):
             raise AttributeError(name)
         return getattr(self.rule, name)
 
     def matrix(self, weight: Tensor, feedback: Tensor | None) -> Tensor:
+        if self.hardware.optical is not None and feedback is not None:
+            pathway = self.owner.pathway
+            r = pathway.receiving_view(self.owner, feedback)  # (layer input, E)
+            t_e, a = self._transmission(r.shape[0], r.shape[1])
+            p = optical_matrix(t_e, a).to(feedback.device, feedback.dtype)
+            return pathway.from_receiving_view(self.owner, p, feedback)
         if not self.hardware.transforms_b:
             return self.rule.matrix(weight, feedback)
         if self._value is not None and self._key == self._key_of(weight, feedback):
@@ -79,9 +100,35 @@ class HardwareRule:
         """The device's error levels are scaled by a sample's weight, like sign-DFA's."""
         return self.hardware.error_levels is not None or self.rule.weighs_signal
 
+    def _transmission(self, out_features: int, inputs: int) -> tuple[Tensor, Tensor]:
+        """(T_e, a): the layer's transmission matrix on the error's pixels (out_features x
+        inputs) and the reference field a = T_r 1 (out_features,), complex128 on the CPU, drawn
+        from the layer's seed and scaled so that P's entries have the std the rule draws B_i with
+        (its ``scale``, or the Xavier std of (out_features, inputs))."""
+        key = (self.owner._seed, out_features, inputs)
+        if self._optics is None or self._optics[0] != key:
+            std = self.rule.resolved_scale(out_features, inputs)
+            anchor = self.hardware.optical.anchor or inputs
+            t = transmission_matrix(out_features, inputs + anchor, std, self.owner._seed)
+            self._optics = (key, t[:, :inputs], t[:, inputs:].sum(1))
+        return self._optics[1], self._optics[2]
+
+    def optical_projection(self, e: Tensor, point: str, out_features: int) -> Tensor:
+        """The simulated optical co-processor's signal (rows, out_features) for e (rows, E): each
+        row ternarised (exactly, when it already is), projected through the camera and scaled
+        back by the row's max |e|."""
+        t, c = ternarize(e, self.hardware.threshold)
+        t_e, a = self._transmission(out_features, e.shape[1])
+        complex_dtype = torch.complex128 if e.dtype == torch.float64 else torch.complex64
+        y = optical_project(t.to(e.device), t_e.to(e.device, complex_dtype), a.to(e.device, complex_dtype),
+                            self.hardware.optical.bits)
+        return (c * y.to(e.dtype)).to(e.dtype)
+
     def direct_signal(self, error: Tensor, targets: Tensor | None, weight: float) -> Tensor:
         if self.hardware.error_levels == 2:
             return torch.sign(error) * weight  # sign-DFA's signal (Frenkel et al. 2021)
+        if self.hardware.error_levels == 3:  # the ternary error (Launay et al. 2020)
+            return ternarize(error, self.hardware.threshold)[0] * weight
         return self.rule.direct_signal(error, targets, weight)
 
 

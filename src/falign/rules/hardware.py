@@ -31,13 +31,36 @@ batch), so a run is reproducible and N processes draw what one process draws.
 
 For direct rules, ``error_levels`` quantises the error e before the projection: 2 gives
 sign(e) with a sample's weight in the loss, the signal of sign-DFA (Frenkel, Lefebvre & Bol
-2021), so ``dfa`` with ``error_levels: 2`` is ``sdfa`` bit for bit.  ``projection`` puts the
+2021), so ``dfa`` with ``error_levels: 2`` is ``sdfa`` bit for bit; 3 gives the ternary error
+t = sign(e) [|e| > tau max|e|] (``error_threshold = tau``, default 0.1, the max over each
+sample's entries) with the same weight, the ternarised error LightOn's optical DFA projects
+(Launay et al. 2020); tau -> 0 is ``error_levels: 2``.  ``projection`` puts the
 device in the loop: a function ``projection(e, point, out_features) -> signal`` (e of shape
 (N, E), the signal (N, out_features), ``point`` the feedback point's name) called once per
 feedback point per backward in place of falign's product ``e B_i^T`` -- an optical processor,
 an analog tile, or a model of one (Launay et al. 2020 trained with their optical processor's
 projection this way).  It is named ``"module:function"`` in configs and checkpoints; a bare
 callable works from Python only and cannot be saved.
+
+``optical`` (direct rules) simulates the optical random projection of Launay et al. 2020
+("Light-in-the-loop", arXiv 2006.01475), LightOn's OPU in place of falign's product: a
+transmission matrix T (out_features x (E + anchor)) of i.i.d. complex Gaussian entries drawn from
+the layer's seed; binary input (a digital micromirror device): the ternary signal t is shown as
+two binary frames t+ = [t > 0] and t- = [t < 0]; intensity detection |T x|^2 on a camera of
+``bits`` bits (default 8; None: exact intensities); a fixed block of ``anchor`` reference
+pixels, always on, whose field a = T_r 1 interferes with the signal's:
+
+    y = (|T_e t+ + a|^2 - |T_e t+|^2 - |T_e t- + a|^2 + |T_e t-|^2) / (2 |a|)
+      = Re(conj(a) / |a| (T_e t))                                 (exact intensities)
+
+so the device computes the real, linear projection t P^T with P = Re(diag(conj(a)/|a|) T_e), a
+matrix of i.i.d. real Gaussian entries (a row phase of T leaves its distribution unchanged, Gupta
+et al. 2019).  T is scaled so P's entries have the std the rule draws B_i with, so a learning
+rate carries over.  The
+signal each input receives is c y, c each row's max|s| taken off before the device (``ternarize``):
+with ``error_levels`` the signal is already ternary and the encoding exact; without it, e itself
+is ternarised with ``error_threshold``.  ``effective_feedback()`` returns P, the linear map the
+device realises before the camera's rounding.
 
 For rules whose B is learned (kp, wm, dkp) the learned B stays full precision and the backward
 reads the transformed B, as a device holding a digital copy of the learned weights would.
@@ -58,17 +81,64 @@ from torch import Tensor
 from ..errors import FalignError
 from ..registry import Registry
 
-__all__ = ["B_KEYS", "DIRECT_KEYS", "Hardware", "HardwareError", "hardware_from"]
+__all__ = ["B_KEYS", "DIRECT_KEYS", "ERROR_THRESHOLD", "Hardware", "HardwareError", "Optical",
+           "hardware_from"]
 
 
 class HardwareError(FalignError, ValueError):
     """An unknown hardware key, a value out of range, or a key the rule cannot honour; one line."""
 
 
+@dataclass(frozen=True)
+class Optical:
+    """The simulated optical co-processor of the hardware key ``optical`` (module docstring):
+    ``bits`` of the camera (None: exact intensities), ``anchor`` reference pixels (None: as many
+    as the error has entries)."""
+
+    bits: int | None = 8
+    anchor: int | None = None
+
+    def __post_init__(self) -> None:
+        for key, what in (("bits", "an integer in [1, 32]"), ("anchor", "an integer >= 1")):
+            v = getattr(self, key)
+            top = 32 if key == "bits" else math.inf
+            if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= top):
+                raise HardwareError(f"hardware optical {key}={v!r}: must be {what} or null")
+
+    def to_value(self) -> Any:
+        """What a config holds: ``true``, or the keys set away from their defaults."""
+        default = Optical()
+        keys = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+        return keys or True
+
+
+def optical_from(value: Any) -> Optical | None:
+    """An :class:`Optical` from ``true`` / ``false`` / a mapping of its keys / an instance."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Optical()
+    if isinstance(value, Optical):
+        return value
+    if not isinstance(value, dict):
+        raise HardwareError(f"hardware optical={value!r}: must be true or a mapping of its keys "
+                            "(bits, anchor)")
+    known = [f.name for f in dataclasses.fields(Optical)]
+    for key in value:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else ""
+            raise HardwareError(f"hardware optical: unknown key '{key}'{hint} (keys: {', '.join(known)})")
+    return Optical(**value)
+
+
 #: the keys that transform B (refused on backprop, whose B is W)
 B_KEYS = ("b_rank", "b_density", "b_levels", "b_clip", "b_noise")
 #: the keys only rules that project the output error (the direct pathway) honour
-DIRECT_KEYS = ("error_levels", "projection")
+DIRECT_KEYS = ("error_levels", "error_threshold", "projection", "optical")
+#: ``error_threshold`` where it is not given: a ternary entry is nonzero where |e| > 0.1 max|e|
+ERROR_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,10 +152,16 @@ class Hardware:
     b_noise: float | None = None
     signal_noise: float | None = None
     error_levels: int | None = None
+    #: tau of the ternary error (``error_levels: 3``), a fraction of each sample's max |e|
+    error_threshold: float | None = None
     #: ``"module:function"`` (or, from Python only, a callable): the device's e -> signal
     projection: Any = None
+    #: the simulated optical co-processor (``true`` or ``{bits, anchor}``), or None
+    optical: Any = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "optical", optical_from(self.optical))
+
         def check(ok: bool, key: str, what: str) -> None:
             if not ok:
                 raise HardwareError(f"hardware {key}={getattr(self, key)!r}: {what}")
@@ -109,13 +185,29 @@ class Hardware:
             check(is_num(self.signal_noise) and self.signal_noise >= 0, "signal_noise",
                   "must be a number >= 0")
         if self.error_levels is not None:
-            check(self.error_levels == 2 and is_int(self.error_levels), "error_levels",
-                  "must be 2 (sign(e), sign-DFA's signal)")
+            check(is_int(self.error_levels) and self.error_levels in (2, 3), "error_levels",
+                  "must be 2 (sign(e), sign-DFA's signal) or 3 (ternary e, with error_threshold)")
+        if self.error_threshold is not None:
+            check(is_num(self.error_threshold) and 0 < self.error_threshold < 1, "error_threshold",
+                  "must be in (0, 1), a fraction of each sample's max |e|")
+            check(self.error_levels == 3 or (self.optical is not None and self.error_levels is None),
+                  "error_threshold", "sets the ternary error's threshold: give it with "
+                  "error_levels: 3 (or optical)")
         if self.projection is not None:
             check(callable(self.projection) or (isinstance(self.projection, str) and ":" in self.projection),
                   "projection", "must be 'module:function' (or, from Python, a callable)")
+        if self.optical is not None:
+            taken = [k for k in self.keys() if k in B_KEYS or k == "projection"]
+            if taken:
+                raise HardwareError(f"hardware optical draws its own transmission matrix in place of "
+                                    f"B and of a projection: drop {', '.join(taken)}")
 
     # -- what is on -------------------------------------------------------------------------
+    @property
+    def threshold(self) -> float:
+        """tau of the ternary error: ``error_threshold``, or :data:`ERROR_THRESHOLD`."""
+        return ERROR_THRESHOLD if self.error_threshold is None else self.error_threshold
+
     @property
     def transforms_b(self) -> bool:
         return any(v is not None for v in (self.b_rank, self.b_density, self.b_levels, self.b_noise))
@@ -129,6 +221,8 @@ class Hardware:
         """The keys set (what configs and checkpoints hold); a projection given as a callable
         appears by its import path, which a checkpoint cannot load back unless it is one."""
         out = {k: getattr(self, k) for k in self.keys()}
+        if "optical" in out:
+            out["optical"] = out["optical"].to_value()
         if callable(out.get("projection")):
             f = out["projection"]
             out["projection"] = f"{getattr(f, '__module__', '?')}:{getattr(f, '__qualname__', repr(f))}"
@@ -157,6 +251,58 @@ class Hardware:
         if self.b_noise is not None:
             out = vary(out, self.b_noise, _seed(seed, "noise"))
         return out
+
+
+def ternarize(s: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
+    """(t, c), s (N, ...) row by row: t = sign(s) [|s| > threshold c] in {-1, 0, +1} and
+    c (N, 1) = max|s| over the row's entries.  A row already on {-c, 0, +c} comes back as it is
+    (t = s / c): the ternary error of Launay et al. 2020's optical DFA."""
+    flat = s.reshape(s.shape[0], -1)
+    c = flat.abs().amax(1, keepdim=True)
+    t = torch.sign(flat) * (flat.abs() > threshold * c).to(flat.dtype)
+    return t.reshape(s.shape), c
+
+
+def transmission_matrix(out_features: int, inputs: int, std: float, seed: int) -> Tensor:
+    """T (out_features x inputs), i.i.d. std (a + ib), a, b ~ N(0, 1), complex128, fixed by the
+    layer's ``seed``: Re of any row phase of T has entries N(0, std^2)."""
+    gen = torch.Generator().manual_seed(_seed(seed, "optical"))
+    z = torch.randn((2, out_features, inputs), generator=gen, dtype=torch.float64)
+    return torch.complex(z[0], z[1]) * std
+
+
+def optical_matrix(t_e: Tensor, a: Tensor) -> Tensor:
+    """P = Re(diag(conj(a) / |a|) T_e) (out_features x E): the linear map
+    :func:`optical_project` realises with exact intensities."""
+    return (a.conj() / a.abs()).unsqueeze(1).mul(t_e).real
+
+
+def camera(frames: Tensor, full_scale: Tensor, bits: int | None) -> Tensor:
+    """Intensities as a ``bits``-bit camera reads them: 2^bits uniform levels 0 .. full_scale
+    (a frame set's exposure), rounded to the nearest; None: as they are."""
+    if bits is None:
+        return frames
+    top = 2 ** bits - 1
+    step = full_scale / top
+    q = torch.round(torch.where(step > 0, frames / step, torch.zeros_like(frames)).clamp(0, top))
+    return q * step
+
+
+def optical_project(t: Tensor, t_e: Tensor, a: Tensor, bits: int | None) -> Tensor:
+    """The projection (N, out_features) of ternary rows t (N, E) recovered from camera frames:
+    t+ and t- shown with and without the reference field ``a`` (out_features,), one exposure per
+    row (its brightest pixel, the reference frame |a|^2 included):
+    y = (I(t+ + r) - I(t+) - I(t- + r) + I(t-)) / (2 sqrt(I(r)))."""
+    pos, neg = (t > 0).to(t_e.dtype), (t < 0).to(t_e.dtype)
+    f_pos, f_neg = pos @ t_e.T, neg @ t_e.T  # (N, out_features) fields
+    ref = a.unsqueeze(0).expand_as(f_pos)
+    frames = torch.stack([(f_pos + ref).abs() ** 2, f_pos.abs() ** 2, (f_neg + ref).abs() ** 2,
+                          f_neg.abs() ** 2, ref.abs() ** 2])  # (5, N, out_features)
+    full = frames.amax(dim=(0, 2), keepdim=True)  # each row's exposure
+    i_pos_r, i_pos, i_neg_r, i_neg, i_r = camera(frames, full, bits)
+    amp = i_r.sqrt()
+    y = (i_pos_r - i_pos - i_neg_r + i_neg) / (2 * torch.where(amp > 0, amp, torch.ones_like(amp)))
+    return torch.where(amp > 0, y, torch.zeros_like(y))
 
 
 def read_noise(signal: Tensor, sigma: float, key: int, offset: int = 0) -> Tensor:
