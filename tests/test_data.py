@@ -378,3 +378,17 @@ def test_text_dataset_reads_the_shipped_shakespeare_by_default() -> None:
         pytest.skip(f"shakespeare/shakespeare.txt not found under {DATA}")
     data = load_dataset("text", DATA, seq_len=64, subset=100)
     assert data.num_classes == 84 and data.input_shape == (64,)
+
+
+def test_cifar_mean_and_std_replace_its_own_statistics():
+    """mean = std = 0.5 maps pixels to [-1, 1], as torchvision's Normalize((0.5,) * 3, (0.5,) * 3)."""
+    from falign.data.cifar import cifar_transforms
+
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    train_t, eval_t, shape = cifar_transforms(None, 0, False, True, [0.5] * 3, [0.5] * 3)
+    assert train_t is eval_t and shape == (3, 32, 32)
+    assert torch.allclose(eval_t(x), x.float() / 255 * 2 - 1, atol=1e-6)
+    for mean, std, normalize in (([0.5] * 3, None, True), ([0.5] * 3, [0.5] * 3, False),
+                                 ([0.5] * 2, [0.5] * 2, True), ([0.5] * 3, [0.5, 0.5, 0.0], True)):
+        with pytest.raises(DatasetError, match="cifar: "):
+            cifar_transforms(None, 0, False, normalize, mean, std)

@@ -36,6 +36,12 @@ CASES = {
                            "optim": {"lr": 0.05}},
     "dfa-class-averaged": {"rule": {"name": "dfa", "options": {"average": "class", "scale": 1.0}},
                            "train": {"loss": "bce", "loss_reduction": "sum"}, "optim": {"lr": 0.05}},
+    # direct Kolen-Pollack with B stepped by an optimizer and schedule of its own (optim.feedback)
+    "dkp-feedback-optimizer": {"rule": {"name": "dkp"},
+                               "optim": {"nesterov": True, "weight_decay": 1e-4,
+                                         "feedback": {"name": "adam", "lr": 0.002, "weight_decay": 1e-4,
+                                                      "schedule": {"name": "exponential", "gamma": 0.8}}},
+                               "train": {"batch_size": 41}},
     # batch norm: statistics over the global batch (falign's GlobalBatchNorm on gloo)
     "batchnorm-resnet": {"rule": {"name": "fa"}, "model": {"name": "resnet", "options": {"depth": 8}},
                          "train": {"batch_size": 41, "epochs": 1}},

@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import falign.layers
 from falign.models import (
@@ -86,6 +87,7 @@ PARAM_CASES = [
     ("lenet", {"in_shape": (1, 32, 32)}, LENET_MNIST),
     ("lenet", {}, LENET_CIFAR),
     ("lenet", {"in_shape": (1, 32, 32), "variant": "cifar"}, LENET_CIFAR - 2 * 32 * 9),
+    ("dkp_cnn", {}, conv(3, 32, 3) + bn(32) + conv(32, 32, 3) + bn(32) + linear(6272, 128) + linear(128, 10)),
     ("resnet20", {}, resnet_params(20)),
     ("resnet20", {"shortcut": "B"}, resnet_params(20, shortcut="B")),
     ("resnet56", {}, resnet_params(56)),
@@ -167,6 +169,24 @@ def test_backward_gives_finite_grad_for_every_parameter(name):
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
     assert any(p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_dkp_cnn_is_the_network_of_webster_choi_and_ahn():
+    """Their ConvNetwork written out with functional ops: valid 3x3 convolutions, batch norm and
+    ReLU after each, one 2x2 max-pool, FC 6272->128 + ReLU, 128->10."""
+    model = create_model("dkp_cnn").train()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    m = dict(model.named_modules())
+    h = torch.relu(F.batch_norm(F.conv2d(x, m["conv1"].weight, m["conv1"].bias), None, None,
+                                m["bn1"].weight, m["bn1"].bias, training=True))
+    assert h.shape == (4, 32, 30, 30)
+    h = torch.relu(F.batch_norm(F.conv2d(h, m["conv2"].weight, m["conv2"].bias), None, None,
+                                m["bn2"].weight, m["bn2"].bias, training=True))
+    assert h.shape == (4, 32, 28, 28)
+    h = F.max_pool2d(h, 2).flatten(1)  # (4, 6272)
+    h = torch.relu(h @ m["fc1"].weight.T + m["fc1"].bias)
+    want = h @ m["fc2"].weight.T + m["fc2"].bias
+    assert torch.allclose(model(x), want, atol=1e-5)
 
 
 def test_expected_layer_names():

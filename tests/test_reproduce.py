@@ -13,6 +13,7 @@ from falign.training.loop import RunDirError
 
 NEEDS = {"lance-kieu-2026": ["cifar10-jpeg.tar.gz"], "akrout-2019": ["mnist", "cifar10-jpeg.tar.gz"],
          "transformers": ["shakespeare/shakespeare.txt", "cifar10-jpeg.tar.gz"]}
+NEEDS["dkp-2020"] = ["cifar10-jpeg.tar.gz"]
 
 
 @pytest.fixture(autouse=True)
@@ -47,6 +48,24 @@ def test_smoke(tmp_path: Path, name: str) -> None:
     if name == "sign-tracking":
         assert marker["extra_rows"] and all("tuned_lr" in row for row in marker["extra_rows"])
     _check_summary(tmp_path / name, name)
+    if name == "dkp-2020":
+        _check_dkp(tmp_path / name, results)
+
+
+def _check_dkp(out: Path, results: str) -> None:
+    """BP, DFA and DKP beside 70.47 / 61.02 / 67.52, on the JPEG copy; DKP's B stepped by its
+    own Adam (the checkpoint holds its state and its per-epoch decay), DFA's by nothing."""
+    import torch
+
+    summary = json.loads((out / "results.json").read_text())
+    published = {m["method"]: m["published"] for m in summary["methods"]}
+    assert published == {"bp": 70.47, "dfa": 61.02, "dkp": 67.52}
+    assert "70.47" in results and "JPEG" in results
+    dkp = torch.load(out / "compare" / "dkp" / "seed1" / "last.pt", weights_only=True)
+    assert dkp["config"]["optim"]["feedback"]["name"] == "adam"
+    assert dkp["feedback_scheduler"]["_last_lr"] == pytest.approx([1e-4 * 0.8])
+    dfa = torch.load(out / "compare" / "dfa" / "seed1" / "last.pt", weights_only=True)
+    assert "feedback_optimizer" not in dfa and dfa["config"]["optim"]["feedback"] is None
 
 
 def _check_summary(out: Path, name: str) -> None:

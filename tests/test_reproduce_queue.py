@@ -57,6 +57,12 @@ def test_full_scale_units_are_the_issues_pieces() -> None:
     assert "char/dfa-micro" in names["transformers"] and len(names["transformers"]) == 14
 
 
+def test_dkp_2020_units_are_method_x_trial() -> None:
+    """BP, DFA and DKP, four trials each (the paper's mean of 4), one unit a method and seed."""
+    assert [u.name for u in plan(TARGETS["dkp-2020"])] == [
+        f"compare/{m}/seed{s}" for m in ("bp", "dfa", "dkp") for s in (1, 2, 3, 4)]
+
+
 def test_a_unit_trains_only_itself_and_writes_no_summary(tmp_path: Path) -> None:
     out = tmp_path / "lillicrap-2016"
     lines: list[str] = []

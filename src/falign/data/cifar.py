@@ -46,7 +46,8 @@ JPEG_DIR = "cifar10-jpeg"
 
 
 def cifar_transforms(
-    crop: int | None, pad_crop: int | None, augment: bool, normalize: bool = True
+    crop: int | None, pad_crop: int | None, augment: bool, normalize: bool = True,
+    mean: list[float] | None = None, std: list[float] | None = None,
 ) -> tuple[ImageTransform, ImageTransform, tuple[int, int, int]]:
     """(train, eval, input_shape) for 32x32 CIFAR images.
 
@@ -54,12 +55,26 @@ def cifar_transforms(
     ``crop`` x ``crop`` (32 when None), random horizontal flip. Evaluation: centre crop.
     ``augment=False`` trains on the evaluation transform.  ``normalize=False`` keeps pixels in
     [0, 1] (no per-channel mean and std), as Akrout et al.'s fully connected networks do.
+    ``mean`` / ``std`` (three values each) replace CIFAR-10's own statistics: ``[0.5, 0.5,
+    0.5]`` for both maps pixels to [-1, 1], torchvision's ``Normalize((0.5,) * 3, (0.5,) * 3)``.
     """
     size = 32 if crop is None else crop
     pad = (4 if crop is None else 0) if pad_crop is None else pad_crop
     if not 1 <= size <= 32 or pad < 0:
         raise DatasetError(f"cifar: crop={crop} must be between 1 and 32, pad_crop={pad} >= 0")
     norm = {"mean": CIFAR10_MEAN, "std": CIFAR10_STD} if normalize else {}
+    if mean is not None or std is not None:
+        if mean is None or std is None or not normalize:
+            raise DatasetError("cifar: give both mean and std (three values each) with normalize: true")
+        try:
+            mean, std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
+        except (TypeError, ValueError):
+            raise DatasetError(f"cifar: mean and std must be lists of numbers, got {mean!r} and "
+                               f"{std!r}") from None
+        if len(mean) != 3 or len(std) != 3 or any(v <= 0 for v in std):
+            raise DatasetError(f"cifar: mean {list(mean)} and std {list(std)} need three values "
+                               "each (one a channel), std > 0")
+        norm = {"mean": mean, "std": std}
     eval_t = ImageTransform(crop=None if size == 32 else size, **norm)
     train_t = ImageTransform(pad=pad, crop=size, random_crop=True, flip=True, **norm)
     return (train_t if augment else eval_t), eval_t, (3, size, size)
@@ -177,7 +192,7 @@ def _open_from_archive(archive: Path) -> dict[str, Any]:
 
 def load_cifar10(
     root: Path, *, crop: int | None = 24, pad_crop: int | None = None, augment: bool = True,
-    normalize: bool = True,
+    normalize: bool = True, mean: list[float] | None = None, std: list[float] | None = None,
 ) -> Loaded:
     """CIFAR-10 from ``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz`` in ``root``."""
     folder, archive = root / BATCH_DIR, root / ARCHIVE
@@ -199,7 +214,7 @@ def load_cifar10(
     train_x = np.concatenate([batches[n][0] for n in TRAIN_BATCHES])
     train_y = np.concatenate([batches[n][1] for n in TRAIN_BATCHES])
     test_x, test_y = batches[TEST_BATCH]
-    train_t, eval_t, shape = cifar_transforms(crop, pad_crop, augment, normalize)
+    train_t, eval_t, shape = cifar_transforms(crop, pad_crop, augment, normalize, mean, std)
     return Loaded(
         title="CIFAR-10",
         train=Split(torch.from_numpy(train_x), torch.from_numpy(train_y)),
@@ -214,7 +229,7 @@ def load_cifar10(
 
 def load_cifar10_jpeg(
     root: Path, *, crop: int | None = 24, pad_crop: int | None = None, augment: bool = True,
-    normalize: bool = True,
+    normalize: bool = True, mean: list[float] | None = None, std: list[float] | None = None,
 ) -> Loaded:
     """The lossy JPEG copy of CIFAR-10 (``cifar10-jpeg.tar.gz`` or its extracted folder).
 
@@ -234,7 +249,7 @@ def load_cifar10_jpeg(
     shape = tree.splits["train"][0].shape[1:]
     if shape != (3, 32, 32):
         raise DatasetError(f"{source}: images are {shape[2]}x{shape[1]}, expected 32x32")
-    train_t, eval_t, input_shape = cifar_transforms(crop, pad_crop, augment, normalize)
+    train_t, eval_t, input_shape = cifar_transforms(crop, pad_crop, augment, normalize, mean, std)
     return Loaded(
         title="CIFAR-10 (JPEG copy)",
         train=to_split(tree.splits["train"]),

@@ -6,6 +6,7 @@ from .convert import (
     convert,
     exact_backward,
     feedback_layers,
+    learned_feedback,
     train_step,
 )
 from .export import export
@@ -33,6 +34,7 @@ __all__ = [
     "exact_backward",
     "export",
     "feedback_layers",
+    "learned_feedback",
     "set_step",
     "set_targets",
     "train_step",

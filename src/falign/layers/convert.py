@@ -254,6 +254,19 @@ def feedback_layers(model: nn.Module) -> list[tuple[str, FeedbackLayer]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, FeedbackLayer)]
 
 
+def learned_feedback(model: nn.Module) -> list[nn.Parameter]:
+    """The trained feedback B of every converted layer whose rule trains it (kp, dkp): the
+    ``nn.Parameter`` named ``feedback``, in module order, each once -- what an optimizer of B's
+    own steps (``optim.feedback``), and what W's optimizer then leaves out."""
+    seen, out = set(), []
+    for _, m in feedback_layers(model):
+        b = m.feedback
+        if m.rule.learned and isinstance(b, nn.Parameter) and id(b) not in seen:
+            seen.add(id(b))
+            out.append(b)
+    return out
+
+
 @contextlib.contextmanager
 def exact_backward(model: nn.Module) -> Iterator[nn.Module]:
     """Temporarily restore true backpropagation in every converted layer (DFA included).

@@ -4,11 +4,12 @@
     >>> model = create_model("arch1")                 # plain backprop layers
     >>> model = create_model("resnet20", rule="fa")   # converted by falign.layers.convert
 
-Registered names: ``mlp``, ``arch1``, ``lenet``, ``resnet``, ``resnet20``, ``resnet56``,
-``resnet18`` (ImageNet), ``vit``, ``char_transformer``.
+Registered names: ``mlp``, ``arch1``, ``lenet``, ``dkp_cnn``, ``resnet``, ``resnet20``,
+``resnet56``, ``resnet18`` (ImageNet), ``vit``, ``char_transformer``.
 """
 
 from .arch1 import Arch1
+from .dkp_cnn import DKPNet
 from .lenet import LeNet
 from .mlp import MLP
 from .registry import (
@@ -29,6 +30,7 @@ __all__ = [
     "BasicBlock",
     "CharTransformer",
     "CifarResNet",
+    "DKPNet",
     "ImageNetResNet",
     "InputTooSmallError",
     "LeNet",

@@ -35,7 +35,14 @@ def config_summary(run: Run) -> dict[str, str]:
     scale = options.pop("scale", None)
     rule_text = run.rule + "".join(f" {k}={_g(v)}" for k, v in options.items())
     optim = cfg.get("optim") or {}
-    return {"rule": rule_text, "optimiser": _g(optim.get("name")), "lr": _g(optim.get("lr")),
+    optimiser = _g(optim.get("name"))
+    fb = optim.get("feedback")
+    if fb:  # the trained feedback's own optimizer (optim.feedback)
+        schedule = fb.get("schedule") or {}
+        decay = f", x{_g(schedule.get('gamma'))} an epoch" if schedule.get("name") == "exponential" else \
+            ("" if schedule.get("name") in (None, "constant") else f", {schedule['name']}")
+        optimiser += f" (B: {_g(fb.get('name'))} lr {_g(fb.get('lr'))}{decay})"
+    return {"rule": rule_text, "optimiser": optimiser, "lr": _g(optim.get("lr")),
             "weight decay": _g(optim.get("weight_decay")), "scale": _g(scale)}
 
 

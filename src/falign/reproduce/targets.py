@@ -227,3 +227,34 @@ for _target in (
            sign_tracking, metric="none published (falign's own experiment)"),
 ):
     register_target(_target)
+
+
+# -- Webster, Choi & Ahn 2020: direct Kolen-Pollack --------------------------------------------
+
+#: their README: test accuracy %, mean of four randomly initialised trials of 50 epochs
+DKP_PUBLISHED = {"bp": 70.47, "dfa": 61.02, "dkp": 67.52}
+DKP_TRIALS = 4
+
+
+def dkp_2020(ctx: Context) -> Outcome:
+    cfg = ctx.config("dkp-cifar10", {"data.subset": 500, "train.epochs": 1})
+    seeds = seeds_of(ctx, cfg, DKP_TRIALS)
+    compare_dir, _ = ctx.compare_seeds(cfg, cfg.compare, seeds, "compare", published=DKP_PUBLISHED)
+    ctx.trained()
+    return Outcome(run_dirs=[compare_dir], published=dict(DKP_PUBLISHED), notes=[
+        "Published (Webster, Choi & Ahn 2020, their public code's README, CIFAR-10, mean of 4 "
+        "randomly initialised trials of 50 epochs): BP 70.47, DFA 61.02, DKP 67.52 % test "
+        f"accuracy. falign trains seeds {', '.join(map(str, seeds))} on the CIFAR-10 JPEG copy "
+        "and reports each run's final (last-epoch) model.",
+        "Protocol (their code): conv 3->32 3x3 + BN + ReLU, conv 32->32 3x3 + BN + ReLU, max-pool "
+        "2, FC 6272->128 + ReLU, 128->10; pixels in [-1, 1], no augmentation; batch 50; W by SGD "
+        "with Nesterov momentum 0.9, lr 5e-4, weight decay 1e-6 for every method; DKP's B by its "
+        "own Adam (lr 1e-4, weight decay 1e-6, rate x0.8 after every epoch: optim.feedback). "
+        "Deviations: conv2's feedback arrives at fc1's input after the pool (theirs before it); "
+        "B is Gaussian with the Xavier std (theirs Kaiming-uniform, the same std to 4%).",
+    ])
+
+
+register_target(Target("dkp-2020", "Webster, Choi & Ahn 2020: direct Kolen-Pollack on CIFAR-10",
+                       "Webster, Choi & Ahn 2020, Learning the connections in direct feedback "
+                       "alignment (code: github.com/webstah/dkp-gist)", dkp_2020))

@@ -3,10 +3,11 @@
 A checkpoint is a dict of tensors and plain containers:
 ``format`` ("falign-checkpoint"), ``version``, ``config`` (the whole experiment config),
 ``model_spec`` (constructor arguments: name, rule, rule options, shapes), ``model`` (state_dict,
-feedback buffers included), ``optimizer``, ``scheduler``, ``rng`` (torch CPU/CUDA, python, the
-data generator), ``epoch`` and, in ``last.pt``, ``tracking``: the resumable part of the run record
-(per-epoch metrics so far, best epoch and accuracy, alignment records, early stop; see
-:meth:`falign.training.record.RunRecord.resumable`).
+feedback buffers included), ``optimizer``, ``scheduler`` (and, where ``optim.feedback`` gives the
+trained feedback an optimizer of its own, ``feedback_optimizer`` and ``feedback_scheduler``),
+``rng`` (torch CPU/CUDA, python, the data generator), ``epoch`` and, in ``last.pt``,
+``tracking``: the resumable part of the run record (per-epoch metrics so far, best epoch and
+accuracy, alignment records, early stop; see :meth:`falign.training.record.RunRecord.resumable`).
 """
 
 from __future__ import annotations

@@ -91,7 +91,17 @@ class RuleConfig(_Section):
         return self
 
 
-class OptimConfig(_Section):
+class ScheduleConfig(_Section):
+    #: the rate's factor per epoch: constant, multistep (gamma at each milestone), exponential
+    #: (gamma after every epoch: StepLR(step_size=1)) or cosine (down to min_lr)
+    name: Literal["constant", "multistep", "exponential", "cosine"] = "constant"
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(default=0.1, gt=0)
+    warmup_epochs: int = Field(default=0, ge=0)
+    min_lr: float = Field(default=0.0, ge=0)
+
+
+class _OptimFields(_Section):
     name: Literal["sgd", "adam", "adamw"] = "sgd"
     lr: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
@@ -100,12 +110,19 @@ class OptimConfig(_Section):
     betas: tuple[float, float] = (0.9, 0.999)
 
 
-class ScheduleConfig(_Section):
-    name: Literal["constant", "multistep", "cosine"] = "constant"
-    milestones: list[int] = Field(default_factory=list)
-    gamma: float = Field(default=0.1, gt=0)
-    warmup_epochs: int = Field(default=0, ge=0)
-    min_lr: float = Field(default=0.0, ge=0)
+class FeedbackOptimConfig(_OptimFields):
+    """The optimizer of a rule's trained feedback B (``optim.feedback``), separate from W's:
+    Webster, Choi & Ahn 2020 train W with SGD-Nesterov and direct Kolen-Pollack's B with Adam
+    whose rate is multiplied by 0.8 after every epoch."""
+
+    #: B's learning-rate schedule (the top-level ``schedule`` is W's), from this section's lr
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+
+class OptimConfig(_OptimFields):
+    #: an optimizer and schedule of their own for the trained feedback B of a rule that allows
+    #: one (dkp); None: B, where a rule trains it, is stepped with W by this optimizer
+    feedback: FeedbackOptimConfig | None = None
 
 
 class TrainConfig(_Section):
@@ -319,6 +336,25 @@ class ExperimentConfig(_Section):
                 raise ValueError(f"'{v}' is not available on this machine: "
                                  f"torch.{dev.type}.is_available() is False; use cpu or auto")
         return v
+
+    @model_validator(mode="after")
+    def _feedback_optimizer_fits_the_rule(self) -> ExperimentConfig:
+        """``optim.feedback`` only for a rule whose trained B may have an optimizer of its own
+        (dkp): a rule that trains no B has nothing for it to step, and Kolen-Pollack's B must
+        stay in W's parameter group (same rate and decay, or B - W no longer shrinks)."""
+        if self.optim.feedback is None:
+            return self
+        from ..rules import get_rule
+
+        rule = get_rule(self.rule.name, **self.rule.options)
+        if not rule.learned:
+            raise ValueError(f"optim.feedback: rule '{self.rule.name}' trains no feedback B; "
+                             "remove optim.feedback")
+        if rule.feedback_group == "weight":
+            raise ValueError(f"optim.feedback: rule '{self.rule.name}' trains B with W's own "
+                             "optimizer and rate (its B must stay in W's parameter group); "
+                             "remove optim.feedback")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

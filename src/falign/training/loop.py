@@ -37,13 +37,13 @@ from ..data import Dataset, Split, batches, load_dataset
 from ..data.core import share_rows
 from ..data.registry import dataset_options
 from ..errors import FalignError
-from ..layers import StepContext, train_step
+from ..layers import StepContext, learned_feedback, train_step
 from ..layers.scope import eval_mode
 from ..models import InputTooSmallError, create_model, model_from_spec
 from ..provenance import git_commit
 from . import distributed
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import ConfigError, ExperimentConfig, parse_config
+from .config import ConfigError, ExperimentConfig, ScheduleConfig, parse_config
 from .loggers import Logger, make_loggers
 from .record import AlignmentRecord, EpochRecord, RecordError, RunRecord
 from .record import write_json as write_json  # its home before record.py
@@ -154,7 +154,9 @@ def check_config(cfg: ExperimentConfig, data: Dataset | None = None) -> Dataset:
     reused.  Returns the dataset."""
     if data is None:
         data = build_dataset(cfg, torch.device("cpu"))
-    build_optimizer(cfg, build_model(cfg, data))
+    model = build_model(cfg, data)
+    build_optimizer(cfg, model)
+    build_feedback_optimizer(cfg, model)
     return data
 
 
@@ -177,11 +179,14 @@ class FastPath:
         """The factor ``backward`` multiplies the loss by."""
         return 1.0 if self.scaler is None else float(self.scaler.get_scale())
 
-    def step(self, optimizer: torch.optim.Optimizer) -> None:
+    def step(self, *optimizers: torch.optim.Optimizer) -> None:
+        """Step each optimizer (W's, then B's own where there is one); one scaler update."""
         if self.scaler is None:
-            optimizer.step()
+            for optimizer in optimizers:
+                optimizer.step()
         else:
-            self.scaler.step(optimizer)
+            for optimizer in optimizers:
+                self.scaler.step(optimizer)
             self.scaler.update()
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -198,9 +203,8 @@ class FastPath:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
-def build_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
-    o = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(o, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The torch optimizer an ``optim`` (or ``optim.feedback``) section names, over ``params``."""
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
                                weight_decay=o.weight_decay)
@@ -208,16 +212,50 @@ def build_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Opti
     return cls(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
 
 
+def build_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """W's optimizer: every trainable parameter, less the trained feedback B where
+    ``optim.feedback`` gives B an optimizer of its own (:func:`build_feedback_optimizer`)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optim.feedback is not None:
+        own = {id(b) for b in learned_feedback(model)}
+        params = [p for p in params if id(p) not in own]
+    return _optimizer(cfg.optim, params)
+
+
+def build_feedback_optimizer(cfg: ExperimentConfig, model: nn.Module) -> torch.optim.Optimizer | None:
+    """The optimizer of the trained feedback B (``optim.feedback``); None where the config
+    gives B none of its own."""
+    if cfg.optim.feedback is None:
+        return None
+    params = learned_feedback(model)
+    if not params:
+        raise ConfigError(f"optim.feedback: model '{cfg.model.name}' under rule '{cfg.rule.name}' "
+                          "has no trained feedback B to step; remove optim.feedback")
+    return _optimizer(cfg.optim.feedback, params)
+
+
 def lr_factor(cfg: ExperimentConfig) -> Callable[[int], float]:
     """Multiplier of the base lr at epoch ``e`` (0-based): warm-up, then the schedule."""
-    s, total = cfg.schedule, max(cfg.train.epochs, 1)
-    base = cfg.optim.lr
+    return schedule_factor(cfg.schedule, cfg.optim.lr, cfg.train.epochs)
+
+
+def feedback_lr_factor(cfg: ExperimentConfig) -> Callable[[int], float]:
+    """:func:`lr_factor` of the trained feedback's own optimizer (``optim.feedback.schedule``)."""
+    fb = cfg.optim.feedback
+    return schedule_factor(fb.schedule, fb.lr, cfg.train.epochs)
+
+
+def schedule_factor(s: ScheduleConfig, base: float, epochs: int) -> Callable[[int], float]:
+    """Multiplier of the base lr ``base`` at epoch ``e`` (0-based) under schedule ``s``."""
+    total = max(epochs, 1)
 
     def factor(e: int) -> float:
         if s.warmup_epochs and e < s.warmup_epochs:
             return (e + 1) / (s.warmup_epochs + 1)
         if s.name == "multistep":
             return s.gamma ** sum(e >= m for m in s.milestones)
+        if s.name == "exponential":
+            return s.gamma ** (e - s.warmup_epochs)
         if s.name == "cosine":
             span = max(total - s.warmup_epochs, 1)
             t = min(max(e - s.warmup_epochs, 0), span) / span
@@ -496,6 +534,11 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         net = torch.compile(net)
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    # the trained feedback's own optimizer and schedule (optim.feedback), or none
+    fb_optimizer = build_feedback_optimizer(cfg, model)
+    fb_scheduler = None if fb_optimizer is None else \
+        torch.optim.lr_scheduler.LambdaLR(fb_optimizer, feedback_lr_factor(cfg))
+    optimizers = [optimizer] if fb_optimizer is None else [optimizer, fb_optimizer]
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     loss_fn = loss_and_target(cfg.train.loss, cfg.train.loss_reduction, data.num_classes)
     reduce = distributed.reduce_sum(ddp)
@@ -517,6 +560,9 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if fb_optimizer is not None:
+            fb_optimizer.load_state_dict(saved["feedback_optimizer"])
+            fb_scheduler.load_state_dict(saved["feedback_scheduler"])
         set_rng_state(saved["rng"], gen)
         record.resume(saved["tracking"])
         start_epoch = saved["epoch"] + 1
@@ -547,6 +593,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": rng_state(gen), "epoch": epoch_done, "tracking": record.resumable(),
             **({"partial": part} if part else {}),
+            **({} if fb_optimizer is None else {"feedback_optimizer": fb_optimizer.state_dict(),
+                                                "feedback_scheduler": fb_scheduler.state_dict()}),
         })
 
     prev_errors = record.epochs[-1].train_errors if record.epochs else None
@@ -567,6 +615,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 t0 -= partial["seconds"]
             epoch_gen = gen.get_state()
             lr = optimizer.param_groups[0]["lr"]
+            fb_lr = None if fb_optimizer is None else fb_optimizer.param_groups[0]["lr"]
             # under several processes each loads and transforms only its share of a global batch
             part = (ddp.rank, ddp.world) if ddp.enabled else None
             it = batches(data.train, cfg.train.batch_size, transform=data.train_transform, shuffle=True,
@@ -585,7 +634,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 if ddp.enabled:  # labels of the global batch: examples x positions (a language model)
                     share = share_loss(cfg.train.loss, cfg.train.loss_reduction, data.num_classes,
                                        ddp.world, global_batch * math.prod(y.shape[1:]))
-                optimizer.zero_grad(set_to_none=True)
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
                 ctx = StepContext(loss_fn=lambda o, t, f=share: f(o.float(), t), backward=fast.backward,
                                   world=ddp.world, reduce=reduce, autocast=fast.autocast, batch=global_batch,
                                   loss_scale=fast.loss_scale,
@@ -603,7 +653,7 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                     if stats is not None:
                         record.alignment.append(AlignmentRecord(step=step, epoch=epoch, layers={
                             name: a.to_dict() for name, a in stats.items()}))
-                fast.step(optimizer)
+                fast.step(*optimizers)
                 step += 1
                 tokens = y.numel()
                 if ddp.enabled:
@@ -637,6 +687,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
                 say(f"epoch {epoch}: loss is not finite: run diverged")
                 break
             scheduler.step()
+            if fb_scheduler is not None:
+                fb_scheduler.step()
             done = EpochRecord(epoch=epoch, train_loss=loss_sum / n, train_acc=correct / n,
                                train_errors=n - correct, lr=lr, seconds=seconds)
             if data.val is not None:
@@ -669,7 +721,8 @@ def _train(cfg: ExperimentConfig, out: Path, ddp: distributed.DistInfo, device: 
             val_txt = "" if done.val_acc is None else (
                 f" val_loss {done.val_loss:.4f} val_acc {100 * done.val_acc:.2f}%")
             say(f"epoch {epoch}/{cfg.train.epochs} train_loss {done.train_loss:.4f} "
-                f"train_acc {100 * done.train_acc:.2f}%{val_txt} lr {lr:.3g} {seconds:.1f}s")
+                f"train_acc {100 * done.train_acc:.2f}%{val_txt} lr {lr:.3g}"
+                + ("" if fb_lr is None else f" feedback lr {fb_lr:.3g}") + f" {seconds:.1f}s")
             epochs_this_call += 1
             if stop:
                 say(f"early stop: training errors changed by {change} <= tol {cfg.train.early_stop_tol}")
