@@ -12,8 +12,8 @@ from falign.reproduce import TARGETS, ReproduceError, reproduce
 from falign.training.loop import RunDirError
 
 NEEDS = {"lance-kieu-2026": ["cifar10-jpeg.tar.gz"], "akrout-2019": ["mnist", "cifar10-jpeg.tar.gz"],
-         "transformers": ["shakespeare/shakespeare.txt", "cifar10-jpeg.tar.gz"]}
-NEEDS["dkp-2020"] = ["cifar10-jpeg.tar.gz"]
+         "transformers": ["shakespeare/shakespeare.txt", "cifar10-jpeg.tar.gz"],
+         "hardware-feedback": ["mnist", "cifar10-jpeg.tar.gz"], "dkp-2020": ["cifar10-jpeg.tar.gz"]}
 
 
 @pytest.fixture(autouse=True)
@@ -95,6 +95,15 @@ def _check_summary(out: Path, name: str) -> None:
     if name == "akrout-2019":
         angles = summary["measures"]["final_delta_angle_deg"]
         assert set(angles) == {"mnist", "cifar10"} and 0 <= angles["mnist"]["fa"]["mean"] <= 180
+    if name == "hardware-feedback":
+        curves = summary["measures"]["curves"]
+        assert set(curves["mnist"]) == {"rank", "density", "levels", "b_noise", "signal_noise",
+                                        "error_levels"} and set(curves["cifar"]) == {"levels", "density"}
+        rank = curves["mnist"]["rank"]["rules"]["fa"]
+        assert rank["acc"][0] and rank["acc"][-1] and 0 <= rank["angle"][-1][0] <= 180
+        errors = curves["mnist"]["error_levels"]["rules"]
+        assert errors["dfa"]["acc"][-1] == errors["sdfa"]["acc"][-1]  # error_levels: 2 is sdfa
+        assert set(summary["measures"]["crafton"]) == {"dfa", "dfa-1-per-row"}
     if name == "transformers":
         by = summary["measures"]["by_method"]
         assert set(by) == {"char", "vit"} and by["char"]["dfa-macro"]["test_bpc"] > 0

@@ -8,7 +8,7 @@ it); ``full`` follows the published protocol.  A new target is a function regist
 :func:`falign.reproduce.base.register_target`.
 """
 
-from . import guide, sequence, targets, weight_transport  # noqa: F401  (each registers its targets)
+from . import guide, hardware_feedback, sequence, targets, weight_transport  # noqa: F401  (each registers its targets)
 from .base import TARGETS, ReproduceError, register_target
 from .runner import reproduce
 

@@ -3,8 +3,9 @@ machine-readable summary ``results.json``.
 
 A target is a function ``run(ctx) -> Outcome`` registered with :func:`register_target`.  It
 trains only through ``ctx.compare`` / ``ctx.compare_seeds`` / ``ctx.sweep`` / ``ctx.train``,
-which also enter each method's runs into the summary, and calls ``ctx.trained()`` once its
-training is over, before analyses that need the trained models; ``ctx.measure`` adds numbers of
+which also enter each method's runs into the summary, or ``ctx.train_runs`` (several short runs
+as one unit, entered by the caller), and calls ``ctx.trained()`` once its training is over,
+before analyses that need the trained models; ``ctx.measure`` adds numbers of
 the target's own (a loss table, bits per character).  The summary is rewritten after every
 comparison, sweep or run entered, so a target that stops part-way leaves a partial summary
 (``"status": "running"``) saying how far it got.
@@ -332,6 +333,23 @@ class Context:
         self.add(sub, [self.out / sub], part=part)
         self._done(unit)
         return self.out / sub
+
+    def train_runs(self, runs: dict[str, ExperimentConfig], *, part: str, method: str,
+                   seed: int | None = None) -> list[Path]:
+        """Several short runs of one method (``rel dir -> config``, e.g. the points of a sweep
+        over one setting) trained one after another as one unit ``part/method[/seedK]``, so a
+        unit fills a few hours of one core however short each run is.  Returns the run
+        directories (none when planning, or in unit mode for another unit); the caller enters
+        them into the summary (``add``), once per method with every seed's runs."""
+        from ..training.loop import train
+
+        unit = Unit(part, method, seed, tuple(runs))
+        if not self._units([unit]):
+            return []
+        for rel, cfg in runs.items():
+            train(cfg, self.out / rel, resume=True, log=self.log)
+        self._done(unit)
+        return [self.out / rel for rel in runs]
 
     def add(self, label: str, run_dirs: Sequence[Path], *, part: str | None = None,
             published: float | None = None, trials: Sequence[str] = ()) -> None:

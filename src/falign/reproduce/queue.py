@@ -53,7 +53,7 @@ from .base import (
 
 #: the order of the queue (the evidence issue's): the targets with long runs left first
 ORDER = ("lance-kieu-2026", "rule-guide", "biotorch-lenet", "lillicrap-2016", "akrout-2019",
-         "transformers", "dkp-2020")
+         "transformers", "dkp-2020", "hardware-feedback")
 
 
 def records_dir(results: Path, name: str) -> Path:
