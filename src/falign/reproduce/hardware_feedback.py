@@ -90,7 +90,7 @@ MNIST_AXES: dict[str, Axis] = {
     "b_noise": Axis("b_noise", "device variation σ of B", "0", (0.05, 0.2, 0.5)),
     "signal_noise": Axis("signal_noise", "read noise σ of the signal", "0", (0.05, 0.2, 0.5)),
     "error_levels": Axis("error_levels", "levels of the error e", "full",
-                         _accepted("error_levels", (2, 3)), rules=("dfa",), extra=("sdfa",)),
+                         _accepted("error_levels", (3, 2)), rules=("dfa",), extra=("sdfa",)),
 }
 CNN_AXES: dict[str, Axis] = {"levels": MNIST_AXES["levels"], "density": MNIST_AXES["density"]}
 
