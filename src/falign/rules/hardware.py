@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -80,6 +79,7 @@ from torch import Tensor
 
 from ..errors import FalignError
 from ..registry import Registry
+from ._seeds import text_seed
 
 __all__ = ["B_KEYS", "DIRECT_KEYS", "ERROR_THRESHOLD", "Hardware", "HardwareError", "Optical",
            "hardware_from"]
@@ -341,8 +341,7 @@ def hardware_from(value: Any, where: str = "rule option hardware") -> Hardware |
 
 
 def _seed(seed: int, what: str) -> int:
-    digest = hashlib.sha256(f"falign:hardware:{seed}:{what}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return text_seed(f"falign:hardware:{seed}:{what}")
 
 
 def _rms(t: Tensor) -> Tensor:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import importlib
 import math
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from torch import Tensor
 
 from ..errors import FalignError
 from ..registry import Registry
+from ._seeds import text_seed
 from .hardware import B_KEYS, DIRECT_KEYS, Hardware, HardwareError, hardware_from
 
 
@@ -85,8 +85,7 @@ def _path(cls: type) -> str:
 
 def derive_seed(seed: int, name: str) -> int:
     """A per-layer seed that depends only on the user's seed and the layer's qualified name."""
-    digest = hashlib.sha256(f"falign:{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return text_seed(f"falign:{seed}:{name}")
 
 
 def gaussian(shape, std: float, seed: int, *, dtype, device) -> Tensor:
