@@ -11,7 +11,9 @@
 # 2. checks that `effective_feedback()` is the B the backward used;
 # 3. puts a device in the loop: a `projection(e, point, out_features)` function, here a
 #    simulated analog tile with a fixed random matrix and an 8-bit converter on its output,
-#    called by falign in place of its own product at every feedback point.
+#    called by falign in place of its own product at every feedback point;
+# 4. trains through a simulated optical co-processor (`optical`): the ternary error shown to a
+#    random scattering medium, intensities read by an 8-bit camera.
 #
 # It runs on synthetic data in a few seconds and writes nothing.
 
@@ -103,3 +105,19 @@ def analog_tile(e: torch.Tensor, point: str, out_features: int) -> torch.Tensor:
 in_the_loop = falign.convert(net(), "dfa", seed=0, hardware={"projection": analog_tile})
 print(f"DFA, projection computed by the tile: train accuracy {train(in_the_loop):.2f}")
 print("feedback points the tile served:", sorted(tiles))
+
+# %% [markdown]
+# ## An optical co-processor, simulated
+#
+# `optical` models the device Launay et al. 2020 trained DFA with: the error, ternarised
+# (`error_levels: 3`, entries below `error_threshold` x the sample's largest set to 0), shown as
+# binary frames to a medium with a complex Gaussian transmission matrix, the intensities read by
+# a camera of `bits` bits and turned back into a linear projection against a reference field
+# (the equations are on [Hardware-aware feedback](../hardware.md)). `effective_feedback()` is
+# the linear map the device realises before the camera rounds it.
+
+# %%
+optical = falign.convert(net(), "dfa", seed=0,
+                         hardware={"error_levels": 3, "error_threshold": 0.1, "optical": {"bits": 8}})
+print(f"DFA through an 8-bit optical device: train accuracy {train(optical):.2f}")
+print("optical B of the last layer's input:", tuple(optical[4].effective_feedback().shape))
