@@ -57,6 +57,7 @@ class DirectWiring:
         self.seed = rule.seed
         self.collected: dict[int, Tensor] = {}  # key of a layer input -> signals sent to it
         self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
+        self.keys = 0  # the last key handed out (keys are never reused)
         for layer in layers:
             state = layer.pathway_state
             state.wiring = self
@@ -151,7 +152,8 @@ class DirectWiring:
         if seen is not None and seen[0]() is x:  # another layer reading the same tensor
             key = seen[1]
         else:  # (an id can be reused by a later tensor once a temporary is freed)
-            key = len(self.hooked) + 1 + max((k for _, k in self.hooked.values()), default=0)
+            self.keys += 1
+            key = self.keys
             self.hooked[id(x)] = (weakref.ref(x), key)
             x.register_hook(_replace_gradient(weakref.ref(self), key))
         return key
