@@ -313,6 +313,49 @@ def test_read_noise_is_fixed_by_each_samples_global_index():
     whole = read_noise(signal, 0.3, key=123)
     assert torch.equal(read_noise(signal[3:7], 0.3, key=123, offset=3), whole[3:7])  # a share
     assert not torch.equal(read_noise(signal, 0.3, key=124), whole)
+    # interleaved shares (rank r of w reads samples r, r + w, ...): offset r, stride w
+    for world in (2, 3):
+        for r in range(world):
+            share = read_noise(signal[r::world], 0.3, key=123, offset=r, stride=world)
+            assert torch.equal(share, whole[r::world]), (world, r)
+    assert torch.equal(read_noise(signal[4:10:3], 0.3, key=123, offset=4, stride=3), whole[[4, 7]])
+    assert torch.equal(read_noise(signal, 0.3, key=123, offset=0, stride=1), whole)
+
+
+def test_set_step_places_a_processs_samples_in_the_global_batch_and_checks_the_index():
+    """Two processes reading every other sample, each a twin of the model with its own share:
+    their summed gradients are the one-process gradients of the whole batch (sum loss), the
+    read noise included; without the index they are not."""
+    x, y = X, Y
+
+    def grads(rule, rows, **index):
+        model = falign.convert(Net().double(), rule, seed=4, example_input=x,
+                               hardware={"signal_noise": 0.3})
+        falign.set_step(model, targets=y[rows], sample_weight=1.0, **index)
+        F.cross_entropy(model(x[rows]), y[rows], reduction="sum").backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    for rule in ("fa", "dfa"):
+        whole = grads(rule, slice(None))
+        shares = [grads(rule, slice(r, None, 2), sample_offset=r, sample_stride=2) for r in range(2)]
+        for n, g in whole.items():
+            torch.testing.assert_close(shares[0][n] + shares[1][n], g, rtol=1e-12, atol=1e-12, msg=n)
+        unplaced = [grads(rule, slice(r, None, 2)) for r in range(2)]  # every share at 0, 1, ...: wrong rows
+        assert not torch.allclose(unplaced[0]["l1.weight"] + unplaced[1]["l1.weight"], whole["l1.weight"])
+
+    model = falign.convert(Net().double(), "fa", seed=4, example_input=x, hardware={"signal_noise": 0.3})
+    hw = model.l1.backward_rule
+    falign.set_step(model, sample_offset=1, sample_stride=4)
+    assert (hw.sample_offset, hw.sample_stride) == (1, 4)
+    falign.set_step(model)  # neither given: as it was
+    assert (hw.sample_offset, hw.sample_stride) == (1, 4)
+    falign.set_step(model, sample_offset=6)  # one given: the other at its default
+    assert (hw.sample_offset, hw.sample_stride) == (6, 1)
+    falign.set_step(model, sample_offset=torch.tensor(2), sample_stride=3)
+    assert (hw.sample_offset, hw.sample_stride) == (2, 3)
+    for bad in ({"sample_stride": 0}, {"sample_offset": -1}, {"sample_offset": 1.5}, {"sample_stride": True}):
+        with pytest.raises(ValueError, match="must be an integer"):
+            falign.set_step(model, **bad)
 
 
 def _noisy_layer(sigma, seed=1):

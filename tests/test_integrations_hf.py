@@ -6,7 +6,8 @@ cross-entropy against the shifted labels (-100 ignored) summed and divided by th
 whole accumulated batch as the Trainer's loss is, gradient clipping, ``falign.set_step`` with
 the shifted labels and a label's weight -- in float64, with gradient
 accumulation; the probe's logged values are the hand loop's ``measure_alignment`` on the same
-step; two processes end where one process does on the global batches.
+step; two processes end where one process does on the global batches, read noise keyed by a
+sample's global position included.
 """
 
 from __future__ import annotations
@@ -72,8 +73,17 @@ class Sequences(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.labels[i]}
 
 
+#: named cases beyond the registered rules: (rule, its options, the callback's options)
+CASES = {
+    "dfa+read-noise": ("dfa", {"hardware": {"signal_noise": 0.2}}, {}),
+    # the same without the sample index: each process draws the rows of global positions 0, 1, ...
+    "dfa+read-noise,unplaced": ("dfa", {"hardware": {"signal_noise": 0.2}}, {"sample_index": None}),
+}
+
+
 def converted(rule: str) -> torch.nn.Module:
-    return falign.convert(gpt2(), rule, seed=1, example_input=data(2)[0], warn=False)
+    name, options, _ = CASES.get(rule, (rule, {}, {}))
+    return falign.convert(gpt2(), name, seed=1, example_input=data(2)[0], warn=False, **options)
 
 
 def optimizer(model):
@@ -100,7 +110,8 @@ def train(rule: str, *, alignment_every: int = 0, callback: bool = True, **optio
     with tempfile.TemporaryDirectory() as out:
         trainer, model = build(rule, out, **options)
         if callback:
-            trainer.add_callback(FalignCallback(trainer, alignment_every=alignment_every))
+            options = CASES.get(rule, (rule, {}, {}))[2]
+            trainer.add_callback(FalignCallback(trainer, alignment_every=alignment_every, **options))
         trainer.train()
     return trainer, model
 
@@ -109,7 +120,9 @@ def hand_loop(rule: str, *, world: int = 1, accumulate: int = ACCUMULATE, every:
               loss_kwargs: bool = True):
     """The plain loop: a global micro-batch is the processes' consecutive batches; the loss of
     each is its summed cross-entropy over the shifted labels divided by the labels of the whole
-    step (``loss_kwargs``; else its mean divided by the accumulation steps); clipping at 1."""
+    step (``loss_kwargs``; else its mean divided by the accumulation steps); clipping at 1.  One
+    backward of the whole micro-batch a micro-batch: read noise draws each sequence's rows by
+    its position 0 .. N-1 in it (rank r's sequence j, of batches of B, at r x B + j)."""
     model = converted(rule)
     opt = optimizer(model)
     ids, labels = data(BATCH * accumulate * STEPS * world)
@@ -234,15 +247,58 @@ def test_labels_are_shifted_for_a_causal_lm_and_the_hook_is_removed_after_traini
                        torch.tensor([[9]]))
 
 
+def test_the_sample_index_is_accelerates_layout_and_reaches_the_read_noise() -> None:
+    """Under w processes the callback places rank r's sample j of a micro-batch at r x B + j of
+    the global one -- where accelerate's BatchSamplerShard puts it -- for the read noise; with
+    one process or ``sample_index=None`` it leaves the index alone."""
+    from types import SimpleNamespace
+
+    from accelerate.data_loader import BatchSamplerShard
+
+    from falign.integrations.hf import batches_in_turn
+
+    world, n = 3, BATCH * 3 * 4
+    batches = torch.utils.data.BatchSampler(torch.utils.data.SequentialSampler(range(n)), BATCH, False)
+
+    def fake(rank, processes=world):
+        args = SimpleNamespace(process_index=rank, per_device_train_batch_size=BATCH,
+                               gradient_accumulation_steps=1)
+        return SimpleNamespace(args=args, accelerator=SimpleNamespace(num_processes=processes, scaler=None))
+
+    for rank in range(world):
+        offset, stride = batches_in_turn(fake(rank))
+        for m, batch in enumerate(BatchSamplerShard(batches, num_processes=world, process_index=rank)):
+            assert [i - m * BATCH * world for i in batch] == [offset + stride * j for j in range(BATCH)]
+    model = converted("dfa+read-noise")
+    model.train()
+    hw = model.transformer.h[0].mlp.c_fc.falign_slot.backward_rule
+    ids, labels = data(BATCH)
+
+    def step(callback):  # what the callback's pre-hook does before a training forward
+        callback._before_forward(model, (), {"input_ids": ids, "labels": labels})
+
+    step(FalignCallback(fake(2)))
+    assert (hw.sample_offset, hw.sample_stride) == (2 * BATCH, 1)
+    falign.set_step(model, sample_offset=1, sample_stride=2)
+    step(FalignCallback(fake(2), sample_index=None))
+    assert (hw.sample_offset, hw.sample_stride) == (1, 2)  # left to the user
+    step(FalignCallback(fake(0, processes=1)))
+    assert (hw.sample_offset, hw.sample_stride) == (1, 2)  # one process: not touched
+
+
 def test_two_processes_end_where_one_process_does_on_the_global_batches(tmp_path) -> None:
     """torchrun, 2 processes, gloo: process r reads the batches r, r + 2, ...; the Trainer
     counts the labels of every process's accumulated batches and scales each process's loss by
     2 (``average_tokens_across_devices``), DDP averages; the hand loop takes both processes'
     batches of every micro-batch in one process.  The probe's records are those of the global
-    micro-batch."""
-    rules = ["fa", "sdfa", "drtp", "brsf", "kp"]
+    micro-batch.  Read noise: the callback places each process's sequences at their global
+    positions (rank r's sequence j at r x BATCH + j), so the processes draw the noise of one
+    process; without the index they draw other rows."""
+    rules = ["fa", "sdfa", "drtp", "brsf", "kp", "dfa+read-noise", "dfa+read-noise,unplaced"]
     out = tmp_path / "weights.pt"
-    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(Path(__file__).parent)}
+    # (the tests' folder, then the caller's path: the falign under test, not an installed one)
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": path}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", str(HELPER), "hf", str(out), *rules],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -252,6 +308,10 @@ def test_two_processes_end_where_one_process_does_on_the_global_batches(tmp_path
         twin, measured = hand_loop(rule, world=2, every=2)
         model = converted(rule)
         model.load_state_dict(saved["weights"][rule])
+        if rule.endswith("unplaced"):
+            w = "transformer.h.0.mlp.c_fc.weight"
+            assert not torch.allclose(model.state_dict()[w], twin.state_dict()[w])  # the test can fail
+            continue
         assert_same_weights(model, twin)
         expected = expected_metrics(measured[2], FalignCallback(None).measures)
         assert saved["alignment"][rule].keys() == expected.keys()

@@ -5,7 +5,7 @@ loss divided over the accumulated micro-batches, ``falign.set_step`` called with
 the weight of one label in the accumulated loss and the loss scale, a GradScaler where the
 Lightning run has one -- in float64, with gradient accumulation; the probe's logged values are
 the hand loop's ``measure_alignment`` on the same step; two processes under DDP end where one
-process does on the global batches.
+process does on the global batches, read noise keyed by a sample's global position included.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from torch import nn
 
 import falign
 from falign.analysis.alignment import measure_alignment
+from falign.rules.hardware import hardware_from
 
 L = pytest.importorskip("lightning.pytorch")
 from falign.integrations.lightning import FalignCallback  # noqa: E402
@@ -50,9 +51,22 @@ def data(n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
+#: named cases beyond the registered rules: (rule, its options, the callback's options)
+CASES = {
+    "dfa+read-noise": ("dfa", {"hardware": {"signal_noise": 0.2}}, {}),
+    # the same without the sample index: each process draws the rows of global positions 0, 1, ...
+    "dfa+read-noise,unplaced": ("dfa", {"hardware": {"signal_noise": 0.2}}, {"sample_index": None}),
+}
+
+
 def converted(rule: str) -> nn.Module:
     x, _ = data(2)
-    return falign.convert(mlp(), rule, seed=1, example_input=x, warn=False)
+    name, options, _ = CASES.get(rule, (rule, {}, {}))
+    return falign.convert(mlp(), name, seed=1, example_input=x, warn=False, **options)
+
+
+def callback_options(rule: str) -> dict:
+    return CASES.get(rule, (rule, {}, {}))[2]
 
 
 def loss_fn(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -116,30 +130,41 @@ def fit(rule: str, *, callback: FalignCallback | None, accumulate: int = ACCUMUL
 def hand_loop(rule: str, *, accumulate: int = ACCUMULATE, steps: int = STEPS, init_scale: float | None = None,
               every: int = 0, world: int = 1, tell_scale: bool = True) -> tuple[nn.Module, dict[int, dict]]:
     """The plain loop: k micro-batches a step, each loss divided by k (times the scaler's scale),
-    set_step with a label's weight in the accumulated loss; under ``world`` processes the global
-    micro-batch is the processes' micro-batches together (DistributedSampler's interleaving)."""
+    set_step with a label's weight in the accumulated loss; under ``world`` processes a global
+    micro-batch is BATCH x world consecutive samples, of which rank r reads r, r + world, ...
+    (DistributedSampler's interleaving), each process's loss the mean of its share.
+
+    A rule with read noise draws it once per backward, each sample's rows by its position in
+    the global micro-batch: one backward of the whole micro-batch (positions 0 .. N-1) a
+    micro-batch, as each process makes one; its rule reads everything off e (the shares' label
+    weights are in the loss).  The others take one backward per share."""
     net = converted(rule)
     opt = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", init_scale=init_scale) if init_scale else None
     x, y = data(BATCH * accumulate * steps * world)
-    # rank r reads samples r, r + world, ... in batches of BATCH: a global micro-batch is rank
-    # 0's batch, then rank 1's, ...
-    streams = [torch.arange(len(y))[r::world].view(-1, BATCH) for r in range(world)]
-    index = torch.stack(streams, 1).reshape(-1)
-    x, y = x[index], y[index]
     micro = BATCH * world
+    hardware = hardware_from(net[0].rule.hardware)
+    together = hardware is not None and hardware.signal_noise is not None
+    assert not (together and net[0].rule.weighs_signal)
+
+    def shares_loss(out, y):  # each process's mean over its share, averaged over the processes
+        return sum(loss_fn(out[r::world], y[r::world]) for r in range(world)) / world
+
     measured = {}
     for t in range(steps):
         opt.zero_grad()
         for j in range(accumulate):
             s = slice((t * accumulate + j) * micro, (t * accumulate + j + 1) * micro)
             xb, yb = x[s], y[s]
-            if world > 1:  # each process's mean, averaged: a label's weight is 1/(world x its share's labels)
-                shares = [yb[r * BATCH:(r + 1) * BATCH] for r in range(world)]
-                xs = [xb[r * BATCH:(r + 1) * BATCH] for r in range(world)]
-            else:
-                shares, xs = [yb], [xb]
-            for xr, yr in zip(xs, shares, strict=True):
+            if together:
+                loss = shares_loss(net(xb), yb) / accumulate
+                loss = scaler.scale(loss) if scaler else loss
+                falign.set_step(net, targets=yb)
+                loss.backward()
+                continue
+            # each process's mean, averaged: a label's weight is 1/(world x its share's labels)
+            for xr, yr in zip([xb[r::world] for r in range(world)], [yb[r::world] for r in range(world)],
+                              strict=True):
                 n = int((yr != -100).sum())
                 loss = loss_fn(net(xr), yr) / (accumulate * world)
                 loss = scaler.scale(loss) if scaler else loss
@@ -148,10 +173,6 @@ def hand_loop(rule: str, *, accumulate: int = ACCUMULATE, steps: int = STEPS, in
                                 loss_scale=scaler.get_scale() if scaler and tell_scale else 1.0)
                 loss.backward()
         if every and t % every == 0:  # the step's last micro-batch; each process's loss a mean of its share
-            def shares_loss(out, y):
-                return sum(loss_fn(out[r * BATCH:(r + 1) * BATCH], y[r * BATCH:(r + 1) * BATCH])
-                           for r in range(world)) / world
-
             falign.set_step(net, targets=yb, sample_weight=1 / int((yb != -100).sum()))
             measured[t] = measure_alignment(net, xb, yb, shares_loss)
         if scaler:
@@ -225,10 +246,14 @@ def test_the_logged_alignment_is_falign_measure_on_the_same_step(rule) -> None:
 def test_two_processes_under_ddp_end_where_one_process_does_on_the_global_batches(tmp_path) -> None:
     """torchrun, 2 processes, gloo: each process reads every other sample (a DistributedSampler),
     and DDP averages; the hand loop takes both shares of every micro-batch in one process.  The
-    probe's records under DDP are those of the global micro-batch."""
-    rules = ["fa", "sdfa", "drtp", "brsf", "kp"]
+    probe's records under DDP are those of the global micro-batch.  Read noise: the callback
+    places each process's samples at their global positions (rank r's sample j at 2j + r), so
+    the processes draw the noise of one process; without the index they draw other rows."""
+    rules = ["fa", "sdfa", "drtp", "brsf", "kp", "dfa+read-noise", "dfa+read-noise,unplaced"]
     out = tmp_path / "weights.pt"
-    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(Path(__file__).parent)}
+    # (the tests' folder, then the caller's path: the falign under test, not an installed one)
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": path}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", str(HELPER), "lightning", str(out), *rules],
                          capture_output=True, text=True, env=env, timeout=300)
@@ -238,6 +263,9 @@ def test_two_processes_under_ddp_end_where_one_process_does_on_the_global_batche
         twin, measured = hand_loop(rule, world=2, every=2)
         net = converted(rule)
         net.load_state_dict(saved["weights"][rule])
+        if rule.endswith("unplaced"):
+            assert not torch.allclose(net[0].weight, twin[0].weight)  # the test can fail
+            continue
         assert_same_weights(net, twin)
         if rule in ("sdfa", "drtp"):
             # their signal carries each process's own label weight (its shares count different
@@ -248,6 +276,40 @@ def test_two_processes_under_ddp_end_where_one_process_does_on_the_global_batche
         assert saved["alignment"][rule].keys() == expected.keys()
         for k, v in expected.items():
             assert saved["alignment"][rule][k] == pytest.approx(v, rel=1e-9, abs=1e-9), (rule, k)
+
+
+def test_the_sample_index_is_distributed_samplers_layout_and_reaches_the_read_noise() -> None:
+    """Under w processes the callback places rank r's sample j of a micro-batch at j x w + r of
+    the global one -- where torch's DistributedSampler puts it -- for the read noise; with one
+    process or ``sample_index=None`` it leaves the index alone."""
+    from types import SimpleNamespace
+
+    from falign.integrations.lightning import interleaved
+
+    world, n = 3, BATCH * 3 * 4
+    for rank in range(world):
+        trainer = SimpleNamespace(global_rank=rank, world_size=world, accumulate_grad_batches=1,
+                                  precision_plugin=None)
+        offset, stride = interleaved(trainer)
+        sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=False)
+        batches = torch.tensor(list(sampler)).view(-1, BATCH)
+        for m, batch in enumerate(batches):  # global micro-batch m: samples m x BATCH x w, ...
+            assert (batch - m * BATCH * world).tolist() == [offset + stride * j for j in range(BATCH)]
+    lit = Lit(converted("dfa+read-noise"))
+    hw = lit.net[0].backward_rule
+    x, y = data(BATCH)
+    trainer = SimpleNamespace(global_rank=1, world_size=3, accumulate_grad_batches=1, precision_plugin=None)
+    FalignCallback().on_train_batch_start(trainer, lit, (x, y), 0)
+    assert (hw.sample_offset, hw.sample_stride) == (1, 3)
+    falign.set_step(lit, sample_offset=5)
+    FalignCallback(sample_index=None).on_train_batch_start(trainer, lit, (x, y), 0)
+    assert (hw.sample_offset, hw.sample_stride) == (5, 1)  # left to the user
+    alone = SimpleNamespace(global_rank=0, world_size=1, accumulate_grad_batches=1, precision_plugin=None)
+    FalignCallback().on_train_batch_start(alone, lit, (x, y), 0)
+    assert (hw.sample_offset, hw.sample_stride) == (5, 1)  # one process: not touched
+    custom = FalignCallback(sample_index=lambda t: (t.global_rank * BATCH, 1))
+    custom.on_train_batch_start(trainer, lit, (x, y), 0)
+    assert (hw.sample_offset, hw.sample_stride) == (BATCH, 1)
 
 
 def test_the_defaults_read_tuples_and_mappings() -> None:

@@ -29,7 +29,7 @@ def lightning(out: str, rules: list[str]) -> None:
         sampler = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=int(os.environ["RANK"]),
                                                       shuffle=False)
         loader = torch.utils.data.DataLoader(data, batch_size=t.BATCH, sampler=sampler)
-        callback = FalignCallback(alignment_every=2)
+        callback = FalignCallback(alignment_every=2, **t.callback_options(rule))
         trainer = L.Trainer(max_steps=t.STEPS, accumulate_grad_batches=t.ACCUMULATE, accelerator="cpu",
                             devices=2, strategy="ddp", logger=False, callbacks=[callback],
                             use_distributed_sampler=False, enable_checkpointing=False,

@@ -22,7 +22,16 @@ them gives the step, through :func:`falign.set_step`, before its forward:
   (``average_tokens_across_devices``), so a label weighs processes / num_items_in_batch;
   otherwise the loss is the mean over the micro-batch's labels divided by the accumulation
   steps of the current optimizer step, 1 / (N x steps);
-* the loss scale: the accelerator's GradScaler's scale under fp16 (1 without one).
+* the loss scale: the accelerator's GradScaler's scale under fp16 (1 without one);
+* under several processes, where the process's samples sit in the global micro-batch, for the
+  hardware model's read noise (``signal_noise``, keyed by a sample's global index):
+  ``sample_index(trainer)`` -> (offset, stride).  The default, :func:`batches_in_turn`, is the
+  layout of the Trainer's default data loading (accelerate's ``BatchSamplerShard``): whole
+  batches of B = ``per_device_train_batch_size`` go to the processes in turn, so rank r's
+  sample j sits at r x B + j of the global micro-batch, (offset, stride) = (r x B, 1).  With
+  other loading (``split_batches``, a sampler of your own), pass its layout, or
+  ``sample_index=None`` and call ``falign.set_step(model, sample_offset=..., sample_stride=...)``
+  yourself before the backward.
 
 The Trainer pops ``labels`` before calling the model when it has a ``label_smoother`` or a
 ``compute_loss_func``: the model, and so the callback, then sees none, and rules that project
@@ -45,7 +54,7 @@ go through ``Trainer.log`` (so to ``state.log_history`` and every reporting inte
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -70,6 +79,13 @@ def is_causal_lm(model: nn.Module) -> bool:
 def shifted(labels: Tensor) -> Tensor:
     """A causal LM's labels where its logits are: position t holds label t + 1, the last -100."""
     return F.pad(labels[..., 1:], (0, 1), value=IGNORE_INDEX)
+
+
+def batches_in_turn(trainer: Trainer) -> tuple[int, int]:
+    """(offset, stride) = (rank x B, 1): accelerate gives whole batches of B (the per-device
+    batch size) to the processes in turn, so rank r's sample j sits at r x B + j of the global
+    micro-batch."""
+    return trainer.args.process_index * trainer.args.per_device_train_batch_size, 1
 
 
 class _Call(nn.Module):
@@ -104,10 +120,14 @@ class FalignCallback(TrainerCallback):
         measures: the fields of :class:`~falign.analysis.alignment.LayerAlignment` to log.
         prefix: the first part of every logged name.
         causal_lm: whether the model's loss shifts its labels (None: from the model's class).
+        sample_index: under several processes, (offset, stride) of the process's samples in
+            the global micro-batch, a function of the trainer (default: :func:`batches_in_turn`,
+            accelerate's layout); None: leave it to your own ``falign.set_step``.
     """
 
     def __init__(self, trainer: Trainer, *, alignment_every: int = 0, measures: Sequence[str] = MEASURES,
-                 prefix: str = "falign", causal_lm: bool | None = None) -> None:
+                 prefix: str = "falign", causal_lm: bool | None = None,
+                 sample_index: Callable[[Trainer], tuple[int, int]] | None = batches_in_turn) -> None:
         if alignment_every < 0:
             raise ValueError(f"FalignCallback: alignment_every must be >= 0, got {alignment_every}")
         self.trainer = trainer
@@ -115,6 +135,7 @@ class FalignCallback(TrainerCallback):
         self.measures = check_measures(measures)
         self.prefix = prefix
         self.causal_lm = causal_lm
+        self.sample_index = sample_index
         #: the last probe's values, as logged
         self.last: dict[str, float] = {}
         self._handle = None
@@ -158,8 +179,12 @@ class FalignCallback(TrainerCallback):
         if not (module.training and torch.is_grad_enabled()):
             return None  # evaluation, prediction
         targets = self.targets(kwargs)
+        offset = stride = None
+        if self.sample_index is not None and self.trainer.accelerator.num_processes > 1:
+            offset, stride = self.sample_index(self.trainer)
         set_step(module, targets=targets, sample_weight=self.sample_weight(kwargs, targets),
-                 loss_scale=scale_of(self.trainer.accelerator.scaler))
+                 loss_scale=scale_of(self.trainer.accelerator.scaler), sample_offset=offset,
+                 sample_stride=stride)
         self._call = (args, kwargs)
         return None
 

@@ -12,7 +12,17 @@ step through :func:`falign.set_step`, at ``on_train_batch_start``:
   ``accumulate_grad_batches`` micro-batches by their number, so the weight of one label in a
   mean loss is 1 / (N x accumulate_grad_batches), N the labels of the micro-batch (-100 not
   counted); sign-DFA and DRTP scale their signal by it;
-* the loss scale: the GradScaler's scale under ``precision="16-mixed"``.
+* the loss scale: the GradScaler's scale under ``precision="16-mixed"``;
+* under several processes, where the process's samples sit in the global micro-batch, for the
+  hardware model's read noise (``signal_noise``, keyed by a sample's global index):
+  ``sample_index(trainer)`` -> (offset, stride).  The default, :func:`interleaved`, is the
+  layout of the sampler Lightning puts in by default (``use_distributed_sampler=True``), torch's
+  ``DistributedSampler``: rank r of w reads samples r, r + w, ... of the (shuffled) order, so
+  its sample j is global position j x w + r, (offset, stride) = (r, w).  With a sampler of your
+  own that shares otherwise, pass its layout (a process reading contiguous batches of B
+  samples: ``sample_index=lambda trainer: (trainer.global_rank * B, 1)``), or
+  ``sample_index=None`` and call ``falign.set_step(model, sample_offset=..., sample_stride=...)``
+  yourself before the backward.
 
 Under DDP each process gives its own micro-batch (Lightning's DDP averages the gradients, as
 it averages the loss's).  The rules' own state (brsf redraws, sign tracking, weight mirror)
@@ -65,6 +75,12 @@ def default_inputs(batch: Any) -> Any:
     return batch[0]
 
 
+def interleaved(trainer) -> tuple[int, int]:
+    """(offset, stride) = (rank, processes): torch's ``DistributedSampler`` gives rank r of w the
+    samples r, r + w, ..., so its sample j sits at j x w + r of the global batch."""
+    return trainer.global_rank, trainer.world_size
+
+
 def cross_entropy(output: Tensor, targets: Tensor) -> Tensor:
     """The mean cross-entropy over every sample (position): logits (..., K), class indices
     (...) with -100 ignored, or class probabilities (..., K)."""
@@ -88,12 +104,16 @@ class FalignCallback(Callback):
             axis, -100 ignored).
         measures: the fields of :class:`~falign.analysis.alignment.LayerAlignment` to log.
         prefix: the first part of every logged name.
+        sample_index: under several processes, (offset, stride) of the process's samples in
+            the global batch, a function of the trainer (default: :func:`interleaved`,
+            ``DistributedSampler``'s layout); None: leave it to your own ``falign.set_step``.
     """
 
     def __init__(self, *, targets: Callable[[Any], Tensor] = default_targets, reduction: str = "mean",
                  alignment_every: int = 0, inputs: Callable[[Any], Any] = default_inputs,
                  loss_fn: Callable[[Any, Tensor], Tensor] = cross_entropy,
-                 measures: Sequence[str] = MEASURES, prefix: str = "falign") -> None:
+                 measures: Sequence[str] = MEASURES, prefix: str = "falign",
+                 sample_index: Callable[[Any], tuple[int, int]] | None = interleaved) -> None:
         if reduction not in ("mean", "sum"):
             raise ValueError(f"FalignCallback: reduction is 'mean' or 'sum', not {reduction!r}")
         if alignment_every < 0:
@@ -105,6 +125,7 @@ class FalignCallback(Callback):
         self.loss_fn = loss_fn
         self.measures = check_measures(measures)
         self.prefix = prefix
+        self.sample_index = sample_index
         #: the last probe's values, as logged
         self.last: dict[str, float] = {}
         self._batch: Any = None
@@ -119,8 +140,12 @@ class FalignCallback(Callback):
         targets = self.targets(batch)
         # (the scaler of a mixed-precision plugin; other precision plugins have none)
         scale = scale_of(getattr(trainer.precision_plugin, "scaler", None))
+        offset = stride = None
+        if self.sample_index is not None and trainer.world_size > 1:
+            offset, stride = self.sample_index(trainer)
         set_step(pl_module, targets=targets,
-                 sample_weight=self.sample_weight(targets, trainer.accumulate_grad_batches), loss_scale=scale)
+                 sample_weight=self.sample_weight(targets, trainer.accumulate_grad_batches), loss_scale=scale,
+                 sample_offset=offset, sample_stride=stride)
         self._batch = batch
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:

@@ -45,14 +45,15 @@ class HardwareRule:
         self._optics: tuple | None = None
         if hardware.optical is not None:
             self.device_projection = self.optical_projection
-        #: the global index of this process's first sample (``set_step(sample_offset=...)``)
-        self.sample_offset = 0
+        #: where this process's samples sit in the global batch: sample n is global index
+        #: sample_offset + sample_stride x n (``set_step(sample_offset=..., sample_stride=...)``)
+        self.sample_offset, self.sample_stride = 0, 1
         self._noise_step, self._calls = -1, 0
 
     def __getattr__(self, name: str) -> Any:  # everything else is the rule's
         if name.startswith("__") or name in ("owner", "rule", "hardware", "_key", "_value", "_stored",
-                                              "device_projection", "sample_offset", "_noise_step",
-                                              "_calls", "_optics"):
+                                              "device_projection", "sample_offset", "sample_stride",
+                                              "_noise_step", "_calls", "_optics"):
             raise AttributeError(name)
         return getattr(self.rule, name)
 
@@ -93,7 +94,7 @@ class HardwareRule:
             self._noise_step, self._calls = step, 0
         key = noise_key(self.owner._seed, step, self._calls)
         self._calls += 1
-        return read_noise(signal, self.hardware.signal_noise, key, self.sample_offset)
+        return read_noise(signal, self.hardware.signal_noise, key, self.sample_offset, self.sample_stride)
 
     @property
     def weighs_signal(self) -> bool:
@@ -136,12 +137,25 @@ def _version(t: Tensor | None) -> tuple:
     return (None,) if t is None else (t.data_ptr(), t._version, tuple(t.shape))
 
 
-def set_sample_offset(model: nn.Module, offset: int) -> None:
-    """The global index of this process's first sample, for read noise keyed by sample."""
+def set_sample_index(model: nn.Module, offset: int, stride: int = 1) -> None:
+    """Where this process's samples sit in the global batch, for read noise keyed by sample:
+    sample n of its batch is global index ``offset + stride x n``."""
+    offset, stride = _index(offset, "sample_offset", 0), _index(stride, "sample_stride", 1)
     for m in model.modules():
         rule = getattr(m, "backward_rule", None)
         if type(rule) is HardwareRule:
-            rule.sample_offset = int(offset)
+            rule.sample_offset, rule.sample_stride = offset, stride
+
+
+def _index(value: Any, name: str, least: int) -> int:
+    """``value`` as an int >= ``least`` (an integer tensor or numpy integer too), else one line."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= least
+    except (TypeError, ValueError, RuntimeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be an integer >= {least}, not {value!r}")
+    return int(value)
 
 
 def backward_rule(owner: Any, rule: Any) -> Any:

@@ -27,7 +27,11 @@ a neuron that gets feedback; RMS(R) is the root mean square of R's entries.  In 
 ``signal_noise = s`` is read noise: each sample's feedback signal (what a layer input
 receives) gets fresh Gaussian noise of std s x that sample's signal RMS, keyed by (the layer's
 seed, the optimizer step, the backward call of the step, the sample's index in the global
-batch), so a run is reproducible and N processes draw what one process draws.
+batch), so a run is reproducible and N processes draw what one process draws.  A process
+holding part of the global batch says where its samples sit there: sample n of its batch is
+global index offset + stride x n (``falign.set_step(model, sample_offset=, sample_stride=)``;
+a contiguous share has stride 1, rank r of w processes reading every w-th sample offset r and
+stride w).
 
 For direct rules, ``error_levels`` quantises the error e before the projection: 2 gives
 sign(e) with a sample's weight in the loss, the signal of sign-DFA (Frenkel, Lefebvre & Bol
@@ -305,14 +309,16 @@ def optical_project(t: Tensor, t_e: Tensor, a: Tensor, bits: int | None) -> Tens
     return torch.where(amp > 0, y, torch.zeros_like(y))
 
 
-def read_noise(signal: Tensor, sigma: float, key: int, offset: int = 0) -> Tensor:
+def read_noise(signal: Tensor, sigma: float, key: int, offset: int = 0, stride: int = 1) -> Tensor:
     """``signal`` (N, ...) plus Gaussian noise of std ``sigma`` x each sample's RMS; sample n's
-    noise is fixed by ``key`` and its global index ``offset + n`` alone (a draw of the rows up
-    to it: rows before ``offset`` belong to other processes), whatever the batch's split."""
+    noise is fixed by ``key`` and its global index ``offset + stride x n`` alone (a draw of the
+    rows up to the last: the rows it skips belong to other processes), whatever the batch's
+    split: a contiguous share (stride 1) or an interleaved one (rank r of w: offset r, stride w)."""
     rows = signal.shape[0]
     numel = signal[0].numel()
     gen = torch.Generator().manual_seed(key)
-    u = torch.rand((offset + rows, 2, numel), generator=gen, dtype=torch.float64)[offset:]
+    drawn = offset + stride * (rows - 1) + 1  # (N, 2, numel) kept of (drawn, 2, numel)
+    u = torch.rand((drawn, 2, numel), generator=gen, dtype=torch.float64)[offset::stride]
     z = torch.sqrt(-2 * torch.log1p(-u[:, 0])) * torch.cos(2 * math.pi * u[:, 1])  # Box-Muller
     flat = signal.reshape(rows, -1)
     rms = flat.double().pow(2).mean(1, keepdim=True).sqrt()

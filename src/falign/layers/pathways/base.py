@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ...errors import FalignError
 from ...registry import Registry
-from ..hardware import set_sample_offset
+from ..hardware import set_sample_index
 from ._ops import outside_compile
 
 
@@ -173,7 +173,7 @@ class Pathway:
         """One step's gradients into ``.grad``: (output, loss).  ``net`` is ``model`` or its
         DDP / compiled wrapper.  The default is forward, loss, backward."""
         if ctx.world > 1:
-            set_sample_offset(model, ctx.sample_offset)
+            set_sample_index(model, ctx.sample_offset)
         with ctx.autocast():
             out = net(x)
             loss = ctx.loss_fn(out, y)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ....rules import derive_seed, gaussian
 from ...errors import FeedbackError
-from ...hardware import set_sample_offset
+from ...hardware import set_sample_index
 from .points import attach_points
 from .signal import feedback_shape, one_hot_targets
 from .state import DirectLayerState, StepState, timing
@@ -216,7 +216,8 @@ def wiring_of(model: nn.Module) -> DirectWiring | None:
 
 
 def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: float | None = None,
-             loss_scale: float = 1.0, sample_offset: int | None = None) -> None:
+             loss_scale: float = 1.0, sample_offset: int | None = None,
+             sample_stride: int | None = None) -> None:
     """Tell a converted model what the training step about to run needs besides its input.
 
     * ``targets`` -- the step's labels: class indices (N,) or (N, T) for a sequence, positions
@@ -231,16 +232,23 @@ def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: 
       in e; sign-DFA and DRTP, whose signal does not, multiply by it, so that their updates
       scale with the loss like every other rule's and a GradScaler's unscaling is exact.
 
-    * ``sample_offset`` -- under several processes, the global batch index of this process's
-      first example: the hardware model's read noise (``signal_noise``) is keyed by each
-      sample's global index, so N processes draw what one does (None: leave it as it is).
+    * ``sample_offset``, ``sample_stride`` -- under several processes, where this process's
+      examples sit in the global batch: example n of its batch is global index
+      ``sample_offset + sample_stride x n``.  The hardware model's read noise
+      (``signal_noise``) is keyed by each sample's global index, so N processes draw what one
+      does.  A contiguous share starting at index s (falign's runner; accelerate's batches,
+      s = rank x per-device batch size) is ``sample_offset=s``; rank r of w reading every w-th
+      sample (torch's ``DistributedSampler``) is ``sample_offset=r, sample_stride=w``.  Given
+      together; one given alone takes the other's default (offset 0, stride 1); both None:
+      leave them as they are.
 
     Call it before each step's backward in a loop of your own; falign's runner and its
     Lightning and Hugging Face callbacks call it for you.  Models without a direct-feedback
     rule or a hardware model ignore it.
     """
-    if sample_offset is not None:
-        set_sample_offset(model, sample_offset)
+    if sample_offset is not None or sample_stride is not None:
+        set_sample_index(model, 0 if sample_offset is None else sample_offset,
+                         1 if sample_stride is None else sample_stride)
     wiring = wiring_of(model)
     if wiring is not None:
         wiring.step = StepState(targets, wiring.forwards, sample_weight, float(loss_scale))
