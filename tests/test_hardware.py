@@ -581,3 +581,15 @@ def test_a_config_takes_optical_and_the_command_line_refuses_a_bad_one(tmp_path,
     code = main(["train", str(path), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "unknown key 'bitz'" in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_read_noise_on_a_cuda_signal_is_the_cpu_signals_noise() -> None:
+    """The noise is drawn on the CPU from its key, whatever device the signal is on."""
+    from falign.rules.hardware import read_noise
+
+    signal = torch.randn(6, 5, dtype=torch.float64)
+    on_cpu = read_noise(signal, 0.2, key=11, offset=3, stride=2)
+    on_gpu = read_noise(signal.cuda(), 0.2, key=11, offset=3, stride=2)
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), on_cpu)

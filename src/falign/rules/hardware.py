@@ -322,7 +322,7 @@ def read_noise(signal: Tensor, sigma: float, key: int, offset: int = 0, stride: 
     z = torch.sqrt(-2 * torch.log1p(-u[:, 0])) * torch.cos(2 * math.pi * u[:, 1])  # Box-Muller
     flat = signal.reshape(rows, -1)
     rms = flat.double().pow(2).mean(1, keepdim=True).sqrt()
-    return (flat + (sigma * rms * z).to(flat.dtype)).reshape(signal.shape)
+    return (flat + (sigma * rms * z.to(rms.device)).to(flat.dtype)).reshape(signal.shape)
 
 
 def noise_key(seed: int, step: int, call: int) -> int:
