@@ -29,8 +29,8 @@ them gives the step, through :func:`falign.set_step`, before its forward:
   layout of the Trainer's default data loading (accelerate's ``BatchSamplerShard``): whole
   batches of B = ``per_device_train_batch_size`` go to the processes in turn, so rank r's
   sample j sits at r x B + j of the global micro-batch, (offset, stride) = (r x B, 1).  With
-  other loading (``split_batches``, a sampler of your own), pass its layout, or
-  ``sample_index=None`` and call ``falign.set_step(model, sample_offset=..., sample_stride=...)``
+  other loading (``split_batches``, ``auto_find_batch_size``, a sampler of your own), pass its
+  layout, or ``sample_index=None`` and call ``falign.set_step(model, sample_offset=..., sample_stride=...)``
   yourself before the backward.
 
 The Trainer pops ``labels`` before calling the model when it has a ``label_smoother`` or a
