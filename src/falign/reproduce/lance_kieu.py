@@ -93,7 +93,8 @@ def analyse(ctx: Context, cfg: ExperimentConfig, finals: Mapping[str, str], fixe
                                                  for v in r.diagonal().tolist()],
                                     "skipped": r.skipped}
                            for subset, r in subsets.items()}
-                   for label, subsets in cka.results.items()}
+                   for key, subsets in cka.results.items()
+                   for label in [key.rsplit(" vs ", 1)[0]]}  # "fa vs bp" -> "fa"
     exemplars = {label: {"layer": s.layer, "channels": list(s.channels),
                          "indices": {str(c): s.indices[c].tolist() for c in s.channels}}
                  for label, s in grid.sets.items()}
