@@ -37,10 +37,13 @@ def test_every_target_plans_units_without_training(tmp_path: Path, name: str) ->
     assert units and not (tmp_path / "x").exists()
     names = [u.name for u in units]
     assert len(set(names)) == len(names)
-    dirs = [d for u in units for d in u.run_dirs]
+    dirs = [d for u in units if u.kind == "train" for d in u.run_dirs]
     assert len(set(dirs)) == len(dirs)
+    # a model unit retrains a run a training unit makes; an analyses unit needs such runs
+    assert {d for u in units if u.kind == "model" for d in u.run_dirs} <= set(dirs)
+    assert {d for u in units for d in u.needs} <= set(dirs)
     for u in units:
-        assert u.name.startswith(f"{u.part}/{u.method}")
+        assert u.name.startswith(f"{u.part}/{u.method}" if u.method else u.part)
         if u.seed is not None:
             assert u.name.endswith(f"/seed{u.seed}")
 
@@ -49,8 +52,9 @@ def test_full_scale_units_are_the_issues_pieces() -> None:
     """One method's grid and final run (Lance & Kieu), one rule's run per dataset (LeNet), one
     method x seed (Lillicrap, Akrout), one method (transformers)."""
     names = {n: [u.name for u in plan(TARGETS[n])] for n in TARGETS}
-    assert names["lance-kieu-2026"] == ["sweep/bp", "sweep/fa:dense", "sweep/fa", "sweep/frsf",
-                                        "sweep/usf_norm"]
+    methods = ["bp", "fa:dense", "fa", "frsf", "usf_norm"]
+    assert names["lance-kieu-2026"] == [*(f"sweep/{m}" for m in methods), *(f"models/{m}" for m in methods),
+                                        "analyses"]
     assert "lenet-fashion-mnist/fa" in names["biotorch-lenet"] and len(names["biotorch-lenet"]) == 12
     assert names["lillicrap-2016"] == [f"compare/{m}/seed{s}" for m in ("bp", "fa") for s in range(3)]
     assert len(names["akrout-2019"]) == 12 + 4 and "mnist/kp/seed1113" in names["akrout-2019"]
@@ -273,3 +277,125 @@ def test_a_unit_finished_outside_is_collected_even_while_every_job_is_busy(tmp_p
               poll=0.5, scale="smoke", log=logs.append)
     done = [s for s in logs if " done: test " in s]
     assert len(done) == 2 and "compare/fa/seed0" in done[0] and "compare/bp/seed0" in done[1]
+
+
+# -- units that need the final models (Lance & Kieu 2026) ----------------------------------------
+
+LK = "lance-kieu-2026"
+
+
+def _fake_run(folder: Path, *, model: bool) -> None:
+    """A finished run's record (and its model, ``best.pt``), as a run folder or committed record."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tracking.json").write_text(json.dumps({"schema": 3, "status": "completed", "test_acc": 0.5,
+                                                       "epochs": [], "config": {}, "environment": {}}))
+    (folder / "config.yaml").write_text("name: x\n")
+    if model:
+        (folder / "best.pt").write_bytes(b"")
+
+
+def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retrained(tmp_path: Path) -> None:
+    """A final whose run is committed but whose model is not in the runs folder has a pending
+    model unit, done once the model is there; the analyses unit waits until all five are there,
+    and the queue starts neither a waiting unit nor a done one."""
+    from falign.reproduce.queue import _pending
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    units = plan(TARGETS[LK], scale="smoke")
+    finals = {u.method: u.run_dirs[0] for u in units if u.kind == "model"}
+    assert [u.name for u in units][-6:] == [*(f"models/{m}" for m in finals), "analyses"]
+    analyses = units[-1]
+    assert analyses.kind == "analyses" and set(analyses.needs) == set(finals.values())
+    for rel in finals.values():
+        _fake_run(records_dir(results, LK) / rel, model=False)
+        _fake_run(runs / LK / rel, model=rel != finals["bp"])  # bp's model lost with a machine
+    states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
+    assert states["models/bp"] == "pending" and states["analyses"] == "waiting"
+    assert all(states[f"models/{m}"] == "done" for m in finals if m != "bp")
+    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["models/bp"]
+    # without a runs folder no model unit is listed, and the analyses cannot start
+    assert {u.kind for u, _ in unit_states(LK, results, "smoke")} == {"train", "analyses"}
+    # the summary counts the analyses (not done: partial), not the machine's models
+    summary = json.loads(summarise(LK, results, "smoke").read_text())
+    assert summary["status"] == "partial" and summary["units"]["pending"] == ["analyses"]
+    assert summary["units"]["total"] == 6
+    # a final still training (no committed record): its model unit waits for its training unit
+    (results / f"{LK}.json").unlink()
+    shutil.rmtree(records_dir(results, LK) / finals["fa"])
+    (runs / LK / finals["fa"] / "tracking.json").unlink()
+    states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
+    assert states["models/fa"] == "waiting" and states["sweep/fa"] == "pending"
+    _fake_run(records_dir(results, LK) / finals["fa"], model=False)
+    _fake_run(runs / LK / finals["fa"], model=True)
+    (runs / LK / finals["bp"] / "best.pt").write_bytes(b"")
+    states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
+    assert states["models/bp"] == "done" and states["analyses"] == "pending"
+    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["analyses"]
+
+
+def test_a_lost_final_model_is_retrained_and_the_analyses_unit_makes_figures_and_numbers(
+        tmp_path: Path, monkeypatch) -> None:
+    """Smoke scale, end to end: the five finals trained and committed; BP's run folder lost;
+    its model unit retrains it from the committed config with an identical first-epoch record
+    (same seed, one thread) and commits only the comparison; the analyses unit then writes its
+    record (CKA on the three subsets, alignment per epoch, exemplars) and figures, which the
+    queue commits, the summary reads and the docs section shows."""
+    from falign.reproduce.base import ANALYSES_FILE, RETRAIN_FILE
+    from falign.reproduce.lance_kieu import BEGIN, write_page
+
+    cifar = Path(mnist_or_skip()) / "cifar10-jpeg.tar.gz"
+    if not cifar.exists():
+        pytest.skip(f"{cifar} not found")
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    out, records = runs / LK, records_dir(results, LK)
+    reproduce(LK, out=out, log=lambda s: None)  # every unit at once, analyses included
+    for u in plan(TARGETS[LK], scale="smoke"):
+        if u.kind == "train":
+            collect(LK, u, runs, results)
+    bp = next(u for u in plan(TARGETS[LK], scale="smoke") if u.name == "models/bp").run_dirs[0]
+    shutil.rmtree(out / "analyses")
+    shutil.rmtree(out / bp)  # lost with a machine change
+    before = RunRecord.read(records / bp / "tracking.json")
+    states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
+    assert states["models/bp"] == "pending" and states["analyses"] == "waiting"
+
+    reproduce(LK, out=out, parts=["models/bp"], records=records, log=lambda s: None)
+    check = json.loads((out / bp / RETRAIN_FILE).read_text())
+    assert check["against"] == "record" and check["same_first_epoch_record"] is True
+    assert check["differences"] == {} and check["threads"] == 1
+    copied = collect(LK, _unit(LK, "models/bp"), runs, results)
+    assert [p.name for p in copied] == [Path(bp).name]
+    assert RunRecord.read(records / bp / "tracking.json").to_dict() == before.to_dict()  # kept
+    states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
+    assert states["models/bp"] == "done" and states["analyses"] == "pending"
+
+    reproduce(LK, out=out, parts=["analyses"], records=records, log=lambda s: None)
+    collect(LK, _unit(LK, "analyses"), runs, results)
+    record = json.loads((records / "analyses" / ANALYSES_FILE).read_text())
+    methods = {"fa:dense", "fa", "frsf", "usf_norm"}
+    assert set(record["cka"]) == methods
+    assert all(set(c) == {"all", "both_correct", "ref_correct_other_wrong"} for c in record["cka"].values())
+    assert len(record["cka"]["frsf"]["all"]["diagonal"]) == 5
+    assert set(record["exemplars"]) == {"bp", *methods}
+    angles = record["alignment"]["fa"]["conv2"]
+    assert angles["epoch"] == [1, 2] and 0 <= angles["update_angle"][-1] <= 180
+    assert {"alignment.png", "cka-all.png", "exemplars.png"} <= set(record["figures"])
+    assert all((records / "analyses" / f).is_file() for f in record["figures"])
+    summary = json.loads(summarise(LK, results, "smoke").read_text())
+    assert summary["status"] == "completed" and summary["measures"]["analyses"] == record
+    assert summary["measures"]["retrained models"][bp]["same_first_epoch_record"] is True
+    assert dict((u.name, s) for u, s in unit_states(LK, results, "smoke"))["analyses"] == "done"
+
+    # the docs: a smoke-scale record never replaces the page's figures; a full-scale one does
+    repo = tmp_path / "repo"
+    (repo / "docs" / "experiments").mkdir(parents=True)
+    (repo / "docs" / "experiments" / "results.md").write_text("# Results\n")
+    write_page(results, repo)
+    assert "Not measured yet" in (repo / "docs/experiments/results.md").read_text()
+    summary["measures"]["analyses"]["scale"] = "full"
+    (results / f"{LK}.json").write_text(json.dumps(summary))
+    changed = write_page(results, repo)
+    page = (repo / "docs/experiments/results.md").read_text()
+    assert BEGIN in page and "CKA vs BP, diagonal (both_correct)" in page
+    assert (repo / "docs/figures" / f"{LK}-cka-all.png").is_file()
+    assert "](../figures/lance-kieu-2026-exemplars.png)" in page and len(changed) > 3

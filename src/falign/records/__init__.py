@@ -10,6 +10,7 @@ a one-line :class:`RecordError`.  This package sits below training, plots and re
 imports nothing of falign but its errors.
 """
 
+from .analyses import ANALYSES_VERSION, AnalysesRecord, ModelRetrain
 from .base import RecordError, new_file_mode, read_json, write_json
 from .compare import COMPARE_VERSION, ComparedRun, CompareRecord, SeedSummary
 from .recheck import RECHECK_VERSION, RecheckRecord, RunCheck
@@ -25,6 +26,7 @@ from .run import RESUMED, SCHEMA_VERSION, STATUSES, AlignmentRecord, EpochRecord
 from .sweep import SWEEP_VERSION, FinalRun, SweepFinal, SweepRecord, SweepRule, SweepTrial
 
 __all__ = [
+    "ANALYSES_VERSION", "AnalysesRecord", "ModelRetrain",
     "COMPARE_VERSION", "RECHECK_VERSION", "RESULTS_SCHEMA", "RESUMED", "SCHEMA_VERSION", "STATUSES",
     "SWEEP_VERSION", "AlignmentRecord", "CompareRecord", "ComparedRun", "EpochRecord", "FinalRun",
     "MethodSummary", "RecheckRecord", "RecordError", "ReproductionSummary", "RunCheck", "RunRecord",

@@ -17,6 +17,13 @@ its units (:func:`plan`); ``ctx.unit`` trains exactly one of them (``falign repr
 --part PART/METHOD[/seedK]``).  ``ctx.records`` is a folder of committed run records
 (``results/runs/NAME``, see :mod:`falign.reproduce.queue`): a unit they hold finished is not
 trained again, its records are read instead.
+
+Analyses that need the trained models side by side (their ``best.pt``, which lives only in the
+target's folder on the machine that trained them) are units too: ``ctx.final_models`` declares
+one ``model`` unit a run, which retrains the run from its committed config when its model is
+gone (same seed, same thread count) and compares the new record with the committed one
+(:class:`~falign.records.ModelRetrain`); ``ctx.analyses`` declares the ``analyses`` unit, which
+runs only once every model it needs exists, and ends where ``ctx.trained()`` would.
 """
 
 from __future__ import annotations
@@ -36,7 +43,9 @@ from .. import __version__
 from ..errors import FalignError
 from ..provenance import git_commit
 from ..records import (
+    AnalysesRecord,
     MethodSummary,
+    ModelRetrain,
     RecordError,
     ReproductionSummary,
     RunSummary,
@@ -59,6 +68,13 @@ class ReproduceError(FalignError, ValueError):
 
 #: the files of a run directory a unit's committed record keeps (a few KB: no checkpoints)
 RECORD_FILES = ("config.yaml", "tracking.json", "steps.jsonl")
+#: a run's model (what analyses of the trained models open), a retrained run's comparison with
+#: its committed record, and the record an ``analyses`` unit writes into its folder
+MODEL, RETRAIN_FILE, ANALYSES_FILE = "best.pt", "retrain.json", "analyses.json"
+#: the first epoch's record fields compared when a run is retrained (those of the re-check)
+FIRST_EPOCH_FIELDS = ("train_loss", "train_acc", "train_errors", "lr", "val_loss", "val_acc")
+#: kinds of units: runs to train, a finished run retrained for its lost model, analyses of models
+UNIT_KINDS = ("train", "model", "analyses")
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,12 @@ class Unit:
     """One piece of a target that one process trains on its own: one method's runs of one part
     (a comparison entry, a sweep's grid and final runs, a single run) or one method and seed.
     ``run_dirs`` are the runs it ends with, relative to the target's folder; ``extra`` are
-    globs (same root) of other runs whose records belong to it (a sweep's grid trials)."""
+    globs (same root) of other runs whose records belong to it (a sweep's grid trials).
+
+    ``kind`` (:data:`UNIT_KINDS`): ``"train"`` trains its runs; ``"model"`` retrains its one
+    finished run whose model (``best.pt``) is gone from the target's folder; ``"analyses"``
+    analyses the models of the runs ``needs`` names and writes ``analyses.json`` into its one
+    folder ``run_dirs[0]`` (its method is empty: its name is its part)."""
 
     part: str
     method: str
@@ -74,11 +95,77 @@ class Unit:
     run_dirs: tuple[str, ...]
     published: float | None = None
     extra: tuple[str, ...] = ()
+    kind: str = "train"
+    needs: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in UNIT_KINDS:
+            raise ValueError(f"unit kind must be one of {UNIT_KINDS}, not {self.kind!r}")
 
     @property
     def name(self) -> str:
-        """``PART/METHOD`` or ``PART/METHOD/seedK``: what ``--part`` takes."""
-        return f"{self.part}/{self.method}" + ("" if self.seed is None else f"/seed{self.seed}")
+        """``PART/METHOD`` or ``PART/METHOD/seedK`` (``PART`` for an analyses unit): what
+        ``--part`` takes."""
+        head = f"{self.part}/{self.method}" if self.method else self.part
+        return head + ("" if self.seed is None else f"/seed{self.seed}")
+
+
+def has_model(run_dir: Path) -> bool:
+    """Whether the run is finished in its folder with its best model (``best.pt``) beside its
+    record (a run still training has a best model too, not yet the final one)."""
+    return (Path(run_dir) / MODEL).is_file() and finished_record(run_dir) is not None
+
+
+def analyses_record(folder: Path) -> AnalysesRecord | None:
+    """The analyses record in ``folder`` (an analyses unit's), if there is one that reads."""
+    path = Path(folder) / ANALYSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        return AnalysesRecord.load(path)
+    except RecordError:
+        return None
+
+
+def unit_finished(unit: Unit, root: Path) -> bool:
+    """Whether ``unit`` is finished in ``root`` (the target's folder of runs): every run's record
+    done (:func:`finished_record`), and for a model unit its model there too; an analyses unit
+    when its record is written."""
+    root = Path(root)
+    if unit.kind == "analyses":
+        return all(analyses_record(root / rel) is not None for rel in unit.run_dirs)
+    if unit.kind == "model":
+        return all(has_model(root / rel) for rel in unit.run_dirs)
+    return all(finished_record(root / rel) is not None for rel in unit.run_dirs)
+
+
+def compare_retrained(run: str, threads: int | None, new: RunRecord, old: RunRecord | None,
+                      kept: RunSummary | None) -> ModelRetrain:
+    """How the record of a retrained run compares with what was committed: its committed record
+    ``old`` (the first epoch's record, then test accuracy, best epoch and epochs), else the
+    numbers the committed summary ``kept``."""
+    if old is not None and old.epochs and new.epochs:
+        a, b = old.epochs[0], new.epochs[0]
+        first = {f: (getattr(a, f), getattr(b, f)) for f in FIRST_EPOCH_FIELDS}
+        whole = {"test_acc": (old.test_acc, new.test_acc),
+                 "best_val_acc": (old.best_val_acc, new.best_val_acc),
+                 "best_epoch": (old.best_epoch, new.best_epoch),
+                 "epochs": (len(old.epochs), len(new.epochs))}
+        fields = {**{f"epoch 1 {k}": v for k, v in first.items()}, **whole}
+        return ModelRetrain(run=run, threads=threads, against="record",
+                            same_first_epoch_record=all(x == y for x, y in first.values()),
+                            differences={k: v for k, v in fields.items() if v[0] != v[1]},
+                            compared=tuple(fields), test_acc=new.test_acc)
+    if kept is not None:
+        fields = {"test_acc": (kept.test_acc, new.test_acc),
+                  "best_val_acc": (kept.best_val_acc, new.best_val_acc),
+                  "best_epoch": (kept.best_epoch, new.best_epoch), "epochs": (kept.epochs, len(new.epochs))}
+        fields = {k: v for k, v in fields.items() if v[0] is not None}
+        return ModelRetrain(run=run, threads=threads, against="summary", same_first_epoch_record=None,
+                            differences={k: v for k, v in fields.items() if v[0] != v[1]},
+                            compared=tuple(fields), test_acc=new.test_acc)
+    return ModelRetrain(run=run, threads=threads, against="nothing", same_first_epoch_record=None,
+                        test_acc=new.test_acc)
 
 
 def finished_record(run_dir: Path) -> RunRecord | None:
@@ -198,6 +285,96 @@ class Context:
         before the analyses that need every trained model."""
         if self.planning or self.unit is not None:
             raise _Stop()
+
+    def final_models(self, finals: dict[str, str], *, part: str = "models") -> None:
+        """Declare one model unit ``part/LABEL`` for each final run (label -> run directory
+        relative to the target's folder) whose model the analyses open.  A run whose model
+        (``best.pt``) is not in the target's folder but whose config is committed is retrained
+        from that config, with the seed it holds and the thread count its committed record (or
+        the committed summary) names; the new record is compared with the committed one
+        (``retrain.json`` beside it, :class:`~falign.records.ModelRetrain`).  In unit mode only
+        the unit asked for; when the whole target runs, every such run (its training units have
+        made the models of the runs they trained)."""
+        units = [Unit(part, label, None, (rel,), kind="model") for label, rel in finals.items()]
+        if self.planning:
+            self.planned += units
+            return
+        if self.unit is not None:
+            units = [u for u in units if u.name == self.unit]
+        for u in units:
+            rel = u.run_dirs[0]
+            if not has_model(self.out / rel):
+                cfg = self.committed_config(rel)
+                if cfg is None:
+                    if self.unit is None:
+                        continue
+                    raise ReproduceError(f"{rel}: its model is gone and no config of it is committed "
+                                         f"in {self.records}: train its unit instead")
+                self._retrain(rel, cfg)
+            self._done(u)
+
+    def _committed_run(self, rel: str) -> tuple[RunRecord | None, RunSummary | None]:
+        """The committed record of run ``rel`` and the entry the committed summary keeps of it."""
+        old = kept = None
+        if self.records is not None and (self.records / rel / "tracking.json").is_file():
+            old = RunRecord.read(self.records / rel / "tracking.json")
+        if self.records is not None and self.target is not None:
+            try:  # results/runs/NAME -> results/NAME.json
+                summary = ReproductionSummary.load(self.records.parent.parent / f"{self.target.name}.json")
+            except RecordError:
+                summary = None
+            if summary is not None and summary.scale == self.scale:
+                kept = next((r for m in summary.methods for r in m.runs if r.run_dir == rel), None)
+        return old, kept
+
+    def _retrain(self, rel: str, cfg: ExperimentConfig) -> ModelRetrain:
+        from ..training.loop import train
+
+        here = self.out / rel
+        old, kept = self._committed_run(rel)
+        threads = (old.environment.get("threads") if old is not None else None) or \
+            (kept.threads if kept is not None else None) or 1
+        if not (here / "last.pt").is_file():  # no retraining started: what is here are copies
+            for name in (*RECORD_FILES, RETRAIN_FILE):  # of the committed record; start afresh
+                (here / name).unlink(missing_ok=True)
+        self.log(f"== {rel}: its model is gone; retraining it from its committed config "
+                 f"(seed {cfg.seed}, {threads} thread(s))")
+        new = train(cfg, here, resume=True, log=self.log, threads=int(threads))
+        if not has_model(here):
+            raise ReproduceError(f"{here}: retrained, but it holds no {MODEL}")
+        check = compare_retrained(rel, int(threads), new, old, kept)
+        check.save(here / RETRAIN_FILE)
+        self.log(check.describe())
+        return check
+
+    def analyses(self, needs: Sequence[str], *, part: str = "analyses") -> Unit | None:
+        """A target calls this in place of ``ctx.trained()`` when its analyses need the trained
+        models of the runs ``needs`` (relative to its folder): it declares the unit ``part``,
+        which runs once each of those models exists.  Planning and unit mode for another unit
+        end here; for the analyses unit (returned) and the whole target (None) a missing model
+        is an error; the target then analyses and ends with :meth:`analysed`."""
+        unit = Unit(part, "", None, (part,), kind="analyses", needs=tuple(needs))
+        if self.planning:
+            self.planned.append(unit)
+            raise _Stop()
+        if self.unit is not None and self.unit != unit.name:
+            raise _Stop()
+        missing = [rel for rel in needs if not has_model(self.out / rel)]
+        if missing:
+            raise ReproduceError(f"the analyses need the models of {', '.join(missing)}, which are "
+                                 f"not in {self.out}: train or retrain those units first")
+        return unit if self.unit is not None else None
+
+    def analysed(self, unit: Unit | None, record: AnalysesRecord, *, part: str = "analyses") -> Path:
+        """Write the analyses' record into the unit's folder and the summary's measures; in unit
+        mode the target stops here."""
+        path = self.out / part / ANALYSES_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record.save(path)
+        self.measure("analyses", record.to_dict())
+        if unit is not None:
+            self._done(unit)
+        return path
 
     def committed_config(self, rel: str) -> ExperimentConfig | None:
         """The config a committed record of run ``rel`` was trained with, if there is one."""

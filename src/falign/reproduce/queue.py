@@ -24,6 +24,17 @@ skipping units that are done or running; each unit trains from a checkout of one
 unit ends, ``run`` collects it, summarises its target and, with ``--commit``, commits those
 files.  Stop it and start it again at any time: a unit's runs resume from their checkpoints.
 ``python -m falign.reproduce.recheck results/runs/NAME/...`` re-checks a committed record.
+
+Units that need trained models (``--runs`` says where they are): a *model* unit retrains one
+finished run whose model (``best.pt``) is not in ``RUNS/NAME`` (lost with a machine change)
+from its committed config; it is ``waiting`` while the run's own training unit is pending,
+``pending`` once the run is committed and its model is missing, ``done`` while the model is
+there (machine-local: it is not in the summary's units); its comparison with the committed
+record (``retrain.json``) is committed beside it, and where no record of the run was committed
+(only the summary's numbers), the new record too.  An *analyses* unit is ``waiting`` until every
+model it needs is in ``RUNS/NAME``, then ``pending``; it is ``done`` once its record
+(``analyses.json``, and its PNG figures) is committed under ``results/runs/NAME/analyses``.
+The queue starts only ``pending`` units and moves on past ``waiting`` ones.
 """
 
 from __future__ import annotations
@@ -39,16 +50,21 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from ..records import RecordError, ReproductionSummary, UnitsSummary
+from ..records import ModelRetrain, RecordError, ReproductionSummary, UnitsSummary
 from .base import (
+    ANALYSES_FILE,
     RECORD_FILES,
+    RETRAIN_FILE,
     TARGETS,
     Unit,
+    analyses_record,
     finished_record,
     hardware,
+    has_model,
     method_summary,
     plan,
     trial_entries,
+    unit_finished,
 )
 
 #: the order of the queue (the evidence issue's): the targets with long runs left first
@@ -80,20 +96,48 @@ def _legacy_done(old: ReproductionSummary | None, unit: Unit) -> bool:
                for rel in unit.run_dirs)
 
 
-def unit_states(name: str, results: Path, scale: str = "full") -> list[tuple[Unit, str]]:
+def unit_states(name: str, results: Path, scale: str = "full",
+                runs: Path | None = None) -> list[tuple[Unit, str]]:
     """Each unit of target ``name`` with ``"done"`` (committed records), ``"done (summary
-    only)"`` (a summary from before the queue) or ``"pending"``."""
+    only)"`` (a summary from before the queue), ``"pending"`` (it can run now) or ``"waiting"``
+    (it needs models that are not in ``runs/NAME`` yet; see the module docstring).  Model units
+    are listed only with ``runs`` (whether a model exists is a fact of that folder)."""
     root = records_dir(results, name)
+    here = Path(runs) / name if runs is not None else None
     old = _old_summary(results, name, scale)
-    out = []
+    out: list[tuple[Unit, str]] = []
+    trained: dict[str, str] = {}  # run dir -> the state of the training unit that makes it
     for u in plan(TARGETS[name], scale=scale):
-        if all(finished_record(root / rel) is not None for rel in u.run_dirs):
+        if u.kind == "model":
+            if here is None:
+                continue
+            rel = u.run_dirs[0]
+            if has_model(here / rel):
+                out.append((u, "done"))
+            elif trained.get(rel, "pending") == "pending" or not (root / rel / "config.yaml").is_file():
+                out.append((u, "waiting"))  # its training unit makes the model
+            else:
+                out.append((u, "pending"))
+        elif u.kind == "analyses":
+            if all(analyses_record(root / rel) is not None for rel in u.run_dirs):
+                out.append((u, "done"))
+            elif here is not None and all(has_model(here / rel) for rel in u.needs):
+                out.append((u, "pending"))
+            else:
+                out.append((u, "waiting"))
+        elif all(finished_record(root / rel) is not None for rel in u.run_dirs):
             out.append((u, "done"))
         elif _legacy_done(old, u):
             out.append((u, "done (summary only)"))
         else:
             out.append((u, "pending"))
+        if u.kind == "train":
+            trained.update((rel, out[-1][1]) for rel in u.run_dirs)
     return out
+
+
+def _done(state: str) -> bool:
+    return state.startswith("done")
 
 
 def _unit(name: str, unit_name: str, scale: str = "full") -> Unit:
@@ -107,6 +151,28 @@ def collect(name: str, unit: Unit, runs: Path, results: Path) -> list[Path]:
     """Copy the records of ``unit``'s runs from the target's folder ``runs/NAME`` into the
     repository's ``results/runs/NAME``; returns the run directories copied."""
     src, dst = Path(runs) / name, records_dir(results, name)
+    if unit.kind == "analyses":  # its record and its PNG figures
+        copied = []
+        for rel in unit.run_dirs:
+            if analyses_record(src / rel) is None:
+                continue
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            for f in [src / rel / ANALYSES_FILE, *sorted((src / rel).glob("*.png"))]:
+                shutil.copy2(f, dst / rel / f.name)
+            copied.append(dst / rel)
+        return copied
+    if unit.kind == "model":  # its comparison; the run's record only where none is committed
+        copied = []
+        for rel in unit.run_dirs:
+            if not (src / rel / RETRAIN_FILE).is_file():
+                continue
+            (dst / rel).mkdir(parents=True, exist_ok=True)
+            names = (RETRAIN_FILE,) if finished_record(dst / rel) else (RETRAIN_FILE, *RECORD_FILES)
+            for f in names:
+                if (src / rel / f).is_file():
+                    shutil.copy2(src / rel / f, dst / rel / f)
+            copied.append(dst / rel)
+        return copied
     dirs = [src / rel for rel in unit.run_dirs]
     for pattern in unit.extra:
         dirs += sorted(p for p in src.glob(pattern) if p.is_dir())
@@ -138,7 +204,8 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
     states = unit_states(name, results, scale)
     groups: dict[tuple[str, str], list[Unit]] = {}
     for u, _ in states:
-        groups.setdefault((u.part, u.method), []).append(u)
+        if u.kind == "train":
+            groups.setdefault((u.part, u.method), []).append(u)
     methods = []
     for (part, label), units in groups.items():
         rels = [rel for u in units for rel in u.run_dirs]
@@ -154,10 +221,19 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
             entry = method_summary(label, [root / rel for rel in rels], root, part=part,
                                    published=units[0].published)
         methods.append(entry)
-    done = [u.name for u, s in states if s != "pending"]
-    pending = [u.name for u, s in states if s == "pending"]
+    done = [u.name for u, s in states if _done(s)]
+    pending = [u.name for u, s in states if not _done(s)]
     parts_done = [p for p in target.parts
-                  if all(s != "pending" for u, s in states if u.part == p)]
+                  if all(_done(s) for u, s in states if u.part == p)]
+    measures = {k: v for k, v in (old.measures if old is not None else {}).items()
+                if k != "progress when stopped"}
+    retrained = {p.parent.relative_to(root).as_posix(): ModelRetrain.load(p).to_dict()
+                 for p in sorted(root.rglob(RETRAIN_FILE))} if root.is_dir() else {}
+    if retrained:
+        measures["retrained models"] = retrained
+    for u, s in states:
+        if u.kind == "analyses" and s == "done":
+            measures[u.name] = analyses_record(root / u.run_dirs[0]).to_dict()
     seconds = sum(r.seconds or 0.0 for m in methods for r in m.runs)
     seconds += sum(t.seconds or 0.0 for m in methods for t in m.trials)
     summary = ReproductionSummary(
@@ -169,9 +245,7 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
         compute_seconds=round(seconds, 1),
         units=UnitsSummary(total=len(states), done=tuple(done), pending=tuple(pending),
                            made_by="python -m falign.reproduce.queue"),
-        methods=tuple(methods),
-        measures={k: v for k, v in (old.measures if old is not None else {}).items()
-                  if k != "progress when stopped"})
+        methods=tuple(methods), measures=measures)
     path = Path(results) / f"{name}.json"
     summary.save(path)
     return path
@@ -271,21 +345,27 @@ def _finish(name: str, unit: Unit, *, runs: Path, results: Path, repo: Path, sca
     hours = sum(e.seconds or 0.0 for r in records if r is not None for e in r.epochs) / 3600
     trials = trial_entries(records_dir(results, name), unit.extra)
     hours += sum(t.seconds or 0.0 for t in trials) / 3600
-    log(f"queue: {name}:{unit.name} done: test {accs or '-'}, {hours:.2f} h of training; "
-        f"{len(copied)} run records")
+    what = f"test {accs or '-'}, {hours:.1f} h of training on one core"
+    if unit.kind == "model":  # what the retrained record says beside the committed one
+        checks = [ModelRetrain.load(runs / name / rel / RETRAIN_FILE) for rel in unit.run_dirs
+                  if (runs / name / rel / RETRAIN_FILE).is_file()]
+        what += "; " + "; ".join(c.describe() for c in checks)
+    elif unit.kind == "analyses":
+        what = "alignment, sign concordance, CKA and exemplars of the final models"
+    log(f"queue: {name}:{unit.name} done: {what}; {len(copied)} records")
     if commit:
         trained = {((r.environment.get("git") or {}).get("commit") or "?")[:10]
                    for r in records if r is not None}
+        by = f", trained by {', '.join(sorted(trained))}" if trained else ""
         _commit(repo, [records_dir(results, name), path, *made],
-                f"Evidence queue: {name} unit {unit.name} done (test {accs or '-'}, "
-                f"{hours:.1f} h of training on one core), trained by {', '.join(sorted(trained))}", log)
+                f"Evidence queue: {name} unit {unit.name} done ({what}){by}", log)
 
 
 def _pending(names: Sequence[str], runs: Path, results: Path, skip: set[str],
              scale: str) -> list[tuple[str, Unit]]:
     out = []
     for name in names:
-        for u, state in unit_states(name, results, scale):
+        for u, state in unit_states(name, results, scale, runs):
             key = f"{name}:{u.name}"
             if state == "pending" and key not in skip and not running(runs, name, u):
                 out.append((name, u))
@@ -321,7 +401,7 @@ def run_queue(names: Sequence[str], *, runs: Path, results: Path, repo: Path, co
                 log(f"queue: {key} FAILED (exit {proc.returncode}, after "
                     f"{(time.time() - started) / 3600:.2f} h); log: {runs / 'logs' / (_safe(key) + '.log')}")
                 continue
-            if not all(finished_record(runs / name / rel) for rel in unit.run_dirs):
+            if not unit_finished(unit, runs / name):
                 failed.add(key)  # ended well but left runs unfinished (e.g. a grid that all
                 log(f"queue: {key} ended without finishing its runs; not started again "  # diverged)
                     f"(log: {runs / 'logs' / (_safe(key) + '.log')})")
@@ -332,13 +412,13 @@ def run_queue(names: Sequence[str], *, runs: Path, results: Path, repo: Path, co
             log("queue: stopped (running units go on; they write their pid files)")
             return
         # units trained by processes this queue did not start (pid files) count too
-        others = sum(running(runs, n, u) for n in names for u, st in unit_states(n, results, scale)
+        others = sum(running(runs, n, u) for n in names for u, st in unit_states(n, results, scale, runs)
                      if st == "pending" and f"{n}:{u.name}" not in active)
         free = jobs - len(active) - others
         # every pass: collect what finished, start what the free jobs allow
         for name, unit in _pending(names, runs, results, failed | set(active), scale):
             key = f"{name}:{unit.name}"
-            if all(finished_record(runs / name / rel) for rel in unit.run_dirs):
+            if unit_finished(unit, runs / name):
                 # trained and not collected yet (by a process started by hand, or a queue
                 # stopped before it collected): collect it, train nothing, whatever the jobs
                 _finish(name, unit, runs=runs, results=results, repo=repo, scale=scale,
@@ -404,11 +484,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.cmd == "status":
         for n in names:
-            states = unit_states(n, results, args.scale)
-            done = sum(s != "pending" for _, s in states)
+            states = unit_states(n, results, args.scale, Path(args.runs) if args.runs else None)
+            done = sum(_done(s) for _, s in states)
             print(f"{n}: {done} of {len(states)} units done")
             for u, s in states:
-                if s == "pending" and args.runs and running(Path(args.runs), n, u):
+                if not _done(s) and args.runs and running(Path(args.runs), n, u):
                     s = "running"
                 print(f"  {u.name:40s} {s}")
         return 0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..records import RecordError, ReproductionSummary
 from ..training.loop import RunDirError, signals_interrupt
-from .base import RESULTS, TARGETS, Context, ReproduceError, _Stop, finished_record, plan
+from .base import ANALYSES_FILE, RESULTS, TARGETS, Context, ReproduceError, _Stop, finished_record, plan
 
 #: the marker an older falign wrote beside ``results.json`` (still read)
 OLD_MARKER = "reproduce.json"
@@ -41,21 +41,23 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
     the target has.  The same target and scale again into a finished ``out`` is a resume: the
     runs are read back, none is trained, and the report is written again.  ``parts`` runs only
     those parts of a target that has several (``TARGETS[name].parts``; all by default), or one
-    *unit* (``PART/METHOD[/seedK]``, see :func:`falign.reproduce.base.plan`): then only that
-    unit trains, and no report or summary is written (the queue, :mod:`falign.reproduce.queue`,
-    makes the summary from the unit's records); returns None.  ``records`` is the folder of
-    committed run records (``results/runs/NAME``): units it holds finished are read from it,
-    not trained again."""
+    *unit* (``PART/METHOD[/seedK]``, or an analyses unit's ``PART``, see
+    :func:`falign.reproduce.base.plan`): then only that unit trains, and no report or summary is
+    written (the queue, :mod:`falign.reproduce.queue`, makes the summary from the
+    unit's records); returns None.  ``records`` is the folder of committed run records
+    (``results/runs/NAME``): units it holds finished are read from it, not trained again."""
     TARGETS.lookup(name)  # an unknown name: one line with the nearest
     if scale not in ("smoke", "full"):
         raise ReproduceError(f"scale must be 'smoke' or 'full', not '{scale}'")
     target = TARGETS[name]
     unit = None
-    if parts and any("/" in p for p in parts):
+    # a part the target does not have may be a unit (PART/METHOD[/seedK], or an analyses unit)
+    known = [u.name for u in plan(target, scale=scale)] if any(
+        p not in target.parts for p in parts or []) else []
+    if parts and any("/" in p or p in known for p in parts):
         if len(parts) > 1:
             raise ReproduceError("--part: give one unit (PART/METHOD[/seedK]) at a time")
         unit = parts[0]
-        known = [u.name for u in plan(target, scale=scale)]
         if unit not in known:
             import difflib
 
@@ -111,6 +113,9 @@ def reproduce(name: str, *, scale: str = "smoke", out: str | Path | None = None,
         done = ctx.trained_unit
         if done is None:
             raise ReproduceError(f"reproduction '{name}': unit '{unit}' was not reached") from None
+        if done.kind == "analyses":
+            log(f"unit {unit}: {out / done.run_dirs[0] / ANALYSES_FILE} written")
+            return None
         for rel in done.run_dirs:
             record = finished_record(out / rel)
             log(f"unit {unit}: {rel} " + (f"test accuracy {100 * record.test_acc:.2f}%" if record

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import torch
 
-from ..report.analyses import cka_vs_reference, exemplar_grid
 from ..report.analyses import predictions as predictions  # its home before report/analyses.py
 from ..training.compare import method, run_label
 from ..training.config import ExperimentConfig
 from .base import Context as Context
-from .base import Outcome, ReproduceError, Target, best_model, confusion_figures, dataset_of, register_target
+from .base import Outcome, ReproduceError, Target, confusion_figures, register_target
 
 # -- targets ---------------------------------------------------------------------------------
 
@@ -136,10 +135,11 @@ def sign_tracking(ctx: Context) -> Outcome:
 
 
 LK_PUBLISHED = {"bp": 75.80, "fa:dense": 35.77, "fa": 40.07, "frsf": 74.30, "usf_norm": 75.67}
-ARCH1_LAYERS = ["conv1", "conv2", "fc1", "fc2", "fc3"]
 
 
 def lance_kieu(ctx: Context) -> Outcome:
+    from .lance_kieu import analyse
+
     smoke = {"data.subset": 600, "train.epochs": 2, "sweep.final_epochs": 2, "sweep.trial_epochs": 1,
              "train.alignment_every": 2}
     cfg = ctx.config("arch1-cifar10", smoke)
@@ -148,17 +148,19 @@ def lance_kieu(ctx: Context) -> Outcome:
         for space in spec.rules.values():
             space.params = {k: [v[len(v) // 2]] for k, v in space.params.items()}
     ctx.sweep(cfg, spec, "sweep", published=LK_PUBLISHED)
-    ctx.trained()
-    runs = {label: ctx.out / "sweep" / "final" / f"{run_label(label)}-seed{spec.final_seeds[0]}"
-            for label in spec.rules}
+    finals = {label: f"sweep/final/{run_label(label)}-seed{spec.final_seeds[0]}" for label in spec.rules}
+    ctx.final_models(finals)  # a final whose model a machine change lost: retrained alone
+    unit = ctx.analyses(list(finals.values()))  # once the five models exist side by side
+    runs = {label: ctx.out / rel for label, rel in finals.items()}
     outcome = Outcome(run_dirs=list(runs.values()), published=dict(LK_PUBLISHED), notes=[
         "Published (Lance & Kieu 2026, CIFAR-10, best validation checkpoint, seed 42): test "
         "accuracy BP 75.80, FA dense 35.77, FA kernel 40.07, uSF Init 74.30, uSF SN 75.67%. "
         "CKA vs BP (diagonal): uSF variants 0.99 at conv1, 0.93-0.94 at conv2; FA kernel 0.72 at "
         "conv1, 0.06 at fc3; FA dense 0.60 at conv1, 0.09 at fc3.",
     ])
-    outcome.notes += fixed_feedback_check(runs)
-    cka_and_exemplars(ctx, cfg, runs, outcome)
+    feedback = fixed_feedback_check(runs)
+    outcome.notes += feedback
+    ctx.analysed(unit, analyse(ctx, cfg, finals, feedback, outcome))
     return outcome
 
 
@@ -194,27 +196,16 @@ def fixed_feedback_check(runs: dict[str, Path]) -> list[str]:
     return notes
 
 
-def cka_and_exemplars(ctx: Context, cfg: ExperimentConfig, runs: dict[str, Path],
-                      outcome: Outcome) -> None:
-    device = torch.device("cpu")
-    data = dataset_of(cfg, device)
-    x = data.eval_transform(data.test.x)
-    y = data.test.y
-    models = {label: best_model(d, device) for label, d in runs.items()}
-    folder = ctx.out / "analysis"
-    cka = cka_vs_reference(models, x, y, folder, layers=ARCH1_LAYERS, reference="bp")
-    grid = exemplar_grid(models, "conv2", x, y, folder, k=3 if ctx.smoke else 5, n=6 if ctx.smoke else 9,
-                         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
-    for section in (cka, grid):
-        outcome.figures += section.figures
-        outcome.notes += section.notes
+def _lk_page(results: Path, repo: Path) -> list[Path]:
+    from .lance_kieu import write_page
 
-
+    return write_page(results, repo)
 
 
 for _target in (
     Target("lance-kieu-2026", "Lance & Kieu 2026: FA on a CIFAR-10 CNN (Arch 1)",
-           "Lance & Kieu 2026, Interpretability Analysis of Feedback Alignment on CNN", lance_kieu),
+           "Lance & Kieu 2026, Interpretability Analysis of Feedback Alignment on CNN", lance_kieu,
+           page=_lk_page),
     Target("biotorch-lenet", "BioTorch benchmark: LeNet on MNIST and Fashion-MNIST",
            "Sanfiz & Akrout 2021, Benchmarking the Accuracy and Robustness of Feedback Alignment",
            biotorch_lenet, metric="test accuracy % (100 - published top-1 error)"),
