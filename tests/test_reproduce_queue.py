@@ -333,6 +333,7 @@ def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retra
     assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["analyses"]
 
 
+@pytest.mark.slow  # trains five smoke finals and BP again (minutes); test_smoke covers the analyses
 def test_a_lost_final_model_is_retrained_and_the_analyses_unit_makes_figures_and_numbers(
         tmp_path: Path, monkeypatch) -> None:
     """Smoke scale, end to end: the five finals trained and committed; BP's run folder lost;
