@@ -4,6 +4,7 @@ summary rebuilt from the records, resumes that skip what the records hold."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,7 +55,8 @@ def test_full_scale_units_are_the_issues_pieces() -> None:
     names = {n: [u.name for u in plan(TARGETS[n])] for n in TARGETS}
     methods = ["bp", "fa:dense", "fa", "frsf", "usf_norm"]
     assert names["lance-kieu-2026"] == [*(f"sweep/{m}" for m in methods), *(f"models/{m}" for m in methods),
-                                        "analyses"]
+                                        "analyses", *(f"spread/{m}/seed{s}" for m in ("fa", "bp")
+                                                      for s in (43, 44))]
     assert "lenet-fashion-mnist/fa" in names["biotorch-lenet"] and len(names["biotorch-lenet"]) == 12
     assert names["lillicrap-2016"] == [f"compare/{m}/seed{s}" for m in ("bp", "fa") for s in range(3)]
     assert len(names["akrout-2019"]) == 12 + 4 and "mnist/kp/seed1113" in names["akrout-2019"]
@@ -282,6 +284,7 @@ def test_a_unit_finished_outside_is_collected_even_while_every_job_is_busy(tmp_p
 # -- units that need the final models (Lance & Kieu 2026) ----------------------------------------
 
 LK = "lance-kieu-2026"
+SPREAD = [f"spread/{m}/seed{s}" for m in ("fa", "bp") for s in (43, 44)]
 
 
 def _fake_run(folder: Path, *, model: bool) -> None:
@@ -303,8 +306,8 @@ def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retra
     runs, results = tmp_path / "runs", tmp_path / "results"
     units = plan(TARGETS[LK], scale="smoke")
     finals = {u.method: u.run_dirs[0] for u in units if u.kind == "model"}
-    assert [u.name for u in units][-6:] == [*(f"models/{m}" for m in finals), "analyses"]
-    analyses = units[-1]
+    assert [u.name for u in units][-10:-4] == [*(f"models/{m}" for m in finals), "analyses"]
+    analyses = units[-5]
     assert analyses.kind == "analyses" and set(analyses.needs) == set(finals.values())
     for rel in finals.values():
         _fake_run(records_dir(results, LK) / rel, model=False)
@@ -312,13 +315,14 @@ def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retra
     states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
     assert states["models/bp"] == "pending" and states["analyses"] == "waiting"
     assert all(states[f"models/{m}"] == "done" for m in finals if m != "bp")
-    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["models/bp"]
+    # the spread units (their finals' configs are committed) take the jobs the analyses leave
+    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["models/bp", *SPREAD]
     # without a runs folder no model unit is listed, and the analyses cannot start
     assert {u.kind for u, _ in unit_states(LK, results, "smoke")} == {"train", "analyses"}
     # the summary counts the analyses (not done: partial), not the machine's models
     summary = json.loads(summarise(LK, results, "smoke").read_text())
-    assert summary["status"] == "partial" and summary["units"]["pending"] == ["analyses"]
-    assert summary["units"]["total"] == 6
+    assert summary["status"] == "partial" and summary["units"]["pending"] == ["analyses", *SPREAD]
+    assert summary["units"]["total"] == 10
     # a final still training (no committed record): its model unit waits for its training unit
     (results / f"{LK}.json").unlink()
     shutil.rmtree(records_dir(results, LK) / finals["fa"])
@@ -330,7 +334,7 @@ def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retra
     (runs / LK / finals["bp"] / "best.pt").write_bytes(b"")
     states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
     assert states["models/bp"] == "done" and states["analyses"] == "pending"
-    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["analyses"]
+    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["analyses", *SPREAD]
 
 
 @pytest.mark.slow  # trains five smoke finals and BP again (minutes); test_smoke covers the analyses
@@ -400,3 +404,155 @@ def test_a_lost_final_model_is_retrained_and_the_analyses_unit_makes_figures_and
     assert BEGIN in page and "CKA vs BP, diagonal (both_correct)" in page
     assert (repo / "docs/figures" / f"{LK}-cka-all.png").is_file()
     assert "](../figures/lance-kieu-2026-exemplars.png)" in page and len(changed) > 3
+
+
+# -- the seed spread beside the paper's one seed (Lance & Kieu 2026) -----------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _final(folder: Path, *, seed: int, acc: float) -> None:
+    """A finished run's committed record at ``seed`` with test accuracy ``acc`` (CIFAR-10 JPEG copy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tracking.json").write_text(json.dumps({
+        "schema": 3, "status": "completed", "test_acc": acc, "epochs": [],
+        "config": {"seed": seed, "data": {"name": "cifar10-jpeg"}}, "environment": {}}))
+    (folder / "config.yaml").write_text(f"name: x\nseed: {seed}\n")
+
+
+def _spread_records(results: Path, fa: dict[int, float], bp: dict[int, float]) -> None:
+    for label, accs in (("fa", fa), ("bp", bp)):
+        for seed, acc in accs.items():
+            rel = f"sweep/final/{label}-seed42" if seed == 42 else f"spread/{label}/seed{seed}"
+            _final(records_dir(results, LK) / rel, seed=seed, acc=acc)
+
+
+def test_spread_units_come_after_the_analyses_and_wait_for_their_finals_config(tmp_path: Path) -> None:
+    """FA and BP at seeds 43 and 44, one unit each, last in the target's order; a unit waits until
+    its final's config is committed, is pending then, done once its own record is committed; with
+    the repository's records (FA's final and BP's config committed) all four are pending."""
+    from falign.reproduce.queue import _pending
+
+    units = plan(TARGETS[LK], scale="full")
+    names = [u.name for u in units]
+    assert names[names.index("analyses") + 1:] == SPREAD
+    spread = {u.name: u for u in units if u.part == "spread"}
+    assert spread["spread/fa/seed43"].needs == ("sweep/final/fa-seed42",)
+    bp44 = spread["spread/bp/seed44"]
+    assert (bp44.run_dirs, bp44.seed, bp44.needs) == (("spread/bp/seed44",), 44, ("sweep/final/bp-seed42",))
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    assert {s for u, s in unit_states(LK, results) if u.part == "spread"} == {"waiting"}
+    _spread_records(results, {42: 0.361, 43: 0.37}, {})
+    states = {u.name: s for u, s in unit_states(LK, results)}
+    assert [states[n] for n in SPREAD] == ["done", "pending", "waiting", "waiting"]
+    pending = [u.name for _, u in _pending([LK], runs, results, set(), "full")]
+    # FA's committed final has no model in the runs folder: its model unit comes first
+    assert pending == ["sweep/bp", "sweep/fa:dense", "sweep/frsf", "sweep/usf_norm", "models/fa",
+                       "spread/fa/seed44"]
+    committed = {u.name: s for u, s in unit_states(LK, REPO / "results")}
+    assert [committed[n] for n in SPREAD] == ["pending"] * 4
+
+
+def _sd(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_the_spread_measure_gives_each_methods_mean_std_and_its_gap_to_bp_per_seed(tmp_path: Path) -> None:
+    """From committed records: FA and BP at seeds 42-44 give mean ± std (n - 1) per method and the
+    gap per seed pair, written by hand here; FA's 0.47 points beyond the 3.5-point tolerance at
+    seed 42 are covered by a spread of 1.2 points (2 std = 2.4), not by one of 0.1."""
+    from falign.records import SeedSpread
+
+    results = tmp_path / "results"
+    _spread_records(results, {42: 0.3610, 43: 0.3850, 44: 0.3720}, {42: 0.7356, 43: 0.7400, 44: 0.7310})
+    summary = json.loads(summarise(LK, results, "full").read_text())
+    got = summary["measures"]["seed spread"]
+    fa, bp = [36.10, 38.50, 37.20], [73.56, 74.00, 73.10]
+    assert got["methods"]["fa"]["mean"] == pytest.approx(sum(fa) / 3, abs=1e-4)
+    assert got["methods"]["fa"]["std"] == pytest.approx(_sd(fa), abs=1e-4)
+    assert got["methods"]["bp"]["std"] == pytest.approx(_sd(bp), abs=1e-4)
+    assert got["methods"]["fa"]["gap"] == pytest.approx({"42": -37.46, "43": -35.50, "44": -35.90}, abs=1e-4)
+    gaps = [-37.46, -35.50, -35.90]
+    assert got["methods"]["fa"]["gap_std"] == pytest.approx(_sd(gaps), abs=1e-4)
+    assert got["methods"]["fa"]["published"] == 40.07 and got["tolerance"] == 3.5
+    record = SeedSpread.from_dict(got, "test")
+    assert record.to_dict() == got  # read back: the same numbers
+    assert record.beyond("fa") == pytest.approx(abs(36.10 - 40.07) - 3.5)
+    assert record.covers("fa") is True and record.within("fa") == {42: False, 43: True, 44: True}
+    assert record.covers("bp") is None  # BP is within tolerance: nothing to cover
+    assert record.published_gap("fa") == pytest.approx(40.07 - 75.80)
+    # the seed-42 numbers stay what the table compares with the paper
+    by = {(m["part"], m["method"]): m for m in summary["methods"]}
+    assert by[("sweep", "fa")]["test_acc_mean"] == 0.361 and by[("sweep", "fa")]["published"] == 40.07
+    assert by[("spread", "fa")]["published"] is None and by[("spread", "fa")]["seeds"] == [43, 44]
+
+    narrow = tmp_path / "narrow"
+    _spread_records(narrow, {42: 0.3610, 43: 0.3620, 44: 0.3600}, {42: 0.7356})
+    record = SeedSpread.from_dict(json.loads(summarise(LK, narrow, "full").read_text())["measures"]
+                                  ["seed spread"], "test")
+    assert record.covers("fa") is False and record.gaps("fa") == pytest.approx({42: 36.10 - 73.56})
+
+
+def test_the_results_page_says_not_measured_yet_then_whether_the_spread_covers_the_miss(tmp_path: Path):
+    """Before any other seed: 'Not measured yet' with each unit's command and no measure in the
+    summary; one seed in: its column and the three commands left; all in: the verdict."""
+    from falign.reproduce.lance_kieu import SPREAD_BEGIN, write_page
+
+    results, repo = tmp_path / "results", tmp_path / "repo"
+    (repo / "docs" / "experiments").mkdir(parents=True)
+    page = repo / "docs" / "experiments" / "results.md"
+    page.write_text("# Results\n")
+    _spread_records(results, {42: 0.3610}, {42: 0.7356})
+    assert "seed spread" not in json.loads(summarise(LK, results, "full").read_text())["measures"]
+    write_page(results, repo)
+    text = page.read_text()
+    assert SPREAD_BEGIN in text and "**Not measured yet.**" in text
+    assert "fa 36.10% (published 40.07, -3.97 points, 0.47 beyond the 3.5-point tolerance)" in text
+    for unit in SPREAD:
+        assert f"`falign reproduce lance-kieu-2026 --scale full --part {unit} " in text
+
+    _spread_records(results, {43: 0.3850}, {})
+    summarise(LK, results, "full")
+    write_page(results, repo)
+    text = page.read_text()
+    assert "| fa | 40.07 | 36.10 | 38.50 | - | 37.30 ± 1.70 |" in text
+    assert "--part spread/fa/seed43 " not in text and "--part spread/fa/seed44 " in text
+
+    _spread_records(results, {44: 0.3720}, {43: 0.7400, 44: 0.7310})
+    summarise(LK, results, "full")
+    write_page(results, repo)
+    text = page.read_text()
+    assert text.count(SPREAD_BEGIN) == 1 and "Not measured yet" not in text.split(SPREAD_BEGIN)[1]
+    assert "the seed spread covers the miss (0.47 <= 2 x 1.20)" in text
+    assert "Gap to bp per seed: -37.46 (42), -35.50 (43), -35.90 (44)" in text
+
+
+def test_a_spread_unit_trains_the_committed_final_config_at_its_seed(tmp_path: Path) -> None:
+    """Smoke scale: FA's sweep unit trained and committed; on another machine (an empty folder)
+    the spread unit trains that config with only seed and name changed; collected, the summary
+    keeps it beside seed 42.  Without a config to train from, it says what to do."""
+    from falign.training.config import load_config
+
+    if not (Path(mnist_or_skip()) / "cifar10-jpeg.tar.gz").exists():
+        pytest.skip("cifar10-jpeg.tar.gz not found")
+    with pytest.raises(ReproduceError, match="neither committed .* pass --records"):
+        reproduce(LK, out=tmp_path / "bare" / LK, parts=["spread/fa/seed43"], log=lambda s: None)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    reproduce(LK, out=runs / LK, parts=["sweep/fa"], log=lambda s: None)
+    collect(LK, _unit(LK, "sweep/fa"), runs, results)
+    other = tmp_path / "other"
+    reproduce(LK, out=other / LK, parts=["spread/fa/seed43"], records=records_dir(results, LK),
+              log=lambda s: None)
+    final = load_config(str(records_dir(results, LK) / "sweep/final/fa-seed42/config.yaml")).to_dict()
+    again = load_config(str(other / LK / "spread/fa/seed43/config.yaml")).to_dict()
+    assert (again["seed"], again["name"], final["seed"]) == (43, "fa-spread-s43", 42)
+    assert {k: v for k, v in again.items() if k not in ("seed", "name")} == \
+        {k: v for k, v in final.items() if k not in ("seed", "name")}
+    assert not (other / LK / "sweep").exists()  # nothing else trained
+    collect(LK, _unit(LK, "spread/fa/seed43"), other, results)
+    summary = json.loads(summarise(LK, results, "smoke").read_text())
+    accs = summary["measures"]["seed spread"]["methods"]["fa"]["test_acc"]
+    assert accs["43"] == RunRecord.read(other / LK / "spread/fa/seed43/tracking.json").test_acc
+    assert accs["42"] == RunRecord.read(runs / LK / "sweep/final/fa-seed42/tracking.json").test_acc
+    assert {u.name: s for u, s in unit_states(LK, results, "smoke")}["spread/fa/seed43"] == "done"

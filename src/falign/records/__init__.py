@@ -1,7 +1,8 @@
 """Typed, versioned records of what one stage of falign writes and a later one reads: a run
 (``tracking.json``), a comparison (``compare.json``), a sweep (``sweep.json``), a
-reproduction's summary (``results.json``, ``results/NAME.json``) and the re-check of its
-committed runs (``results/checks/NAME.json``).
+reproduction's summary (``results.json``, ``results/NAME.json``), the spread of its final runs
+over seeds (a summary's measure) and the re-check of its committed runs
+(``results/checks/NAME.json``).
 
 Each record is a dataclass with ``to_dict`` / ``from_dict`` (and ``save`` / ``load`` for its
 file, ``write`` / ``read`` for a run's): it writes the newest form with its version and reads
@@ -23,12 +24,14 @@ from .results import (
     UnitsSummary,
 )
 from .run import RESUMED, SCHEMA_VERSION, STATUSES, AlignmentRecord, EpochRecord, RunRecord
+from .spread import SPREAD_VERSION, SeedSpread, SpreadMethod
 from .sweep import SWEEP_VERSION, FinalRun, SweepFinal, SweepRecord, SweepRule, SweepTrial
 
 __all__ = [
     "ANALYSES_VERSION", "AnalysesRecord", "ModelRetrain",
     "COMPARE_VERSION", "RECHECK_VERSION", "RESULTS_SCHEMA", "RESUMED", "SCHEMA_VERSION", "STATUSES",
-    "SWEEP_VERSION", "AlignmentRecord", "CompareRecord", "ComparedRun", "EpochRecord", "FinalRun",
+    "SPREAD_VERSION", "SWEEP_VERSION", "SeedSpread", "SpreadMethod",
+    "AlignmentRecord", "CompareRecord", "ComparedRun", "EpochRecord", "FinalRun",
     "MethodSummary", "RecheckRecord", "RecordError", "ReproductionSummary", "RunCheck", "RunRecord",
     "RunSummary", "SeedSummary", "SweepFinal", "SweepRecord", "SweepRule", "SweepTrial",
     "TrialSummary", "UnitsSummary", "new_file_mode", "read_json", "write_json",

@@ -23,7 +23,9 @@ target's folder on the machine that trained them) are units too: ``ctx.final_mod
 one ``model`` unit a run, which retrains the run from its committed config when its model is
 gone (same seed, same thread count) and compares the new record with the committed one
 (:class:`~falign.records.ModelRetrain`); ``ctx.analyses`` declares the ``analyses`` unit, which
-runs only once every model it needs exists, and ends where ``ctx.trained()`` would.
+runs only once every model it needs exists.  ``ctx.reseed`` declares units after those: a final
+run trained again at other seeds from its config (only the seed changes), one unit a method
+and seed, which waits until that config is committed.
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ class Unit:
     ``kind`` (:data:`UNIT_KINDS`): ``"train"`` trains its runs; ``"model"`` retrains its one
     finished run whose model (``best.pt``) is gone from the target's folder; ``"analyses"``
     analyses the models of the runs ``needs`` names and writes ``analyses.json`` into its one
-    folder ``run_dirs[0]`` (its method is empty: its name is its part)."""
+    folder ``run_dirs[0]`` (its method is empty: its name is its part).  A ``"train"`` unit
+    that ``needs`` runs trains from their configs (a final run at another seed) and waits
+    until those are committed."""
 
     part: str
     method: str
@@ -206,6 +210,10 @@ class Target:
     #: a page of its own made from the committed summary: ``(results folder, repository) ->
     #: the files it rewrote``; such a target's table is not in the README
     page: Callable[[Path, Path], list[Path]] | None = None
+    #: numbers the target makes from its methods' entries (key -> plain value), merged into the
+    #: summary's ``measures`` wherever a summary is written (a whole run, the queue's summarise);
+    #: an empty mapping while there is nothing to say
+    measures: Callable[[Sequence[MethodSummary]], dict[str, Any]] | None = None
 
 
 TARGETS: Registry = Registry("reproduction", ReproduceError)
@@ -347,34 +355,71 @@ class Context:
         self.log(check.describe())
         return check
 
-    def analyses(self, needs: Sequence[str], *, part: str = "analyses") -> Unit | None:
-        """A target calls this in place of ``ctx.trained()`` when its analyses need the trained
-        models of the runs ``needs`` (relative to its folder): it declares the unit ``part``,
-        which runs once each of those models exists.  Planning and unit mode for another unit
-        end here; for the analyses unit (returned) and the whole target (None) a missing model
-        is an error; the target then analyses and ends with :meth:`analysed`."""
+    def analyses(self, needs: Sequence[str], analyse: Callable[[], AnalysesRecord], *,
+                 part: str = "analyses") -> AnalysesRecord | None:
+        """Analyses that need the trained models of the runs ``needs`` (relative to the target's
+        folder): declares the unit ``part``, which runs ``analyse`` once each of those models
+        exists, writes its record into ``out/part/analyses.json`` and the summary's measures,
+        and returns it.  Planning and unit mode for another unit skip it (None), so a target
+        declares its later units after it; for the analyses unit and the whole target a missing
+        model is an error, and in unit mode the target stops once the record is written."""
         unit = Unit(part, "", None, (part,), kind="analyses", needs=tuple(needs))
         if self.planning:
             self.planned.append(unit)
-            raise _Stop()
+            return None
         if self.unit is not None and self.unit != unit.name:
-            raise _Stop()
+            return None
         missing = [rel for rel in needs if not has_model(self.out / rel)]
         if missing:
             raise ReproduceError(f"the analyses need the models of {', '.join(missing)}, which are "
                                  f"not in {self.out}: train or retrain those units first")
-        return unit if self.unit is not None else None
-
-    def analysed(self, unit: Unit | None, record: AnalysesRecord, *, part: str = "analyses") -> Path:
-        """Write the analyses' record into the unit's folder and the summary's measures; in unit
-        mode the target stops here."""
+        record = analyse()
         path = self.out / part / ANALYSES_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         record.save(path)
         self.measure("analyses", record.to_dict())
-        if unit is not None:
+        if self.unit is not None:
             self._done(unit)
-        return path
+        return record
+
+    def reseed(self, finals: dict[str, str], seeds: Sequence[int], *, part: str) -> dict[str, list[Path]]:
+        """Each final run of ``finals`` (label -> run directory under the target's folder)
+        trained again at each of ``seeds``, with only the config's seed (and name) changed, so
+        the spread of a method over seeds is measured with the hyper-parameters its search
+        chose: one unit ``part/LABEL/seedK`` a method and seed, run directory
+        ``part/LABEL/seedK``, which needs the final's config (the committed one in
+        ``records``, else the run's own in the target's folder; the queue holds the unit back
+        until it is committed).  Each method enters the summary (part ``part``) with its
+        seeds' runs; returns label -> those run directories (none when planning, or in unit
+        mode for another unit)."""
+        from ..training.loop import train
+
+        units = [Unit(part, label, s, (f"{part}/{seed_run_dir(label, s)}",), needs=(rel,))
+                 for label, rel in finals.items() for s in seeds]
+        todo = self._units(units)
+        for u in todo:
+            here = self.out / u.run_dirs[0]
+            if finished_record(here) is None:
+                final = u.needs[0]
+                cfg = self.committed_config(final)
+                if cfg is None and (self.out / final / "config.yaml").is_file():
+                    cfg = load_config(str(self.out / final / "config.yaml"))
+                if cfg is None:
+                    where = self.records or "no --records given"
+                    raise ReproduceError(f"{u.name} trains from the config of {final}, which is neither "
+                                         f"committed ({where}) nor in {self.out}: train the unit that "
+                                         "makes that run first, or pass --records results/runs/NAME")
+                cfg = cfg.model_copy(deep=True)
+                cfg.seed, cfg.name = u.seed, f"{run_label(u.method)}-{part}-s{u.seed}"
+                self.log(f"== {u.name}: {final}'s config at seed {u.seed}")
+                train(cfg, here, resume=True, log=self.log)
+            self._done(u)
+        out: dict[str, list[Path]] = {}
+        for u in todo:
+            out.setdefault(u.method, []).append(self.out / u.run_dirs[0])
+        for label, dirs in out.items():
+            self.add(label, dirs, part=part)
+        return out
 
     def committed_config(self, rel: str) -> ExperimentConfig | None:
         """The config a committed record of run ``rel`` was trained with, if there is one."""
@@ -650,6 +695,14 @@ def _completed_parts(ctx: Context, status: str) -> list[str]:
     return done
 
 
+def target_measures(target: Target | None, methods: Sequence[MethodSummary],
+                    measures: dict[str, Any]) -> dict[str, Any]:
+    """``measures`` with the numbers the target makes from ``methods`` (:attr:`Target.measures`)."""
+    if target is None or target.measures is None:
+        return measures
+    return {**measures, **target.measures(tuple(methods))}
+
+
 def summary(ctx: Context, status: str) -> ReproductionSummary:
     """What ``results.json`` holds now: the target, this call's run-state (``status``; the report
     and extra rows once completed) and every method entered so far."""
@@ -664,7 +717,8 @@ def summary(ctx: Context, status: str) -> ReproductionSummary:
         published_metric=target.metric if target else None,
         wall_seconds_this_call=round(time.time() - ctx.started, 1),
         compute_seconds=round(sum(r.seconds or 0.0 for m in ctx.methods for r in m.runs), 1),
-        methods=tuple(ctx.methods), measures=ctx.measures, report=ctx.report,
+        methods=tuple(ctx.methods), measures=target_measures(target, ctx.methods, ctx.measures),
+        report=ctx.report,
         extra_rows=None if ctx.extra_rows is None else tuple(ctx.extra_rows))
 
 

@@ -34,7 +34,10 @@ record (``retrain.json``) is committed beside it, and where no record of the run
 (only the summary's numbers), the new record too.  An *analyses* unit is ``waiting`` until every
 model it needs is in ``RUNS/NAME``, then ``pending``; it is ``done`` once its record
 (``analyses.json``, and its PNG figures) is committed under ``results/runs/NAME/analyses``.
-The queue starts only ``pending`` units and moves on past ``waiting`` ones.
+A training unit that trains from another run's config (a final run at another seed, Lance &
+Kieu's ``spread`` units) is ``waiting`` until that run's ``config.yaml`` is committed.
+The queue starts only ``pending`` units and moves on past ``waiting`` ones; it starts them in
+the target's order, so units declared after the analyses take the jobs the analyses leave.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from .base import (
     has_model,
     method_summary,
     plan,
+    target_measures,
     trial_entries,
     unit_finished,
 )
@@ -129,6 +133,8 @@ def unit_states(name: str, results: Path, scale: str = "full",
             out.append((u, "done"))
         elif _legacy_done(old, u):
             out.append((u, "done (summary only)"))
+        elif not all((root / rel / "config.yaml").is_file() for rel in u.needs):
+            out.append((u, "waiting"))  # it trains from a config not committed yet
         else:
             out.append((u, "pending"))
         if u.kind == "train":
@@ -245,7 +251,7 @@ def summarise(name: str, results: Path, scale: str = "full") -> Path:
         compute_seconds=round(seconds, 1),
         units=UnitsSummary(total=len(states), done=tuple(done), pending=tuple(pending),
                            made_by="python -m falign.reproduce.queue"),
-        methods=tuple(methods), measures=measures)
+        methods=tuple(methods), measures=target_measures(target, methods, measures))
     path = Path(results) / f"{name}.json"
     summary.save(path)
     return path
