@@ -55,7 +55,7 @@ def test_full_scale_units_are_the_issues_pieces() -> None:
     names = {n: [u.name for u in plan(TARGETS[n])] for n in TARGETS}
     methods = ["bp", "fa:dense", "fa", "frsf", "usf_norm"]
     assert names["lance-kieu-2026"] == [*(f"sweep/{m}" for m in methods), *(f"models/{m}" for m in methods),
-                                        "analyses", *(f"spread/{m}/seed{s}" for m in ("fa", "bp")
+                                        "analyses", *(f"spread/{m}/seed{s}" for m in ("fa", "fa:dense", "bp")
                                                       for s in (43, 44))]
     assert "lenet-fashion-mnist/fa" in names["biotorch-lenet"] and len(names["biotorch-lenet"]) == 12
     assert names["lillicrap-2016"] == [f"compare/{m}/seed{s}" for m in ("bp", "fa") for s in range(3)]
@@ -284,7 +284,7 @@ def test_a_unit_finished_outside_is_collected_even_while_every_job_is_busy(tmp_p
 # -- units that need the final models (Lance & Kieu 2026) ----------------------------------------
 
 LK = "lance-kieu-2026"
-SPREAD = [f"spread/{m}/seed{s}" for m in ("fa", "bp") for s in (43, 44)]
+SPREAD = [f"spread/{m}/seed{s}" for m in ("fa", "fa:dense", "bp") for s in (43, 44)]
 
 
 def _fake_run(folder: Path, *, model: bool) -> None:
@@ -444,13 +444,13 @@ def test_spread_units_come_after_the_analyses_and_wait_for_their_finals_config(t
     assert {s for u, s in unit_states(LK, results) if u.part == "spread"} == {"waiting"}
     _spread_records(results, {42: 0.361, 43: 0.37}, {})
     states = {u.name: s for u, s in unit_states(LK, results)}
-    assert [states[n] for n in SPREAD] == ["done", "pending", "waiting", "waiting"]
+    assert [states[n] for n in SPREAD] == ["done", "pending"] + ["waiting"] * 4
     pending = [u.name for _, u in _pending([LK], runs, results, set(), "full")]
     # FA's committed final has no model in the runs folder: its model unit comes first
     assert pending == ["sweep/bp", "sweep/fa:dense", "sweep/frsf", "sweep/usf_norm", "models/fa",
                        "spread/fa/seed44"]
     committed = {u.name: s for u, s in unit_states(LK, REPO / "results")}
-    assert [committed[n] for n in SPREAD] == ["pending"] * 4
+    assert [committed[n] for n in SPREAD] == ["pending"] * 6
 
 
 def _sd(xs: list[float]) -> float:
