@@ -8,10 +8,11 @@ CKA against BP on the paper's three test subsets, Grad-CAM exemplars.  Their num
 The seed spread: the paper reports one seed (42) of each method, and falign's FA finals at
 seed 42 (kernel 36.10 against 40.07%, dense 30.89 against 35.77%) miss the published numbers by
 more than the JPEG copy's 3.5-point tolerance.  The queue's ``spread`` units train both FA
-finals' and BP's configs again at seeds 43 and 44 (only the seed changes); :func:`spread_measures` makes their :class:`~falign.records.SeedSpread` (each
-method's mean ± std over the three seeds, the gap to BP seed by seed, whether the spread covers
-the miss), which the summary keeps as ``measures["seed spread"]`` beside the seed-42 numbers
-that stay the ones compared with the paper, and :func:`spread_section` writes into the docs."""
+finals' and BP's configs again at seeds 43 and 44 (only the seed changes);
+:func:`spread_measures` makes their :class:`~falign.records.SeedSpread` (each method's mean
+± std over the three seeds, the gap to BP seed by seed, whether the spread covers the miss),
+which the summary keeps as ``measures["seed spread"]`` beside the seed-42 numbers that stay the
+ones compared with the paper, and :func:`spread_section` writes into the docs."""
 
 from __future__ import annotations
 
