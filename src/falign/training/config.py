@@ -486,8 +486,8 @@ def _schema_keys(model: type[BaseModel] = ExperimentConfig, prefix: str = "") ->
 def _key_hint(parts: list[str]) -> str:
     """" ; did you mean 'optim.lr'?" for a dotted key the schema lacks, "" for one it has.
 
-    The nearest name in the same section first, else the keys of that name (or the nearest name)
-    in any section: ``train.lr`` -> ``optim.lr``, ``train.seed`` -> ``seed``."""
+    The nearest name in the same section first, else the shallowest keys of that name (or the
+    nearest name) in any section: ``train.lr`` -> ``optim.lr``, ``train.seed`` -> ``seed``."""
     model: type[BaseModel] = ExperimentConfig
     for depth, part in enumerate(parts):
         field = model.model_fields.get(part)
@@ -507,7 +507,10 @@ def _guess(model: type[BaseModel], here: list[str], name: str, rest: list[str]) 
     else:
         everywhere = _schema_keys()
         near = difflib.get_close_matches(name, sorted({k.rsplit(".", 1)[-1] for k in everywhere}), n=1)
-        guesses = [k for k in everywhere if near and k.rsplit(".", 1)[-1] == near[0]][:3]
+        found = [k for k in everywhere if near and k.rsplit(".", 1)[-1] == near[0]]
+        # the shallowest of them: a section's own key before a subsection's (optim.lr, not also
+        # optim.feedback.lr)
+        guesses = [k for k in found if k.count(".") == min(k.count(".") for k in found)][:3]
     if not guesses:
         return ""
     return "; did you mean " + " or ".join(repr(".".join([g, *rest])) for g in guesses) + "?"
