@@ -116,7 +116,12 @@ def unit_states(name: str, results: Path, scale: str = "full",
             if here is None:
                 continue
             rel = u.run_dirs[0]
-            if has_model(here / rel):
+            if has_model(here / rel) and (here / rel / RETRAIN_FILE).is_file() \
+                    and not (root / rel / RETRAIN_FILE).is_file():
+                # retrained, its comparison not committed yet (by a queue stopped while it ran):
+                # pending, so that the queue collects it (it trains nothing: the model is there)
+                out.append((u, "pending"))
+            elif has_model(here / rel):
                 out.append((u, "done"))
             elif trained.get(rel, "pending") == "pending" or not (root / rel / "config.yaml").is_file():
                 out.append((u, "waiting"))  # its training unit makes the model
