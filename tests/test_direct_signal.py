@@ -55,6 +55,21 @@ def test_one_hot_targets_zeroes_the_positions_that_count_in_no_loss():
     assert torch.equal(one_hot_targets(floats, error), floats)
 
 
+def test_a_steps_targets_and_label_count_are_made_once_however_many_layers_ask():
+    """StepState keeps the one-hot targets (in e's shape and dtype) and the label count it made
+    for the step; a new step (set_step makes a new StepState) makes them again."""
+    from falign.layers.pathways.direct.state import StepState
+
+    labels = torch.tensor([[1, IGNORE_INDEX, 3], [0, 2, IGNORE_INDEX]])
+    error = torch.zeros(2, 3, 4, dtype=DT)
+    step = StepState(labels)
+    hot = step.targets_like(error)
+    assert torch.equal(hot, one_hot_targets(labels, error)) and step.targets_like(error) is hot
+    assert step.targets_like(error.float()).dtype == torch.float32  # another dtype: made again
+    assert step.labels(error) == 4 == labels_counted(labels, error)
+    assert StepState(labels[:1]).labels(error[:1]) == 2
+
+
 def test_labels_counted_is_what_a_mean_loss_averages_over():
     error2, error3 = torch.zeros(5, 4), torch.zeros(2, 3, 4)
     assert labels_counted(None, error2) == 5

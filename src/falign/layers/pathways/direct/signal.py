@@ -41,8 +41,11 @@ def one_hot_targets(targets: Tensor, error: Tensor) -> Tensor:
     if not targets.is_floating_point():
         classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
         keep = targets != IGNORE_INDEX
-        hot = torch.nn.functional.one_hot(torch.where(keep, targets, 0), classes)
-        targets = hot * keep.unsqueeze(-1)
+        # built in e's dtype (1 at the label, 0 elsewhere and at ignored positions): one scatter,
+        # no int64 one-hot to multiply and cast
+        hot = torch.zeros((*targets.shape, classes), dtype=error.dtype, device=error.device)
+        hot.scatter_(-1, torch.where(keep, targets, 0).unsqueeze(-1), keep.unsqueeze(-1).to(error.dtype))
+        return hot.reshape(error.shape)
     return targets.reshape(error.shape).to(error.dtype)
 
 

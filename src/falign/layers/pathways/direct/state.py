@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .signal import labels_counted
+from .signal import labels_counted, one_hot_targets
 
 
 @dataclass
@@ -24,6 +24,8 @@ class StepState:
     loss_scale: float = 1.0
     #: what a mean loss averages over, once counted (``labels``)
     counted: int | None = field(default=None, repr=False, compare=False)
+    #: the targets in e's shape and dtype, once made (``targets_like``)
+    hot: Tensor | None = field(default=None, repr=False, compare=False)
 
     def labels(self, error: Tensor) -> int:
         """What a mean loss averages over this step (``labels_counted``): the given class
@@ -33,6 +35,14 @@ class StepState:
         if self.counted is None:
             self.counted = labels_counted(self.targets, error)
         return self.counted
+
+    def targets_like(self, error: Tensor) -> Tensor:
+        """The step's targets in e's shape and dtype (``one_hot_targets``), made once a step
+        however many layers project them."""
+        hot = self.hot
+        if hot is None or hot.shape != error.shape or hot.dtype != error.dtype or hot.device != error.device:
+            hot = self.hot = one_hot_targets(self.targets, error)
+        return hot
 
 
 @dataclass

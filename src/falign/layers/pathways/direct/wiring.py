@@ -29,7 +29,7 @@ from ....rules import derive_seed, gaussian
 from ...errors import FeedbackError
 from ...hardware import set_sample_index
 from .points import attach_points
-from .signal import feedback_shape, one_hot_targets
+from .signal import feedback_shape
 from .state import DirectLayerState, StepState, timing
 
 #: autograd nodes of a final activation: e is taken at their input (the logits)
@@ -182,7 +182,7 @@ class DirectWiring:
             if step.targets_at < self.forwards - 1:
                 raise FeedbackError("the targets given to falign.set_step belong to an earlier step: "
                                     "give each step's targets (falign.set_step(model, targets=y))")
-            targets = one_hot_targets(targets, error)
+            targets = step.targets_like(error)
         return rule.direct_signal(error, targets, weight)
 
 
