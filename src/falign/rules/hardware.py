@@ -128,13 +128,18 @@ def optical_from(value: Any) -> Optical | None:
     if not isinstance(value, dict):
         raise HardwareError(f"hardware optical={value!r}: must be true or a mapping of its keys "
                             "(bits, anchor)")
-    known = [f.name for f in dataclasses.fields(Optical)]
+    _check_keys(Optical, value, "hardware optical")
+    return Optical(**value)
+
+
+def _check_keys(cls: type, value: dict, where: str) -> None:
+    """Refuse a key ``cls`` has no field for, naming the nearest one."""
+    known = [f.name for f in dataclasses.fields(cls)]
     for key in value:
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise HardwareError(f"hardware optical: unknown key '{key}'{hint} (keys: {', '.join(known)})")
-    return Optical(**value)
+            raise HardwareError(f"{where}: unknown key '{key}'{hint} (keys: {', '.join(known)})")
 
 
 #: the keys that transform B (refused on backprop, whose B is W)
@@ -337,12 +342,7 @@ def hardware_from(value: Any, where: str = "rule option hardware") -> Hardware |
         return value
     if not isinstance(value, dict):
         raise HardwareError(f"{where} must be a mapping of hardware keys, not {type(value).__name__}")
-    known = [f.name for f in dataclasses.fields(Hardware)]
-    for key in value:
-        if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise HardwareError(f"{where}: unknown key '{key}'{hint} (keys: {', '.join(known)})")
+    _check_keys(Hardware, value, where)
     return Hardware(**value)
 
 
