@@ -4,24 +4,16 @@ The twin: a 4-6-5-3 tanh MLP under direct Kolen-Pollack in float64, trained by `
 SGD-Nesterov for W and Adam with a per-epoch decay for B (Webster, Choi & Ahn 2020's protocol),
 and by a loop written out here -- the DKP backward by formula, two torch optimizers, B's rate
 multiplied by gamma after every epoch -- from the same initial weights and the same batches.
-Then resume (a stop between epochs, a kill mid-epoch), the config's one-line errors, and a
-config without the section training exactly as before.
+Then resume (a stop between epochs; a kill mid-epoch is a case of test_training_features.py),
+the config's one-line errors, and a config without the section training exactly as before.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from conftest import DATA, ONE_THREAD, tiny_config
+from conftest import tiny_config
 
 from falign.data import batches
 from falign.data import registry as data_registry
@@ -144,46 +136,6 @@ def test_the_feedback_schedule_and_its_optimizer_state_resume(float64_twin_data,
     assert b["feedback_scheduler"]["_last_lr"] == pytest.approx([0.02 * 0.8 ** 3])
     assert torch.equal(a["feedback_optimizer"]["state"][0]["exp_avg_sq"],
                        b["feedback_optimizer"]["state"][0]["exp_avg_sq"])
-
-
-def _cli(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, **ONE_THREAD, "FALIGN_DATA": str(DATA)}
-    return subprocess.Popen([sys.executable, "-m", "falign", "train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
-def test_a_kill_mid_epoch_resumes_bit_identically(data_root, tmp_path) -> None:
-    cfg = tiny_config(rule={"name": "dkp"}, optim={"momentum": 0.9, "nesterov": True, "feedback": FEEDBACK},
-                      data={"subset": 2000, "val_size": 200},
-                      train={"epochs": 2, "batch_size": 20, "checkpoint_steps": 7})
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    whole = _cli([str(path), "--out", str(tmp_path / "whole")])
-    assert whole.wait(timeout=300) == 0, whole.stderr.read()
-    victim = _cli([str(path), "--out", str(tmp_path / "cut")])
-    last = tmp_path / "cut" / "last.pt"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # kill once a mid-epoch checkpoint of epoch 2 exists
-        try:
-            ckpt = torch.load(last, weights_only=True)
-            if ckpt.get("partial", {}).get("epoch") == 2 and ckpt["partial"]["batches"] >= 14:
-                break
-        except Exception:  # not written yet, or being replaced
-            pass
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    assert "partial" in torch.load(last, weights_only=True), "killed after the run finished"
-    resumed = _cli([str(path), "--out", str(tmp_path / "cut"), "--resume"])
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
-    b = torch.load(last, weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert a["feedback_scheduler"] == b["feedback_scheduler"]
-    ta = json.loads((tmp_path / "whole" / "tracking.json").read_text())
-    tb = json.loads((tmp_path / "cut" / "tracking.json").read_text())
-    strip = lambda t: [{k: v for k, v in e.items() if k != "seconds"} for e in t["epochs"]]  # noqa: E731
-    assert strip(ta) == strip(tb) and ta["test_acc"] == tb["test_acc"]
 
 
 @pytest.mark.parametrize(("section", "message"), [

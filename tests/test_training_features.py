@@ -54,9 +54,17 @@ def _run(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("rule", ["brsf", "kp"])
-def test_a_kill_between_mid_epoch_checkpoints_resumes_bit_identically(data_root, tmp_path, rule) -> None:
-    cfg = tiny_config(rule={"name": rule}, optim={"momentum": 0.9},
+#: direct Kolen-Pollack with B's own optimizer and schedule (optim.feedback), SGD-Nesterov for W
+DKP_OPTIM = {"momentum": 0.9, "nesterov": True,
+             "feedback": {"name": "adam", "lr": 0.02, "weight_decay": 1e-3,
+                          "schedule": {"name": "exponential", "gamma": 0.8}}}
+
+
+@pytest.mark.parametrize(("rule", "optim"), [("brsf", {"momentum": 0.9}), ("kp", {"momentum": 0.9}),
+                                             ("dkp", DKP_OPTIM)])
+def test_a_kill_between_mid_epoch_checkpoints_resumes_bit_identically(data_root, tmp_path, rule,
+                                                                      optim) -> None:
+    cfg = tiny_config(rule={"name": rule}, optim=optim,
                       data={"subset": 2000, "val_size": 200},
                       train={"epochs": 2, "batch_size": 20, "checkpoint_steps": 7})
     path = tmp_path / "c.yaml"
@@ -79,9 +87,11 @@ def test_a_kill_between_mid_epoch_checkpoints_resumes_bit_identically(data_root,
     assert "partial" in torch.load(last, weights_only=True), "killed after the run finished"
     resumed = _run([str(path), "--out", str(tmp_path / "cut"), "--resume"])
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
-    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)["model"]
-    b = torch.load(last, weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    a = torch.load(tmp_path / "whole" / "last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert ("feedback_scheduler" in a) == ("feedback" in optim)  # B's own schedule is saved
+    assert a.get("feedback_scheduler") == b.get("feedback_scheduler")
     ta = json.loads((tmp_path / "whole" / "tracking.json").read_text())
     tb = json.loads((tmp_path / "cut" / "tracking.json").read_text())
     strip = lambda t: [{k: v for k, v in e.items() if k != "seconds"} for e in t["epochs"]]  # noqa: E731
