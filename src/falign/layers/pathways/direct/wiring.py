@@ -164,12 +164,11 @@ class DirectWiring:
         averages: the labels that count, else the samples or a sequence's positions) times the
         loss scale (rules whose signal keeps e's magnitude ignore both: e carries them)."""
         step = self.step
-        weight = step.sample_weight
-        if not rule.weighs_signal:
-            weight = 1.0
-        elif weight is None:
-            weight = 1.0 / step.labels(error) if rule.reduction == "mean" else 1.0
+        weight = 1.0  # (e carries both where the rule does not weigh its signal)
         if rule.weighs_signal:
+            weight = step.sample_weight
+            if weight is None:
+                weight = 1.0 / step.labels(error) if rule.reduction == "mean" else 1.0
             weight = weight * step.loss_scale
         targets = None
         if rule.needs_targets:
