@@ -73,7 +73,10 @@ def test_the_docs_page_is_made_from_the_committed_summary() -> None:
     summary_path = ROOT / "results" / "rule-guide.json"
     doc = ROOT / "docs" / "choosing-a-rule.md"
     if summary_path.is_file():
-        text = page(ReproductionSummary.load(summary_path), "figures/rule-guide.png")
+        from falign.reproduce.guide import load_check
+
+        text = page(ReproductionSummary.load(summary_path), "figures/rule-guide.png",
+                    load_check(ROOT / "results"))
     else:  # before the first unit: the page says so
         units = UnitsSummary(total=len(plan(TARGETS["rule-guide"])), done=(), pending=())
         text = page(ReproductionSummary(target="rule-guide", scale="full", status="not run", units=units))

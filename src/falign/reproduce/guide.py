@@ -17,9 +17,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..records import ReproductionSummary, TrialSummary
+from ..records import RecheckRecord, ReproductionSummary, TrialSummary
 from ..training.config import ExperimentConfig, SweepConfig, parse_config
 from .base import Context, Outcome, Target, register_target
+from .tables import provenance_lines
 
 #: five learning rates per optimizer, the same for every rule
 GUIDE_LR = {"sgd": [0.001, 0.003, 0.01, 0.03, 0.1], "adam": [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]}
@@ -200,8 +201,9 @@ def advice(grid: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def page(summary: ReproductionSummary, figure: str | None = None) -> str:
-    """The docs page "Choosing a rule" (Markdown) from the target's summary."""
+def page(summary: ReproductionSummary, figure: str | None = None, check: RecheckRecord | None = None) -> str:
+    """The docs page "Choosing a rule" (Markdown) from the target's summary and, where there is
+    one, the re-check of its runs' first epoch on later code (``results/checks/rule-guide.json``)."""
     grid = grid_table(summary)
     status, units = summary.status, summary.units
     out = ["# Choosing a rule", "",
@@ -211,7 +213,8 @@ def page(summary: ReproductionSummary, figure: str | None = None) -> str:
            "each rule's best learning rate per optimizer. Made by "
            "`falign reproduce rule-guide --scale full` (units of the evidence queue) and "
            "`python -m falign.reproduce.guide_page results/ --write docs/choosing-a-rule.md`; the numbers "
-           "are `results/rule-guide.json`.", ""]
+           "are `results/rule-guide.json`."]
+    out += provenance_lines(summary, check) + [""]
     if status != "completed":
         out += [f"**Status: {status}** — {len(units.done) if units else 0} of "
                 f"{units.total if units else '?'} "
@@ -271,6 +274,12 @@ def figure(summary: ReproductionSummary, path: Path) -> Path | None:
 PAGE, FIGURE = "docs/choosing-a-rule.md", "docs/figures/rule-guide.png"
 
 
+def load_check(results: Path) -> RecheckRecord | None:
+    """The committed re-check of the guide's runs (``results/checks/rule-guide.json``), if any."""
+    path = Path(results) / "checks" / "rule-guide.json"
+    return RecheckRecord.load(path) if path.is_file() else None
+
+
 def write_page(results: Path, repo: Path) -> list[Path]:
     """Rewrite the docs page (and its figure) from ``results/rule-guide.json``."""
     import os
@@ -281,7 +290,7 @@ def write_page(results: Path, repo: Path) -> list[Path]:
     summary = ReproductionSummary.load(path)
     page_path, figure_path = Path(repo) / PAGE, Path(repo) / FIGURE
     drawn = figure(summary, figure_path)
-    text = page(summary, os.path.relpath(drawn, page_path.parent) if drawn else None)
+    text = page(summary, os.path.relpath(drawn, page_path.parent) if drawn else None, load_check(results))
     if page_path.is_file() and page_path.read_text() == text:
         return [drawn] if drawn else []
     page_path.write_text(text)

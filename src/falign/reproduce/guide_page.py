@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..records import ReproductionSummary
-from .guide import figure, page
+from .guide import figure, load_check, page
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             import os
 
             link = os.path.relpath(drawn, Path(args.write).parent)
-    text = page(summary, link)
+    text = page(summary, link, load_check(Path(args.results)))
     if args.write:
         Path(args.write).write_text(text)
     else:
