@@ -187,16 +187,17 @@ def crafton_config(smoke: bool) -> ExperimentConfig:
 
 # -- Launay et al. 2020 -------------------------------------------------------------------------
 
-#: What the stored copies of Launay et al. 2020 ("Light-in-the-loop", arXiv 2006.01475) say,
-#: and what they leave unread: a unit needs the ``optical`` hardware key (not yet in falign)
+#: What the parts of Launay et al. 2020 ("Light-in-the-loop", arXiv 2006.01475) falign's authors
+#: could read say, and what they leave unknown: the ``optical`` hardware key models the device; a
+#: unit also needs their network and protocol
 LAUNAY_PLAN = {
-    "source": "arXiv 2006.01475 (abstract and introduction: the only parts readable here)",
+    "source": "arXiv 2006.01475 (its abstract and introduction: the parts read)",
     "task": "a neural network for handwritten digits (MNIST) trained with DFA",
     "feedback": "the error projection B e computed by LightOn's optical co-processor",
     "needs": "the `optical` hardware key (complex Gaussian transmission matrix, binary or "
              "ternary input, intensity detection, camera quantisation)",
     "not found": "network sizes, epochs, optimizer and the test accuracies (the results section "
-                 "could not be read from the stored sources)",
+                 "are in the parts of the paper that could not be read)",
 }
 
 
@@ -496,7 +497,7 @@ def section(summary: ReproductionSummary | None, table: dict[str, dict[str, Any]
             "(the `crafton-mnist` units), with SGD + momentum 0.9 at lr 0.001 for their Adam with "
             "epsilon 1 and Xavier in place of their zero start "
             "(`falign.reproduce.hardware_feedback.crafton_config` lists each deviation). Published "
-            "accuracies: not found — the stored copies of the paper give its abstract only, and the "
+            "accuracies: not found — only the paper's abstract could be read, and the "
             "repository commits no results (get_results.py reads .npy files it does not hold).", "",
             "| method | falign test % | published test % |", "|---|---|---|"]
     for method, row in crafton.items():
@@ -505,12 +506,13 @@ def section(summary: ReproductionSummary | None, table: dict[str, dict[str, Any]
         out.append(f"| `{method}` | {acc} | {pub} |")
     out += ["", "**Launay et al. 2020**, \"Light-in-the-loop: using a photonics co-processor for "
             "scalable training of neural networks\" (arXiv 2006.01475): DFA on MNIST with the error "
-            "projection computed by an optical processing unit. Its reproduction needs the `optical` "
-            "key (a simulated optical random projection: complex Gaussian transmission matrix, binary "
-            "or ternary input, intensity detection, camera quantisation), which falign does not have "
-            "yet, so no unit is planned for it; once the key exists, and their network and protocol "
-            "are read from the paper, the unit is `dfa` with `hardware: {optical: ...}` in that "
-            "setting. What the stored copies say: "
+            "projection computed by an optical processing unit. falign models the device with the "
+            "`optical` key (a simulated optical random projection: complex Gaussian transmission "
+            "matrix, ternary input as two binary frames, intensity detection, camera quantisation; "
+            "see above), but no unit is planned: their network and protocol could not be read, and a "
+            "unit in a guessed setting would compare with nothing. Once they are, the unit is `dfa` "
+            "with `hardware: {optical: ...}` in that setting. What the paper's abstract and "
+            "introduction say: "
             f"{LAUNAY_PLAN['task']}; {LAUNAY_PLAN['feedback']}. Not found: {LAUNAY_PLAN['not found']}.",
             "", END]
     return "\n".join(out)
