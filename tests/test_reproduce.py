@@ -41,6 +41,7 @@ def test_smoke(tmp_path: Path, name: str) -> None:
         assert published[name] in results
     if name == "lance-kieu-2026":
         assert "unchanged from the first to the last checkpoint" in results
+        assert "Paper's config (FA's finals trained again at seed 42" in results
         assert html.count("<h3>CKA vs BP") == 3 and "<h3>Exemplars" in html
         assert "JPEG" in html
     if name == "dfa-mnist":
@@ -89,6 +90,14 @@ def _check_summary(out: Path, name: str) -> None:
     if name in expect:
         key, value = expect[name]
         assert published[key] == pytest.approx(value)
+    if name == "lance-kieu-2026":  # FA's smoke finals (the grid's middle) again with the paper's values
+        paper = summary["measures"]["paper config"]["methods"]
+        assert paper["fa"]["grid"]["values"] == {"optim.lr": 0.003, "rule.options.scale": 0.05, "seed": 42}
+        assert paper["fa:dense"]["paper"]["values"] == {"optim.lr": 0.001, "rule.options.scale": 0.01,
+                                                        "seed": 42}
+        runs = {(m["part"], m["method"]): m["runs"][0] for m in summary["methods"]}
+        assert paper["fa"]["paper"]["test_acc"] == runs[("paper-config", "fa")]["test_acc"]
+        assert paper["fa"]["grid"]["test_acc"] == runs[("sweep", "fa")]["test_acc"]
     if name == "linear-fa":
         table = summary["measures"]["loss_table"]
         assert table["published"]["fa_above_bp"] == 52 and table["measured"]["points"] > 0

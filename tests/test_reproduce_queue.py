@@ -56,7 +56,8 @@ def test_full_scale_units_are_the_issues_pieces() -> None:
     methods = ["bp", "fa:dense", "fa", "frsf", "usf_norm"]
     assert names["lance-kieu-2026"] == [*(f"sweep/{m}" for m in methods), *(f"models/{m}" for m in methods),
                                         "analyses", *(f"spread/{m}/seed{s}" for m in ("fa", "fa:dense", "bp")
-                                                      for s in (43, 44))]
+                                                      for s in (43, 44)),
+                                        "paper-config/fa", "paper-config/fa:dense"]
     assert "lenet-fashion-mnist/fa" in names["biotorch-lenet"] and len(names["biotorch-lenet"]) == 12
     assert names["lillicrap-2016"] == [f"compare/{m}/seed{s}" for m in ("bp", "fa") for s in range(3)]
     assert len(names["akrout-2019"]) == 12 + 4 and "mnist/kp/seed1113" in names["akrout-2019"]
@@ -285,6 +286,8 @@ def test_a_unit_finished_outside_is_collected_even_while_every_job_is_busy(tmp_p
 
 LK = "lance-kieu-2026"
 SPREAD = [f"spread/{m}/seed{s}" for m in ("fa", "fa:dense", "bp") for s in (43, 44)]
+PAPER = ["paper-config/fa", "paper-config/fa:dense"]
+LATER = [*SPREAD, *PAPER]  # the training units after the analyses
 
 
 def _fake_run(folder: Path, *, model: bool) -> None:
@@ -306,7 +309,7 @@ def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retra
     runs, results = tmp_path / "runs", tmp_path / "results"
     units = plan(TARGETS[LK], scale="smoke")
     finals = {u.method: u.run_dirs[0] for u in units if u.kind == "model"}
-    n = len(SPREAD)
+    n = len(LATER)
     assert [u.name for u in units][-(n + 6):-n] == [*(f"models/{m}" for m in finals), "analyses"]
     analyses = units[-(n + 1)]
     assert analyses.kind == "analyses" and set(analyses.needs) == set(finals.values())
@@ -316,14 +319,15 @@ def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retra
     states = {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}
     assert states["models/bp"] == "pending" and states["analyses"] == "waiting"
     assert all(states[f"models/{m}"] == "done" for m in finals if m != "bp")
-    # the spread units (their finals' configs are committed) take the jobs the analyses leave
-    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["models/bp", *SPREAD]
+    # the spread and paper-config units (their finals' configs are committed) take the jobs the
+    # analyses leave
+    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["models/bp", *LATER]
     # without a runs folder no model unit is listed, and the analyses cannot start
     assert {u.kind for u, _ in unit_states(LK, results, "smoke")} == {"train", "analyses"}
     # the summary counts the analyses (not done: partial), not the machine's models
     summary = json.loads(summarise(LK, results, "smoke").read_text())
-    assert summary["status"] == "partial" and summary["units"]["pending"] == ["analyses", *SPREAD]
-    assert summary["units"]["total"] == 5 + 1 + len(SPREAD)
+    assert summary["status"] == "partial" and summary["units"]["pending"] == ["analyses", *LATER]
+    assert summary["units"]["total"] == 5 + 1 + len(LATER)
     # a final still training (no committed record): its model unit waits for its training unit
     (results / f"{LK}.json").unlink()
     shutil.rmtree(records_dir(results, LK) / finals["fa"])
@@ -342,7 +346,7 @@ def test_the_analyses_unit_waits_for_every_final_model_and_a_lost_model_is_retra
     assert states["models/bp"] == "pending" and unit_finished(_unit(LK, "models/bp"), runs / LK)
     (records_dir(results, LK) / finals["bp"] / RETRAIN_FILE).write_text("{}")
     assert {u.name: s for u, s in unit_states(LK, results, "smoke", runs)}["models/bp"] == "done"
-    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["analyses", *SPREAD]
+    assert [u.name for _, u in _pending([LK], runs, results, set(), "smoke")] == ["analyses", *LATER]
 
 
 @pytest.mark.slow  # trains five smoke finals and BP again (minutes); test_smoke covers the analyses
@@ -436,14 +440,14 @@ def _spread_records(results: Path, fa: dict[int, float], bp: dict[int, float]) -
 
 
 def test_spread_units_come_after_the_analyses_and_wait_for_their_finals_config(tmp_path: Path) -> None:
-    """FA and BP at seeds 43 and 44, one unit each, last in the target's order; a unit waits until
+    """FA and BP at seeds 43 and 44, one unit each, right after the analyses; a unit waits until
     its final's config is committed, is pending then, done once its own record is committed; with
     the repository's records (both finals committed) each is done exactly when its record is in."""
     from falign.reproduce.queue import _pending
 
     units = plan(TARGETS[LK], scale="full")
     names = [u.name for u in units]
-    assert names[names.index("analyses") + 1:] == SPREAD
+    assert names[names.index("analyses") + 1:] == LATER
     spread = {u.name: u for u in units if u.part == "spread"}
     assert spread["spread/fa/seed43"].needs == ("sweep/final/fa-seed42",)
     bp44 = spread["spread/bp/seed44"]
@@ -456,12 +460,22 @@ def test_spread_units_come_after_the_analyses_and_wait_for_their_finals_config(t
     pending = [u.name for _, u in _pending([LK], runs, results, set(), "full")]
     # FA's committed final has no model in the runs folder: its model unit comes first
     assert pending == ["sweep/bp", "sweep/fa:dense", "sweep/frsf", "sweep/usf_norm", "models/fa",
-                       "spread/fa/seed44"]
+                       "spread/fa/seed44", "paper-config/fa"]
     # the repository's records grow as the queue commits: every spread unit is done exactly when
     # its own record is committed, and pending otherwise (both finals are committed)
+    _done_when_committed(SPREAD)
+
+
+def _done_when_committed(names: list[str]) -> None:
+    """With the repository's records (the finals committed), each unit of ``names`` is done
+    exactly when its own record is committed (under its run directory: ``fa:dense``'s is
+    ``fa-dense``), and pending otherwise; the records grow while the queue runs."""
+    units = {u.name: u for u in plan(TARGETS[LK], scale="full")}
     committed = {u.name: s for u, s in unit_states(LK, REPO / "results")}
-    on_record = {n for n in SPREAD if (records_dir(REPO / "results", LK) / n / "tracking.json").is_file()}
-    assert [committed[n] for n in SPREAD] == ["done" if n in on_record else "pending" for n in SPREAD]
+    root = records_dir(REPO / "results", LK)
+    on_record = {n for n in names
+                 if all((root / rel / "tracking.json").is_file() for rel in units[n].run_dirs)}
+    assert [committed[n] for n in names] == ["done" if n in on_record else "pending" for n in names]
 
 
 def _sd(xs: list[float]) -> float:
@@ -508,7 +522,7 @@ def test_the_spread_measure_gives_each_methods_mean_std_and_its_gap_to_bp_per_se
 def test_the_results_page_says_not_measured_yet_then_whether_the_spread_covers_the_miss(tmp_path: Path):
     """Before any other seed: 'Not measured yet' with each unit's command and no measure in the
     summary; one seed in: its column and the three commands left; all in: the verdict."""
-    from falign.reproduce.lance_kieu import SPREAD_BEGIN, write_page
+    from falign.reproduce.lance_kieu import SPREAD_BEGIN, SPREAD_END, write_page
 
     results, repo = tmp_path / "results", tmp_path / "repo"
     (repo / "docs" / "experiments").mkdir(parents=True)
@@ -534,7 +548,8 @@ def test_the_results_page_says_not_measured_yet_then_whether_the_spread_covers_t
     summarise(LK, results, "full")
     write_page(results, repo)
     text = page.read_text()
-    assert text.count(SPREAD_BEGIN) == 1 and "Not measured yet" not in text.split(SPREAD_BEGIN)[1]
+    section = text.split(SPREAD_BEGIN)[1].split(SPREAD_END)[0]
+    assert text.count(SPREAD_BEGIN) == 1 and "Not measured yet" not in section
     assert "the seed spread covers the miss (0.47 <= 2 x 1.20)" in text
     assert "Gap to bp per seed: -37.46 (42), -35.50 (43), -35.90 (44)" in text
 
@@ -567,3 +582,183 @@ def test_a_spread_unit_trains_the_committed_final_config_at_its_seed(tmp_path: P
     assert accs["43"] == RunRecord.read(other / LK / "spread/fa/seed43/tracking.json").test_acc
     assert accs["42"] == RunRecord.read(runs / LK / "sweep/final/fa-seed42/tracking.json").test_acc
     assert {u.name: s for u, s in unit_states(LK, results, "smoke")}["spread/fa/seed43"] == "done"
+
+
+# -- the paper's hyper-parameters in place of the grid's choice (Lance & Kieu 2026) --------------
+
+def test_paper_config_units_come_after_the_spread_and_wait_for_their_finals_config(tmp_path: Path) -> None:
+    """Kernel and dense FA with the paper's config, one unit each, after the spread units (last in
+    the target's order), no seed of their own (their final's, 42); a unit waits until its
+    final's config is committed, is pending then, done once its own record is committed."""
+    from falign.reproduce.queue import _pending
+
+    units = plan(TARGETS[LK], scale="full")
+    assert [u.name for u in units][-len(PAPER):] == PAPER
+    by = {u.name: u for u in units if u.part == "paper-config"}
+    fa, dense = by["paper-config/fa"], by["paper-config/fa:dense"]
+    assert (fa.kind, fa.seed, fa.run_dirs, fa.needs) == ("train", None, ("paper-config/fa",),
+                                                         ("sweep/final/fa-seed42",))
+    assert (dense.seed, dense.run_dirs, dense.needs) == (None, ("paper-config/fa-dense",),
+                                                         ("sweep/final/fa-dense-seed42",))
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    assert {s for u, s in unit_states(LK, results) if u.part == "paper-config"} == {"waiting"}
+    _final(records_dir(results, LK) / "sweep/final/fa-seed42", seed=42, acc=0.361)
+    states = {u.name: s for u, s in unit_states(LK, results)}
+    assert [states[n] for n in PAPER] == ["pending", "waiting"]
+    pending = [u.name for _, u in _pending([LK], runs, results, set(), "full")]
+    assert pending == ["sweep/bp", "sweep/fa:dense", "sweep/frsf", "sweep/usf_norm", "models/fa",
+                       "spread/fa/seed43", "spread/fa/seed44", "paper-config/fa"]
+    _final(records_dir(results, LK) / "paper-config/fa", seed=42, acc=0.379)
+    _final(records_dir(results, LK) / "sweep/final/fa-dense-seed42", seed=42, acc=0.3089)
+    states = {u.name: s for u, s in unit_states(LK, results)}
+    assert [states[n] for n in PAPER] == ["done", "pending"]
+    _done_when_committed(PAPER)
+
+
+def _flat(d: dict, head: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{head}{k}.") if isinstance(v, dict) and v else {f"{head}{k}": v})
+    return out
+
+
+def test_a_paper_config_unit_trains_its_committed_final_config_with_only_lr_and_scale_set(
+        tmp_path: Path, monkeypatch) -> None:
+    """Full scale, training replaced by a stand-in that keeps the config it is given: the unit
+    reads the committed final's config (kernel FA's here one whose grid chose lr 3e-3 and s 0.1;
+    dense FA's the repository's, s 0.05) and trains it at seed 42 with lr 1e-3 and s 0.01; nothing
+    else changes but the name.  Without a config to train from, it says what to do."""
+    import falign.training.loop as loop
+    from falign.training.config import load_config
+
+    with pytest.raises(ReproduceError, match="neither committed .* pass --records"):
+        reproduce(LK, scale="full", out=tmp_path / "bare" / LK, parts=["paper-config/fa"], log=lambda s: None)
+    repo = records_dir(REPO / "results", LK) / "sweep/final"
+    records = records_dir(tmp_path / "results", LK)
+    for rel in ("fa-seed42", "fa-dense-seed42"):
+        (records / "sweep/final" / rel).mkdir(parents=True)
+    text = (repo / "fa-seed42/config.yaml").read_text()
+    assert "  lr: 0.001\n" in text and "    scale: 0.1\n" in text
+    (records / "sweep/final/fa-seed42/config.yaml").write_text(text.replace("  lr: 0.001\n", "  lr: 0.003\n"))
+    shutil.copy(repo / "fa-dense-seed42/config.yaml", records / "sweep/final/fa-dense-seed42/config.yaml")
+    seen = {}
+    monkeypatch.setattr(loop, "train", lambda cfg, run_dir, **kw: seen.setdefault(Path(run_dir).name, cfg))
+    for unit in PAPER:
+        reproduce(LK, scale="full", out=tmp_path / "runs" / LK, parts=[unit], records=records,
+                  log=lambda s: None)
+    assert set(seen) == {"fa", "fa-dense"}  # paper-config/fa, paper-config/fa-dense; nothing else
+    for run, rel, changed in (
+            ("fa", "fa-seed42", {"optim.lr": (0.003, 0.001), "rule.options.scale": (0.1, 0.01)}),
+            ("fa-dense", "fa-dense-seed42", {"rule.options.scale": (0.05, 0.01)})):
+        final = _flat(load_config(str(records / "sweep/final" / rel / "config.yaml")).to_dict())
+        again = _flat(seen[run].to_dict())
+        assert again["seed"] == final["seed"] == 42 and again["name"] == f"{run}-paper-config"
+        assert {k: (final.get(k), again.get(k)) for k in {*final, *again} - {"name"}
+                if final.get(k) != again.get(k)} == changed
+    assert seen["fa-dense"].rule.options["conv_feedback"] == "dense"
+
+
+def _fa_run(folder: Path, *, acc: float, scale: float, lr: float = 0.001) -> None:
+    """A finished FA run's committed record at seed 42 with test accuracy ``acc`` and its config's
+    lr and feedback scale (CIFAR-10 JPEG copy)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tracking.json").write_text(json.dumps({
+        "schema": 3, "status": "completed", "test_acc": acc, "epochs": [], "environment": {},
+        "config": {"seed": 42, "data": {"name": "cifar10-jpeg"}, "optim": {"name": "adam", "lr": lr},
+                   "rule": {"name": "fa", "options": {"scale": scale}}}}))
+    (folder / "config.yaml").write_text("name: x\nseed: 42\n")
+
+
+def test_the_paper_config_measure_says_whether_the_papers_values_close_fas_miss(tmp_path: Path) -> None:
+    """From committed records, seed 42: kernel FA 36.10% at the grid's s 0.1 and 37.90% at the
+    paper's s 0.01 (+1.80; 2.17 from the published 40.07, within the 3.5-point tolerance: the miss
+    is closed); dense FA 30.89% at s 0.05 and 31.50% at s 0.01 (+0.61; 4.27 from 35.77, 0.77
+    beyond: not closed).  No measure while no run at the paper's config is in."""
+    from falign.records import ConfigRun, PaperConfig, PaperConfigMethod, RecordError
+    from falign.reproduce.lance_kieu import paper_config_notes
+
+    results = tmp_path / "results"
+    root = records_dir(results, LK)
+    _fa_run(root / "sweep/final/fa-seed42", acc=0.3610, scale=0.1)
+    _fa_run(root / "sweep/final/fa-dense-seed42", acc=0.3089, scale=0.05)
+    assert "paper config" not in json.loads(summarise(LK, results, "full").read_text())["measures"]
+    _fa_run(root / "paper-config/fa", acc=0.3790, scale=0.01)
+    _fa_run(root / "paper-config/fa-dense", acc=0.3150, scale=0.01)
+    summary = json.loads(summarise(LK, results, "full").read_text())
+    got = summary["measures"]["paper config"]
+    assert (got["version"], got["seed"], got["tolerance"]) == (1, 42, 3.5)
+    grid = {"optim.lr": 0.001, "seed": 42}
+    assert got["methods"]["fa"] == {
+        "published": 40.07, "grid": {"values": {**grid, "rule.options.scale": 0.1}, "test_acc": 0.361},
+        "paper": {"values": {**grid, "rule.options.scale": 0.01}, "test_acc": 0.379},
+        "change": pytest.approx(1.80, abs=1e-4), "closes": True}
+    dense = got["methods"]["fa:dense"]
+    assert dense["grid"]["values"]["rule.options.scale"] == 0.05 and dense["published"] == 35.77
+    assert dense["change"] == pytest.approx(0.61, abs=1e-4) and dense["closes"] is False
+    record = PaperConfig.from_dict(got, "test")
+    assert record.to_dict() == got  # read back: the same numbers
+    assert record.distance("fa", "grid") == pytest.approx(3.97)
+    assert record.distance("fa", "paper") == pytest.approx(2.17)
+    assert record.distance("fa:dense", "paper") == pytest.approx(4.27)
+    assert (record.within("fa", "grid"), record.within("fa", "paper")) == (False, True)
+    # the seed-42 numbers the table compares stay the grid's; the paper's runs have no number of their own
+    by = {(m["part"], m["method"]): m for m in summary["methods"]}
+    assert by[("sweep", "fa")]["test_acc_mean"] == 0.361 and by[("sweep", "fa")]["published"] == 40.07
+    assert by[("paper-config", "fa")]["published"] is None and by[("paper-config", "fa")]["seeds"] == [42]
+    notes = paper_config_notes([MethodSummary.from_dict(m, "test") for m in summary["methods"]])
+    assert len(notes) == 1 and "fa: 36.10% at the grid's config (lr 0.001, s 0.1, seed 42), 37.90% at " \
+        "the paper's (lr 0.001, s 0.01, seed 42), +1.80 points" in notes[0]
+    assert "the paper's config does not close the miss (0.77 beyond the 3.5-point tolerance)" in notes[0]
+
+    # nothing to close where the grid's config is within tolerance; nothing to say unmeasured
+    within = PaperConfig(seed=42, tolerance=3.5, methods={"fa": PaperConfigMethod(
+        grid=ConfigRun({}, 0.38), paper=ConfigRun({}, 0.30), published=40.07)})
+    assert within.closes("fa") is None and within.methods["fa"].change == pytest.approx(-8.0)
+    unmeasured = PaperConfig(seed=42, tolerance=3.5, methods={"fa": PaperConfigMethod(
+        grid=ConfigRun({}, 0.361), paper=ConfigRun({}), published=40.07)})
+    assert unmeasured.closes("fa") is None and not unmeasured.measured
+    with pytest.raises(RecordError, match="paper config record version 2 is newer"):
+        PaperConfig.from_dict({**got, "version": 2}, "test")
+
+
+def test_the_results_page_says_not_measured_yet_then_whether_the_papers_config_closes_the_miss(
+        tmp_path: Path) -> None:
+    """Before any run at the paper's config: 'Not measured yet' with each unit's command and the
+    grid's configs; kernel FA in: its row and dense FA's command left; both in: the verdicts."""
+    from falign.reproduce.lance_kieu import PAPER_BEGIN, PAPER_END, write_page
+
+    results, repo = tmp_path / "results", tmp_path / "repo"
+    (repo / "docs" / "experiments").mkdir(parents=True)
+    page = repo / "docs" / "experiments" / "results.md"
+    page.write_text("# Results\n")
+    root = records_dir(results, LK)
+    _fa_run(root / "sweep/final/fa-seed42", acc=0.3610, scale=0.1)
+    _fa_run(root / "sweep/final/fa-dense-seed42", acc=0.3089, scale=0.05)
+    summarise(LK, results, "full")
+    write_page(results, repo)
+    text = page.read_text().split(PAPER_BEGIN)[1].split(PAPER_END)[0]
+    assert "**Not measured yet.**" in text
+    assert "chose fa lr 0.001, s 0.1, seed 42; fa:dense lr 0.001, s 0.05, seed 42." in text
+    for unit in PAPER:
+        assert f"`falign reproduce lance-kieu-2026 --scale full --part {unit} " in text
+
+    _fa_run(root / "paper-config/fa", acc=0.3790, scale=0.01)
+    summarise(LK, results, "full")
+    write_page(results, repo)
+    text = page.read_text().split(PAPER_BEGIN)[1].split(PAPER_END)[0]
+    assert "| fa | 40.07 | lr 0.001, s 0.1, seed 42 | 36.10 | lr 0.001, s 0.01, seed 42 | 37.90 | +1.80 " \
+           "| no/yes | yes |" in text
+    assert "| fa:dense | 35.77 | lr 0.001, s 0.05, seed 42 | 30.89 | lr 0.001, s 0.01, seed 42 | - | - " \
+           "| no/- | - |" in text
+    assert "--part paper-config/fa " not in text and "--part paper-config/fa:dense " in text
+
+    _fa_run(root / "paper-config/fa-dense", acc=0.3150, scale=0.01)
+    summarise(LK, results, "full")
+    write_page(results, repo)
+    full = page.read_text()
+    text = full.split(PAPER_BEGIN)[1].split(PAPER_END)[0]
+    assert full.count(PAPER_BEGIN) == 1 and "Not measured yet" not in text
+    assert ("published 40.07%, -3.97 points at the grid's config and -2.17 at the paper's; the paper's "
+            "config closes the miss (within the 3.5-point tolerance).") in text
+    assert "fa:dense: 30.89% at the grid's config (lr 0.001, s 0.05, seed 42), 31.50% at the paper's" in text
+    assert "does not close the miss (0.77 beyond the 3.5-point tolerance)" in text

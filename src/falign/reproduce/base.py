@@ -25,7 +25,9 @@ gone (same seed, same thread count) and compares the new record with the committ
 (:class:`~falign.records.ModelRetrain`); ``ctx.analyses`` declares the ``analyses`` unit, which
 runs only once every model it needs exists.  ``ctx.reseed`` declares units after those: a final
 run trained again at other seeds from its config (only the seed changes), one unit a method
-and seed, which waits until that config is committed.
+and seed, which waits until that config is committed; ``ctx.substitute`` likewise trains a
+final's config again with a few values set (a paper's hyper-parameters in place of those the
+search chose), one unit a method.
 """
 
 from __future__ import annotations
@@ -400,18 +402,9 @@ class Context:
         for u in todo:
             here = self.out / u.run_dirs[0]
             if finished_record(here) is None:
-                final = u.needs[0]
-                cfg = self.committed_config(final)
-                if cfg is None and (self.out / final / "config.yaml").is_file():
-                    cfg = load_config(str(self.out / final / "config.yaml"))
-                if cfg is None:
-                    where = self.records or "no --records given"
-                    raise ReproduceError(f"{u.name} trains from the config of {final}, which is neither "
-                                         f"committed ({where}) nor in {self.out}: train the unit that "
-                                         "makes that run first, or pass --records results/runs/NAME")
-                cfg = cfg.model_copy(deep=True)
+                cfg = self._final_config(u).model_copy(deep=True)
                 cfg.seed, cfg.name = u.seed, f"{run_label(u.method)}-{part}-s{u.seed}"
-                self.log(f"== {u.name}: {final}'s config at seed {u.seed}")
+                self.log(f"== {u.name}: {u.needs[0]}'s config at seed {u.seed}")
                 train(cfg, here, resume=True, log=self.log)
             self._done(u)
         out: dict[str, list[Path]] = {}
@@ -420,6 +413,48 @@ class Context:
         for label, dirs in out.items():
             self.add(label, dirs, part=part)
         return out
+
+    def substitute(self, finals: dict[str, str], values: dict[str, dict[str, Any]], *,
+                   part: str) -> dict[str, Path]:
+        """Each final run of ``finals`` (label -> run directory under the target's folder)
+        trained again from its config with ``values[label]`` set (dotted keys -> values, e.g. a
+        paper's hyper-parameters in place of those the search chose) and the name changed,
+        nothing else: one unit ``part/LABEL`` a method, run directory ``part/LABEL``, which
+        needs the final's config like a :meth:`reseed` unit.  Each method enters the summary
+        (part ``part``) with its run; returns label -> its run directory (none when planning,
+        or in unit mode for another unit)."""
+        from ..training.loop import train
+
+        units = [Unit(part, label, None, (f"{part}/{run_label(label)}",), needs=(rel,))
+                 for label, rel in finals.items()]
+        todo = self._units(units)
+        for u in todo:
+            here = self.out / u.run_dirs[0]
+            if finished_record(here) is None:
+                cfg = substituted(self._final_config(u), values[u.method], f"{run_label(u.method)}-{part}",
+                                  where=u.name)
+                self.log(f"== {u.name}: {u.needs[0]}'s config with "
+                         + ", ".join(f"{k}={v}" for k, v in values[u.method].items()))
+                train(cfg, here, resume=True, log=self.log)
+            self._done(u)
+        out = {u.method: self.out / u.run_dirs[0] for u in todo}
+        for label, run_dir in out.items():
+            self.add(label, [run_dir], part=part)
+        return out
+
+    def _final_config(self, unit: Unit) -> ExperimentConfig:
+        """The config of the final run a :meth:`reseed` or :meth:`substitute` unit trains from:
+        the committed one, else the run's own in the target's folder."""
+        final = unit.needs[0]
+        cfg = self.committed_config(final)
+        if cfg is None and (self.out / final / "config.yaml").is_file():
+            cfg = load_config(str(self.out / final / "config.yaml"))
+        if cfg is None:
+            where = self.records or "no --records given"
+            raise ReproduceError(f"{unit.name} trains from the config of {final}, which is neither "
+                                 f"committed ({where}) nor in {self.out}: train the unit that "
+                                 "makes that run first, or pass --records results/runs/NAME")
+        return cfg
 
     def committed_config(self, rel: str) -> ExperimentConfig | None:
         """The config a committed record of run ``rel`` was trained with, if there is one."""
@@ -608,6 +643,14 @@ class Context:
             return path
         summary(self, status).save(path)
         return path
+
+
+def substituted(cfg: ExperimentConfig, values: dict[str, Any], name: str, *,
+                where: str = "config") -> ExperimentConfig:
+    """A copy of ``cfg`` with ``values`` (dotted keys -> values) set and the name ``name``,
+    validated again."""
+    data = set_values(cfg.to_dict(), {**values, "name": name}, where=where)
+    return parse_config(data, where=where)
 
 
 def plan(target: Target, *, scale: str = "full", out: Path | None = None) -> list[Unit]:

@@ -12,7 +12,16 @@ finals' and BP's configs again at seeds 43 and 44 (only the seed changes);
 :func:`spread_measures` makes their :class:`~falign.records.SeedSpread` (each method's mean
 ± std over the three seeds, the gap to BP seed by seed, whether the spread covers the miss),
 which the summary keeps as ``measures["seed spread"]`` beside the seed-42 numbers that stay the
-ones compared with the paper, and :func:`spread_section` writes into the docs."""
+ones compared with the paper, and :func:`spread_section` writes into the docs.
+
+The paper's config: falign's 3-epoch grid chose another scale of B for FA than the paper's
+search (kernel s 0.1, dense s 0.05, against s 0.01 for both, lr 1e-3 everywhere).  The queue's
+``paper-config`` units train each FA final's config again at seed 42 with only the paper's
+values (:data:`PAPER_VALUES`) set; :func:`paper_config` makes their
+:class:`~falign.records.PaperConfig` (each method at the grid's config and at the paper's,
+beside the published number, and whether the paper's config closes the miss), which the
+summary keeps as ``measures["paper config"]`` and :func:`paper_config_section` writes into the
+docs."""
 
 from __future__ import annotations
 
@@ -27,7 +36,10 @@ import torch
 
 from ..records import (
     AnalysesRecord,
+    ConfigRun,
     MethodSummary,
+    PaperConfig,
+    PaperConfigMethod,
     RecordError,
     ReproductionSummary,
     SeedSpread,
@@ -47,6 +59,11 @@ MEASURES = ("update_angle", "sign_concordance", "update_sign_concordance")
 PROTOCOL_SEED, SPREAD_SEEDS, SPREAD_METHODS, SPREAD_PART = 42, (43, 44), ("fa", "fa:dense", "bp"), "spread"
 #: the summary's measure the spread is kept under
 SPREAD_KEY = "seed spread"
+#: the paper's chosen hyper-parameters (its results table) set into FA's finals' configs, at the
+#: protocol seed; the part they train in and the summary's measure they are kept under
+PAPER_VALUES = {label: {"optim.lr": 1e-3, "rule.options.scale": 0.01, "seed": PROTOCOL_SEED}
+                for label in ("fa", "fa:dense")}
+PAPER_PART, PAPER_KEY = "paper-config", "paper config"
 
 
 def alignment_by_epoch(record: RunRecord) -> dict[str, dict[str, list[Any]]]:
@@ -181,9 +198,9 @@ def section(record: AnalysesRecord | None, figures: Mapping[str, str]) -> str:
 
 
 def write_page(results: Path, repo: Path) -> list[Path]:
-    """Rewrite the analyses and seed-spread sections of docs/experiments/results.md (between
-    their markers) and copy the analyses' figures from the committed records into docs/figures
-    (``lance-kieu-2026-<name>.png``); the files changed."""
+    """Rewrite the analyses, seed-spread and paper-config sections of
+    docs/experiments/results.md (between their markers) and copy the analyses' figures from the
+    committed records into docs/figures (``lance-kieu-2026-<name>.png``); the files changed."""
     from .queue import records_dir
 
     page = Path(repo) / PAGE
@@ -195,7 +212,7 @@ def write_page(results: Path, repo: Path) -> list[Path]:
         record = None if raw is None else AnalysesRecord.from_dict(raw, f"{NAME}.json: measures.analyses")
     except RecordError:
         summary = record = None
-    spread, hours = None, {}
+    spread, paper, hours = None, None, {}
     if summary is not None and summary.scale == "full":
         raw = summary.measures.get(SPREAD_KEY)
         try:  # no measure yet: the protocol seed's numbers alone
@@ -203,8 +220,14 @@ def write_page(results: Path, repo: Path) -> list[Path]:
                 SeedSpread.from_dict(raw, f"{NAME}.json: measures.{SPREAD_KEY}")
         except RecordError:
             spread = None
+        raw = summary.measures.get(PAPER_KEY)
+        try:  # likewise: the grid's numbers alone
+            paper = paper_config(summary.methods) if raw is None else \
+                PaperConfig.from_dict(raw, f"{NAME}.json: measures.{PAPER_KEY}")
+        except RecordError:
+            paper = None
         hours = {m.method: sum(r.seconds or 0.0 for r in m.runs) / 3600 for m in summary.methods
-                 if m.part == "sweep" and m.method in SPREAD_METHODS and any(r.seconds for r in m.runs)}
+                 if m.part == "sweep" and any(r.seconds for r in m.runs)}
     changed, figures = [], {}
     if record is not None and record.scale == "full":
         src = records_dir(Path(results), NAME) / "analyses"
@@ -221,7 +244,9 @@ def write_page(results: Path, repo: Path) -> list[Path]:
         record = None
     text = page.read_text()
     new = _put(_put(text, BEGIN, END, section(record, figures)), SPREAD_BEGIN, SPREAD_END,
-               spread_section(spread, hours))
+               spread_section(spread, {m: h for m, h in hours.items() if m in SPREAD_METHODS}))
+    new = _put(new, PAPER_BEGIN, PAPER_END,
+               paper_config_section(paper, {m: h for m, h in hours.items() if m in PAPER_VALUES}))
     if new != text:
         page.write_text(new)
         changed.insert(0, page)
@@ -271,7 +296,8 @@ def spread_units() -> list[str]:
 
 
 def unit_command(unit: str) -> str:
-    """The commands that train one spread unit outside the queue and commit its record."""
+    """The commands that train one unit (spread, paper config) outside the queue and commit its
+    record."""
     return (f"`falign reproduce {NAME} --scale full --part {unit} --out runs/{NAME} --records "
             f"results/runs/{NAME} --threads 1`, then `python -m falign.reproduce.queue collect {NAME} "
             f"{unit} --runs runs`")
@@ -393,6 +419,151 @@ def spread_section(record: SeedSpread | None, hours: Mapping[str, float] | None 
         out += [f"- `{u}`: {unit_command(u)}" for u in missing]
         out.append("")
     return "\n".join([*out, SPREAD_END])
+
+
+# -- the paper's config in place of the grid's ----------------------------------------------------
+
+def _dotted(config: Mapping[str, Any] | None, key: str) -> Any:
+    """``config``'s value at a dotted key (None where it has none)."""
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def paper_config(methods: Sequence[MethodSummary]) -> PaperConfig:
+    """Each method of :data:`PAPER_VALUES` at the grid's config (its final in the part ``sweep``,
+    seed :data:`PROTOCOL_SEED`) and at the paper's (the part ``paper-config``), from a summary's
+    entries: the substituted keys' values as each run's config holds them (the paper's values
+    for a run not measured yet) and its test accuracy (None while not measured)."""
+    from .tables import TOLERANCE
+
+    by = {(m.part, m.method): m for m in methods}
+    out, dataset = {}, None
+    for label, values in PAPER_VALUES.items():
+        final, again = by.get(("sweep", label)), by.get((PAPER_PART, label))
+        runs = {}
+        for which, entry in (("grid", final), ("paper", again)):
+            acc = next((r.test_acc for r in (entry.runs if entry is not None else ())
+                        if r.seed in (PROTOCOL_SEED, None) and r.test_acc is not None), None)
+            config = entry.config if entry is not None else None
+            held = {k: _dotted(config, k) for k in values} if config is not None else \
+                ({} if which == "grid" else dict(values))
+            runs[which] = ConfigRun(values=held, test_acc=acc)
+        dataset = dataset or (final.dataset if final is not None else None)
+        out[label] = PaperConfigMethod(grid=runs["grid"], paper=runs["paper"],
+                                       published=final.published if final is not None else None)
+    tol, _ = TOLERANCE.get(dataset or "cifar10-jpeg", TOLERANCE["cifar10-jpeg"])
+    return PaperConfig(seed=PROTOCOL_SEED, tolerance=tol, methods=out)
+
+
+def paper_config_measures(methods: Sequence[MethodSummary]) -> dict[str, Any]:
+    """``{"paper config": ...}`` once a run at the paper's config is measured; else nothing."""
+    record = paper_config(methods)
+    return {PAPER_KEY: record.to_dict()} if record.measured else {}
+
+
+def paper_config_units() -> list[str]:
+    return [f"{PAPER_PART}/{m}" for m in PAPER_VALUES]
+
+
+#: how the docs name the substituted keys
+_SHORT = {"optim.lr": "lr", "rule.options.scale": "s", "seed": "seed"}
+
+
+def _values(values: Mapping[str, Any]) -> str:
+    return ", ".join(f"{_SHORT.get(k, k)} {v:g}" if isinstance(v, int | float) else f"{_SHORT.get(k, k)} {v}"
+                     for k, v in values.items()) or "-"
+
+
+def paper_config_lines(record: PaperConfig) -> list[str]:
+    """Sentences: each method at the grid's config and at the paper's, the change, and where
+    each lies against the published number."""
+    out = []
+    for label, m in record.methods.items():
+        grid, paper = m.grid.points, m.paper.points
+        if grid is None or paper is None:
+            continue
+        line = (f"{label}: {grid:.2f}% at the grid's config ({_values(m.grid.values)}), {paper:.2f}% at the "
+                f"paper's ({_values(m.paper.values)}), {m.change:+.2f} points")
+        if m.published is not None:
+            line += (f"; published {m.published:.2f}%, {grid - m.published:+.2f} points at the grid's config "
+                     f"and {paper - m.published:+.2f} at the paper's")
+            closes = record.closes(label)
+            if closes is None:
+                line += f" (the grid's config lies within the {record.tolerance:g}-point tolerance)"
+            elif closes:
+                line += (f"; the paper's config closes the miss (within the {record.tolerance:g}-point "
+                         "tolerance)")
+            else:
+                line += (f"; the paper's config does not close the miss "
+                         f"({record.distance(label, 'paper') - record.tolerance:.2f} beyond the "
+                         f"{record.tolerance:g}-point tolerance)")
+        out.append(line + ".")
+    return out
+
+
+def paper_config_notes(methods: Sequence[MethodSummary]) -> list[str]:
+    """The report's note on the paper's config (nothing while no run at it is measured)."""
+    record = paper_config(methods)
+    if not record.measured:
+        return []
+    return [f"Paper's config (FA's finals trained again at seed {record.seed} with only the paper's "
+            "lr and s in place of the grid's choice; one run each): " + " ".join(paper_config_lines(record))]
+
+
+PAPER_BEGIN, PAPER_END = ("<!-- lance-kieu-2026:paper-config:begin -->",
+                          "<!-- lance-kieu-2026:paper-config:end -->")
+
+
+def paper_config_section(record: PaperConfig | None, hours: Mapping[str, float] | None = None) -> str:
+    """The Markdown between the paper-config markers: each FA method at the grid's config and at
+    the paper's once measured, and whether the paper's config closes the miss; "Not measured
+    yet" and the commands of the units still to run (``hours``: method -> hours of one core its
+    seed-42 final took, the estimate of a unit)."""
+    out = [PAPER_BEGIN, "#### Lance & Kieu 2026: FA's miss and the grid's choice of B's scale", "",
+           "The paper's search chose lr 1e-3 and feedback scale s 0.01 for both FA variants."]
+    grid = [] if record is None else [f"{label} {_values(m.grid.values)}"
+                                      for label, m in record.methods.items() if m.grid.values]
+    if grid:
+        out[-1] += " falign's run of the same 3-epoch grid chose " + "; ".join(grid) + "."
+    out[-1] += (f" The evidence queue's `{PAPER_PART}` units train the final configs of "
+                + " and ".join(f"`{m}`" for m in PAPER_VALUES)
+                + f" again with only the paper's values set ({_values(next(iter(PAPER_VALUES.values())))}; "
+                "50 epochs, best-validation checkpoint, everything else as the final), so that the two runs "
+                "of a method differ only in what the grid chose. One run a config: a change smaller than the "
+                "spread over seeds above is not told apart from the seed's.")
+    out.append("")
+    missing = [u for u in paper_config_units()
+               if record is None or (m := record.methods.get(u.split("/", 1)[1])) is None
+               or m.paper.points is None]
+    if record is not None and record.measured:
+        out += [f"Made from `measures[\"{PAPER_KEY}\"]` of `results/{NAME}.json` (test %, best validation "
+                f"epoch, seed {record.seed}; the change in points):", "",
+                "| method | published | grid's config | test % | paper's config | test % | change "
+                "| within tolerance (grid / paper) | paper's config closes the miss |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for label, m in record.methods.items():
+            within = "/".join({True: "yes", False: "no", None: "-"}[record.within(label, w)]
+                              for w in ("grid", "paper"))
+            closes = {True: "yes", False: "no", None: "-"}[record.closes(label)]
+            out.append(f"| {label} | {_pts(m.published)} | {_values(m.grid.values)} | "
+                       f"{_pts(m.grid.points)} | {_values(m.paper.values)} | {_pts(m.paper.points)} | "
+                       f"{_pts(m.change, sign=True)} | {within} | {closes} |")
+        out += ["", *paper_config_lines(record), ""]
+    else:
+        out += ["**Not measured yet.**", ""]
+    if missing:
+        est = ""
+        if hours:
+            est = (" (" + ", ".join(f"{m} about {hours[m]:.1f} h" for m in PAPER_VALUES if m in hours)
+                   + f" of one core a unit, as the seed-{PROTOCOL_SEED} finals took)")
+        out += [f"Units not measured yet{est}; the queue runs them after the spread units "
+                f"(`python -m falign.reproduce.queue run {NAME} --runs runs --commit`), or one at a time:",
+                ""]
+        out += [f"- `{u}`: {unit_command(u)}" for u in missing]
+        out.append("")
+    return "\n".join([*out, PAPER_END])
 
 
 def _put(text: str, begin: str, end: str, block: str) -> str:

@@ -35,7 +35,8 @@ record (``retrain.json``) is committed beside it, and where no record of the run
 model it needs is in ``RUNS/NAME``, then ``pending``; it is ``done`` once its record
 (``analyses.json``, and its PNG figures) is committed under ``results/runs/NAME/analyses``.
 A training unit that trains from another run's config (a final run at another seed, Lance &
-Kieu's ``spread`` units) is ``waiting`` until that run's ``config.yaml`` is committed.
+Kieu's ``spread`` units, or with the paper's hyper-parameters set, its ``paper-config`` units)
+is ``waiting`` until that run's ``config.yaml`` is committed.
 The queue starts only ``pending`` units and moves on past ``waiting`` ones; it starts them in
 the target's order, so units declared after the analyses take the jobs the analyses leave.
 """
