@@ -82,7 +82,7 @@ class ModelRetrain:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> ModelRetrain:
-        check_version(d, "version", ANALYSES_VERSION, "retrain record version", where)
+        check_version(d, "version", ANALYSES_VERSION, "retrain record", where)
         same = d.get("same_first_epoch_record")
         return cls(run=str(d.get("run")), threads=integer(d.get("threads"), "threads", where, optional=True),
                    against=text(d.get("against") or "nothing", "against", where),
@@ -119,7 +119,7 @@ class AnalysesRecord:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> AnalysesRecord:
-        check_version(d, "version", ANALYSES_VERSION, "analyses record version", where)
+        check_version(d, "version", ANALYSES_VERSION, "analyses record", where)
 
         def nested(key: str) -> dict[str, Any]:
             return {str(k): mapping(v, f"{key}.{k}", where)

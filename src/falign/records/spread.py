@@ -136,7 +136,7 @@ class SeedSpread:
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> SeedSpread:
-        check_version(d, "version", SPREAD_VERSION, "seed spread version", where)
+        check_version(d, "version", SPREAD_VERSION, "seed spread record", where)
         methods = {}
         for label, m in mapping(d.get("methods") or {}, "methods", where).items():
             m = mapping(m, f"methods.{label}", where)
