@@ -35,18 +35,24 @@ def feedback_shape(input_shape: tuple[int, ...], error_shape: tuple[int, ...], *
     return (*x[1:], *e[1:])
 
 
-def one_hot_targets(targets: Tensor, error: Tensor) -> Tensor:
+def one_hot_targets(targets: Tensor, error: Tensor, keep: Tensor | None = None, *,
+                    every: bool = False) -> Tensor:
     """Targets in e's shape: class indices (one a sample, or one a position) one-hot, a
-    position whose index is ``IGNORE_INDEX`` all zeros; float targets as they are."""
-    if not targets.is_floating_point():
-        classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
-        keep = targets != IGNORE_INDEX
-        # built in e's dtype (1 at the label, 0 elsewhere and at ignored positions): one scatter,
-        # no int64 one-hot to multiply and cast
-        hot = torch.zeros((*targets.shape, classes), dtype=error.dtype, device=error.device)
+    position whose index is ``IGNORE_INDEX`` all zeros; float targets as they are.  ``keep``:
+    ``targets != IGNORE_INDEX`` where already made; ``every``: no label is ``IGNORE_INDEX``
+    (known from the step's label count), so no mask is needed."""
+    if targets.is_floating_point():
+        return _to(targets if targets.shape == error.shape else targets.reshape(error.shape), error.dtype)
+    classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
+    # built in e's dtype (1 at the label, 0 elsewhere and at ignored positions): one scatter,
+    # no int64 one-hot to multiply and cast
+    hot = torch.zeros((*targets.shape, classes), dtype=error.dtype, device=error.device)
+    if every:
+        hot.scatter_(-1, targets.unsqueeze(-1), 1.0)
+    else:
+        keep = targets != IGNORE_INDEX if keep is None else keep
         hot.scatter_(-1, torch.where(keep, targets, 0).unsqueeze(-1), keep.unsqueeze(-1).to(error.dtype))
-        return hot.reshape(error.shape)
-    return targets.reshape(error.shape).to(error.dtype)
+    return hot if hot.shape == error.shape else hot.reshape(error.shape)
 
 
 def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -54,11 +60,12 @@ def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def labels_counted(targets: Tensor | None, error: Tensor) -> int:
+def labels_counted(targets: Tensor | None, error: Tensor, kept: int | None = None) -> int:
     """What a mean loss averages over: the step's class labels other than IGNORE_INDEX (as
-    PyTorch's cross-entropy does), else one per sample, or per position of a sequence's e (N, T, K)."""
+    PyTorch's cross-entropy does; ``kept``: their number where already counted), else one per
+    sample, or per position of a sequence's e (N, T, K)."""
     if targets is not None and not targets.is_floating_point():
-        return max(int(torch.count_nonzero(targets != IGNORE_INDEX)), 1)
+        return max(int(torch.count_nonzero(targets != IGNORE_INDEX)) if kept is None else kept, 1)
     return math.prod(error.shape[:-1]) if error.dim() == 3 else error.shape[0]
 
 
