@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: class index of a position that counts in no loss (PyTorch's and Hugging Face's convention)
@@ -76,10 +77,11 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
     shares e's positions), the projection of the sample's mean ``s`` at every position (the
     positions differ), or ``s.flatten(1) B^T`` on the whole per-sample map (B of shape
     (*input, *e))."""
+    # (F.linear(s, b) is s @ b.T: the same matmul, without a transpose op of its own)
     x_shape = tuple(x_shape)
     if b.dim() == 2 and b.shape[0] == x_shape[-1] and op == "linear":
         if tuple(source.shape[:-1]) == x_shape[:-1]:
-            return _to(_to(source, b.dtype) @ b.T, dtype)  # position by position
+            return _to(F.linear(_to(source, b.dtype), b), dtype)  # position by position
         # the input's positions are not the error's: every position receives the projection of
         # the sample's (mean) error
         axis = batch_axis(x_shape, tuple(source.shape))
@@ -89,7 +91,7 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
         if source.dim() > 2:
             others = [d for d in range(source.dim() - 1) if d != axis]
             source = source.mean(dim=others)  # (N, E)
-        g = _to(source, b.dtype) @ b.T  # (N, D)
+        g = F.linear(_to(source, b.dtype), b)  # (N, D)
         view = [1] * len(x_shape)
         view[axis], view[-1] = g.shape[0], g.shape[-1]
         return _to(g.reshape(view).expand(x_shape), dtype)
@@ -99,7 +101,7 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
             f"{x_shape[0]}; DFA needs one output row per input sample"
         )
     b2d = b.reshape(-1, source[0].numel())  # (in_numel, e_numel)
-    return _to((_to(source.reshape(source.shape[0], -1), b2d.dtype) @ b2d.T).view(x_shape), dtype)
+    return _to(F.linear(_to(source.reshape(source.shape[0], -1), b2d.dtype), b2d).view(x_shape), dtype)
 
 
 def feedback_rows(x: Tensor, error: Tensor, feedback_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:
