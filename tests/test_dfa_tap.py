@@ -105,3 +105,16 @@ def test_an_explicit_output_module_is_the_tap() -> None:
     for a, b in zip(grads(auto, lambda o: F.nll_loss(o, Y)), grads(named, lambda o: F.nll_loss(o, Y)),
                     strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_the_wiring_of_a_converted_model_is_found_deep_in_a_module_tree() -> None:
+    """set_step finds a converted model's wiring wherever the model sits (a wrapper, a
+    Lightning module): the wiring of the first converted layer in ``modules()`` order."""
+    from falign.layers.pathways.direct import DirectLayerState, wiring_of
+
+    inner, other = falign.convert(Net(), "dfa", warn=False), falign.convert(Net(), "sdfa", warn=False)
+    outer = nn.Sequential(nn.Identity(), nn.ModuleDict({"a": nn.Sequential(nn.ReLU(), inner), "b": other}))
+    first = next(m.pathway_state.wiring for m in outer.modules()
+                 if isinstance(getattr(m, "pathway_state", None), DirectLayerState))
+    assert wiring_of(outer) is first is wiring_of(inner) is not wiring_of(other)
+    assert wiring_of(other) is not None and wiring_of(Net()) is None

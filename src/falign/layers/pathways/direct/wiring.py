@@ -206,11 +206,16 @@ def _replace_gradient(wiring_ref, key: int):
 
 
 def wiring_of(model: nn.Module) -> DirectWiring | None:
-    """The direct-feedback wiring of a converted model (None: no direct rule)."""
-    for m in model.modules():
-        state = m.__dict__.get("pathway_state")  # (a module's missing attribute is slow to miss)
-        if isinstance(state, DirectLayerState) and state.wiring is not None:
-            return state.wiring
+    """The direct-feedback wiring of a converted model (None: no direct rule): the first
+    module's in ``model.modules()`` order, found depth first through ``children()`` (which,
+    unlike ``modules()``, names no module on the way: a step's ``set_step`` asks it)."""
+    state = model.__dict__.get("pathway_state")  # (a module's missing attribute is slow to miss)
+    if isinstance(state, DirectLayerState) and state.wiring is not None:
+        return state.wiring
+    for child in model.children():
+        wiring = wiring_of(child)
+        if wiring is not None:
+            return wiring
     return None
 
 
