@@ -56,6 +56,7 @@ class DirectWiring:
         self.shared = bool(rule.shared)
         self.seed = rule.seed
         self.collected: dict[int, Tensor] = {}  # key of a layer input -> signals sent to it
+        self.made: tuple | None = None  # (rule, e, step, what B_i multiplies): the last source
         self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
         self.keys = 0  # the last key handed out (keys are never reused)
         for layer in layers:
@@ -79,7 +80,7 @@ class DirectWiring:
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("layers", "points")})
         new.layers = copy.deepcopy(self.layers, memo)
         new.points = copy.deepcopy(self.points, memo)
-        new.error, new.step, new.collected, new.hooked = None, StepState(), {}, {}
+        new.error, new.step, new.collected, new.hooked, new.made = None, StepState(), {}, {}, None
         return new
 
     def _begin(self, module, args):
@@ -162,8 +163,13 @@ class DirectWiring:
         """What B_i multiplies, (N, *e): the rule's function of e, of the targets and of a
         sample's weight in the loss (unless the step says otherwise, 1 over what a mean loss
         averages: the labels that count, else the samples or a sequence's positions) times the
-        loss scale (rules whose signal keeps e's magnitude ignore both: e carries them)."""
+        loss scale (rules whose signal keeps e's magnitude ignore both: e carries them).  Made
+        once a backward pass for the layers that share a rule (a function of e, the step's
+        targets and weight, the same for each)."""
         step = self.step
+        made = self.made
+        if made is not None and made[0] is rule and made[1] is error and made[2] is step:
+            return made[3]
         weight = 1.0  # (e carries both where the rule does not weigh its signal)
         if rule.weighs_signal:
             weight = step.sample_weight
@@ -182,7 +188,9 @@ class DirectWiring:
                 raise FeedbackError("the targets given to falign.set_step belong to an earlier step: "
                                     "give each step's targets (falign.set_step(model, targets=y))")
             targets = step.targets_like(error)
-        return rule.direct_signal(error, targets, weight)
+        source = rule.direct_signal(error, targets, weight)
+        self.made = (rule, error, step, source)
+        return source
 
 
 def _record_error(wiring_ref, index: int):
