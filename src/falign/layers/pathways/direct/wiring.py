@@ -56,7 +56,9 @@ class DirectWiring:
         self.shared = bool(rule.shared)
         self.seed = rule.seed
         self.collected: dict[int, Tensor] = {}  # key of a layer input -> signals sent to it
-        self.made: tuple | None = None  # (rule, e, step, what B_i multiplies): the last source
+        # (rule, e, step, what B_i multiplies): the source of the pass under way, dropped at the
+        # next step or forward
+        self.made: tuple | None = None
         self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
         self.keys = 0  # the last key handed out (keys are never reused)
         for layer in layers:
@@ -91,6 +93,7 @@ class DirectWiring:
         self.forwards += 1
         self.hooked.clear()
         self.collected.clear()
+        self.made = None  # (the last pass's source: not kept through this pass's forward)
         if not isinstance(output, Tensor):
             raise TypeError(
                 "DFA taps a tensor output; this module returned "
@@ -264,6 +267,7 @@ def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: 
     wiring = wiring_of(model)
     if wiring is not None:
         wiring.step = StepState(targets, wiring.forwards, sample_weight, float(loss_scale))
+        wiring.made = None
 
 
 def set_targets(model: nn.Module, targets: Tensor | None) -> None:
