@@ -105,3 +105,34 @@ def test_an_explicit_output_module_is_the_tap() -> None:
     for a, b in zip(grads(auto, lambda o: F.nll_loss(o, Y)), grads(named, lambda o: F.nll_loss(o, Y)),
                     strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_the_wiring_of_a_converted_model_is_found_deep_in_a_module_tree() -> None:
+    """set_step finds a converted model's wiring wherever the model sits (a wrapper, a
+    Lightning module): the wiring of the first converted layer in ``modules()`` order."""
+    from falign.layers.pathways.direct import DirectLayerState, wiring_of
+
+    inner, other = falign.convert(Net(), "dfa", warn=False), falign.convert(Net(), "sdfa", warn=False)
+    outer = nn.Sequential(nn.Identity(), nn.ModuleDict({"a": nn.Sequential(nn.ReLU(), inner), "b": other}))
+    first = next(m.pathway_state.wiring for m in outer.modules()
+                 if isinstance(getattr(m, "pathway_state", None), DirectLayerState))
+    assert wiring_of(outer) is first is wiring_of(inner) is not wiring_of(other)
+    assert wiring_of(other) is not None and wiring_of(Net()) is None
+
+
+def test_a_backward_pass_asks_the_rule_for_its_signal_once(monkeypatch) -> None:
+    """The layers that share a rule project one signal a backward pass (a function of e, the
+    step's targets and weight): the rule's direct_signal runs once a pass, again at the next."""
+    from falign.rules.sdfa import SDFA
+
+    calls = []
+    signal = SDFA.direct_signal
+    monkeypatch.setattr(SDFA, "direct_signal", lambda self, *a: calls.append(1) or signal(self, *a))
+    torch.manual_seed(0)
+    model = falign.convert(nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 5), nn.Tanh(),
+                                         nn.Linear(5, 4)), "sdfa", warn=False)
+    x, y = torch.randn(3, 6, requires_grad=True), torch.tensor([0, 3, 1])
+    for passes in (1, 2):
+        falign.set_step(model, targets=y)
+        F.cross_entropy(model(x), y).backward()
+        assert len(calls) == passes

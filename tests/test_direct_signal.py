@@ -70,6 +70,27 @@ def test_a_steps_targets_and_label_count_are_made_once_however_many_layers_ask()
     assert StepState(labels[:1]).labels(error[:1]) == 2
 
 
+def test_a_counted_step_makes_its_one_hot_targets_from_the_count():
+    """Once the labels are counted, the one-hot targets come from the count's mask, or without a
+    mask where every label counts: the same values as made from the labels alone."""
+    from falign.layers.pathways.direct.state import StepState
+
+    error = torch.zeros(3, 4, dtype=DT)
+    for labels in (torch.tensor([2, 0, 3]), torch.tensor([2, IGNORE_INDEX, 3]),
+                   torch.tensor([IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX])):
+        expected = torch.zeros(3, 4, dtype=DT)
+        for n, label in enumerate(labels.tolist()):
+            if label != IGNORE_INDEX:
+                expected[n, label] = 1
+        step = StepState(labels)
+        assert step.labels(error) == labels_counted(labels, error)
+        assert torch.equal(step.targets_like(error), expected)
+        assert torch.equal(one_hot_targets(labels, error), expected)
+    one = StepState(torch.tensor([IGNORE_INDEX]))  # counted as 1 (never a division by 0), all zeros
+    assert one.labels(error[:1]) == 1
+    assert torch.equal(one.targets_like(error[:1]), torch.zeros(1, 4, dtype=DT))
+
+
 def test_labels_counted_is_what_a_mean_loss_averages_over():
     error2, error3 = torch.zeros(5, 4), torch.zeros(2, 3, 4)
     assert labels_counted(None, error2) == 5

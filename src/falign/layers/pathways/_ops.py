@@ -40,8 +40,9 @@ def conv_backward(grad_out: Tensor, x: Tensor, weight: Tensor, spec: ConvSpec, m
 def linear_weight_grads(grad_out: Tensor, x: Tensor, weight: Tensor, need_w: bool, need_b: bool):
     """(dL/dW, dL/db) of ``y = x W^T + b`` for inputs of any leading shape, in W's dtype."""
     dt, wt = grad_out.dtype, weight.dtype
-    g2 = grad_out.reshape(-1, grad_out.shape[-1])  # (M, out)
-    x2 = x.reshape(-1, x.shape[-1])
+    # (M, out), (M, in); a 2-D input as it is (a reshape to its own shape is an op for nothing)
+    g2 = grad_out if grad_out.dim() == 2 else grad_out.reshape(-1, grad_out.shape[-1])
+    x2 = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
     gw = g2.T @ (x2 if x2.dtype == dt else x2.to(dt)) if need_w else None  # (out, in)
     gb = g2.sum(0) if need_b else None
     return _cast(gw, wt), _cast(gb, wt)

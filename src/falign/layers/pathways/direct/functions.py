@@ -16,12 +16,14 @@ from .state import timing
 
 
 def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
-                 position: int | None = None) -> Tensor | None:
+                 position: int | None = None, weight: Tensor | None = None) -> Tensor | None:
     """The signal a layer's input receives: ``s B_i^T`` per position (token-wise), per sample
     broadcast over positions, or for the whole per-sample map (``s`` the rule's function of e).
-    A recurrent weight's input is a feedback point only under ``recurrent="step"``."""
+    A recurrent weight's input is a feedback point only under ``recurrent="step"``.  ``weight``:
+    the W the layer's Function saved (None: ``layer.weight``, a lookup, for a slot an op)."""
     error = wiring.error
     feedback = layer.feedback if feedback is None else feedback  # lazy B: made after the forward
+    weight = layer.weight if weight is None else weight
     recurrent, time_dim, _ = timing(layer)
     if recurrent and layer.rule.recurrent != "step":
         return None
@@ -37,11 +39,11 @@ def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
         source = source.select(time_dim, position)
     rule = layer.backward_rule
     if rule is layer.rule:
-        return project(source, rule.matrix(layer.weight, feedback), tuple(x_shape), dtype, op=layer.op)
+        return project(source, rule.matrix(weight, feedback), tuple(x_shape), dtype, op=layer.op)
     if rule.device_projection is not None:
         signal = device_signal(rule.device_projection, source, layer, feedback, tuple(x_shape), dtype)
     else:
-        signal = project(source, rule.matrix(layer.weight, feedback), tuple(x_shape), dtype, op=layer.op)
+        signal = project(source, rule.matrix(weight, feedback), tuple(x_shape), dtype, op=layer.op)
     return rule.read_noise(signal) if rule.noisy else signal
 
 
@@ -136,7 +138,7 @@ class DirectLinearFn(torch.autograd.Function):
         x, weight, feedback = ctx.saved_tensors
         need_x, need_w, need_b, need_fb = ctx.needs_input_grad[:4]
         gx = input_signal(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype,
-                          ctx.position) if need_x else None
+                          ctx.position, weight) if need_x else None
         _record(ctx.wiring.collected, ctx.key, gx)
         gw, gb = linear_weight_grads(g, x, weight, need_w, need_b)
         gfb = feedback_grad(ctx, x, feedback) if need_fb else None
@@ -159,7 +161,8 @@ class DirectConvFn(torch.autograd.Function):
         gw = gb = None
         if need_w or need_b:
             _, gw, gb = conv_backward(g, x, weight, ctx.layer.spec, [False, need_w, need_b])
-        gx = input_signal(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype) if need_x else None
+        gx = input_signal(ctx.wiring, ctx.layer, feedback, x.shape, x.dtype,
+                          weight=weight) if need_x else None
         _record(ctx.wiring.collected, ctx.key, gx)
         gfb = feedback_grad(ctx, x, feedback) if need_fb else None
         return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None, None, None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: class index of a position that counts in no loss (PyTorch's and Hugging Face's convention)
@@ -35,18 +36,24 @@ def feedback_shape(input_shape: tuple[int, ...], error_shape: tuple[int, ...], *
     return (*x[1:], *e[1:])
 
 
-def one_hot_targets(targets: Tensor, error: Tensor) -> Tensor:
+def one_hot_targets(targets: Tensor, error: Tensor, keep: Tensor | None = None, *,
+                    every: bool = False) -> Tensor:
     """Targets in e's shape: class indices (one a sample, or one a position) one-hot, a
-    position whose index is ``IGNORE_INDEX`` all zeros; float targets as they are."""
-    if not targets.is_floating_point():
-        classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
-        keep = targets != IGNORE_INDEX
-        # built in e's dtype (1 at the label, 0 elsewhere and at ignored positions): one scatter,
-        # no int64 one-hot to multiply and cast
-        hot = torch.zeros((*targets.shape, classes), dtype=error.dtype, device=error.device)
+    position whose index is ``IGNORE_INDEX`` all zeros; float targets as they are.  ``keep``:
+    ``targets != IGNORE_INDEX`` where already made; ``every``: no label is ``IGNORE_INDEX``
+    (known from the step's label count), so no mask is needed."""
+    if targets.is_floating_point():
+        return _to(targets if targets.shape == error.shape else targets.reshape(error.shape), error.dtype)
+    classes = error.shape[-1] if tuple(targets.shape) == tuple(error.shape[:-1]) else error[0].numel()
+    # built in e's dtype (1 at the label, 0 elsewhere and at ignored positions): one scatter,
+    # no int64 one-hot to multiply and cast
+    hot = torch.zeros((*targets.shape, classes), dtype=error.dtype, device=error.device)
+    if every:
+        hot.scatter_(-1, targets.unsqueeze(-1), 1.0)
+    else:
+        keep = targets != IGNORE_INDEX if keep is None else keep
         hot.scatter_(-1, torch.where(keep, targets, 0).unsqueeze(-1), keep.unsqueeze(-1).to(error.dtype))
-        return hot.reshape(error.shape)
-    return targets.reshape(error.shape).to(error.dtype)
+    return hot if hot.shape == error.shape else hot.reshape(error.shape)
 
 
 def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -54,11 +61,12 @@ def _to(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
-def labels_counted(targets: Tensor | None, error: Tensor) -> int:
+def labels_counted(targets: Tensor | None, error: Tensor, kept: int | None = None) -> int:
     """What a mean loss averages over: the step's class labels other than IGNORE_INDEX (as
-    PyTorch's cross-entropy does), else one per sample, or per position of a sequence's e (N, T, K)."""
+    PyTorch's cross-entropy does; ``kept``: their number where already counted), else one per
+    sample, or per position of a sequence's e (N, T, K)."""
     if targets is not None and not targets.is_floating_point():
-        return max(int(torch.count_nonzero(targets != IGNORE_INDEX)), 1)
+        return max(int(torch.count_nonzero(targets != IGNORE_INDEX)) if kept is None else kept, 1)
     return math.prod(error.shape[:-1]) if error.dim() == 3 else error.shape[0]
 
 
@@ -69,10 +77,11 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
     shares e's positions), the projection of the sample's mean ``s`` at every position (the
     positions differ), or ``s.flatten(1) B^T`` on the whole per-sample map (B of shape
     (*input, *e))."""
+    # (F.linear(s, b) is s @ b.T: the same matmul, without a transpose op of its own)
     x_shape = tuple(x_shape)
     if b.dim() == 2 and b.shape[0] == x_shape[-1] and op == "linear":
         if tuple(source.shape[:-1]) == x_shape[:-1]:
-            return _to(_to(source, b.dtype) @ b.T, dtype)  # position by position
+            return _to(F.linear(_to(source, b.dtype), b), dtype)  # position by position
         # the input's positions are not the error's: every position receives the projection of
         # the sample's (mean) error
         axis = batch_axis(x_shape, tuple(source.shape))
@@ -82,7 +91,7 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
         if source.dim() > 2:
             others = [d for d in range(source.dim() - 1) if d != axis]
             source = source.mean(dim=others)  # (N, E)
-        g = _to(source, b.dtype) @ b.T  # (N, D)
+        g = F.linear(_to(source, b.dtype), b)  # (N, D)
         view = [1] * len(x_shape)
         view[axis], view[-1] = g.shape[0], g.shape[-1]
         return _to(g.reshape(view).expand(x_shape), dtype)
@@ -92,7 +101,7 @@ def project(source: Tensor, b: Tensor, x_shape: tuple[int, ...], dtype: torch.dt
             f"{x_shape[0]}; DFA needs one output row per input sample"
         )
     b2d = b.reshape(-1, source[0].numel())  # (in_numel, e_numel)
-    return _to((_to(source.reshape(source.shape[0], -1), b2d.dtype) @ b2d.T).view(x_shape), dtype)
+    return _to(F.linear(_to(source.reshape(source.shape[0], -1), b2d.dtype), b2d).view(x_shape), dtype)
 
 
 def feedback_rows(x: Tensor, error: Tensor, feedback_shape: tuple[int, ...]) -> tuple[Tensor, Tensor]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from .signal import labels_counted, one_hot_targets
+from .signal import IGNORE_INDEX, labels_counted, one_hot_targets
 
 
 @dataclass
@@ -22,26 +23,30 @@ class StepState:
     sample_weight: float | None = None
     #: the factor the loss was multiplied by before backward (a GradScaler's)
     loss_scale: float = 1.0
-    #: what a mean loss averages over, once counted (``labels``)
-    counted: int | None = field(default=None, repr=False, compare=False)
+    #: the class labels that count (``targets != IGNORE_INDEX``) and their number, once
+    #: counted (``labels``)
+    keep: Tensor | None = field(default=None, repr=False, compare=False)
+    kept: int | None = field(default=None, repr=False, compare=False)
     #: the targets in e's shape and dtype, once made (``targets_like``)
     hot: Tensor | None = field(default=None, repr=False, compare=False)
 
     def labels(self, error: Tensor) -> int:
         """What a mean loss averages over this step (``labels_counted``): the given class
         labels are counted once, however many layers ask."""
-        if self.targets is None or self.targets.is_floating_point():
-            return labels_counted(self.targets, error)
-        if self.counted is None:
-            self.counted = labels_counted(self.targets, error)
-        return self.counted
+        targets = self.targets
+        if self.kept is None and targets is not None and not targets.is_floating_point():
+            self.keep = targets != IGNORE_INDEX
+            self.kept = int(torch.count_nonzero(self.keep))
+        return labels_counted(targets, error, self.kept)
 
     def targets_like(self, error: Tensor) -> Tensor:
         """The step's targets in e's shape and dtype (``one_hot_targets``), made once a step
-        however many layers project them."""
+        however many layers project them; with the labels counted, from their mask (no mask
+        at all where every label counts)."""
         hot = self.hot
         if hot is None or hot.shape != error.shape or hot.dtype != error.dtype or hot.device != error.device:
-            hot = self.hot = one_hot_targets(self.targets, error)
+            every = self.kept is not None and self.kept == self.targets.numel()
+            hot = self.hot = one_hot_targets(self.targets, error, self.keep, every=every)
         return hot
 
 

@@ -56,6 +56,9 @@ class DirectWiring:
         self.shared = bool(rule.shared)
         self.seed = rule.seed
         self.collected: dict[int, Tensor] = {}  # key of a layer input -> signals sent to it
+        # (rule, e, step, what B_i multiplies): the source of the pass under way, dropped at the
+        # next step or forward
+        self.made: tuple | None = None
         self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
         self.keys = 0  # the last key handed out (keys are never reused)
         for layer in layers:
@@ -79,7 +82,7 @@ class DirectWiring:
         new.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("layers", "points")})
         new.layers = copy.deepcopy(self.layers, memo)
         new.points = copy.deepcopy(self.points, memo)
-        new.error, new.step, new.collected, new.hooked = None, StepState(), {}, {}
+        new.error, new.step, new.collected, new.hooked, new.made = None, StepState(), {}, {}, None
         return new
 
     def _begin(self, module, args):
@@ -90,6 +93,7 @@ class DirectWiring:
         self.forwards += 1
         self.hooked.clear()
         self.collected.clear()
+        self.made = None  # (the last pass's source: not kept through this pass's forward)
         if not isinstance(output, Tensor):
             raise TypeError(
                 "DFA taps a tensor output; this module returned "
@@ -162,8 +166,13 @@ class DirectWiring:
         """What B_i multiplies, (N, *e): the rule's function of e, of the targets and of a
         sample's weight in the loss (unless the step says otherwise, 1 over what a mean loss
         averages: the labels that count, else the samples or a sequence's positions) times the
-        loss scale (rules whose signal keeps e's magnitude ignore both: e carries them)."""
+        loss scale (rules whose signal keeps e's magnitude ignore both: e carries them).  Made
+        once a backward pass for the layers that share a rule (a function of e, the step's
+        targets and weight, the same for each)."""
         step = self.step
+        made = self.made
+        if made is not None and made[0] is rule and made[1] is error and made[2] is step:
+            return made[3]
         weight = 1.0  # (e carries both where the rule does not weigh its signal)
         if rule.weighs_signal:
             weight = step.sample_weight
@@ -182,7 +191,9 @@ class DirectWiring:
                 raise FeedbackError("the targets given to falign.set_step belong to an earlier step: "
                                     "give each step's targets (falign.set_step(model, targets=y))")
             targets = step.targets_like(error)
-        return rule.direct_signal(error, targets, weight)
+        source = rule.direct_signal(error, targets, weight)
+        self.made = (rule, error, step, source)
+        return source
 
 
 def _record_error(wiring_ref, index: int):
@@ -206,11 +217,16 @@ def _replace_gradient(wiring_ref, key: int):
 
 
 def wiring_of(model: nn.Module) -> DirectWiring | None:
-    """The direct-feedback wiring of a converted model (None: no direct rule)."""
-    for m in model.modules():
-        state = m.__dict__.get("pathway_state")  # (a module's missing attribute is slow to miss)
-        if isinstance(state, DirectLayerState) and state.wiring is not None:
-            return state.wiring
+    """The direct-feedback wiring of a converted model (None: no direct rule): the first
+    module's in ``model.modules()`` order, found depth first through ``children()`` (which,
+    unlike ``modules()``, names no module on the way: a step's ``set_step`` asks it)."""
+    state = model.__dict__.get("pathway_state")  # (a module's missing attribute is slow to miss)
+    if isinstance(state, DirectLayerState) and state.wiring is not None:
+        return state.wiring
+    for child in model.children():
+        wiring = wiring_of(child)
+        if wiring is not None:
+            return wiring
     return None
 
 
@@ -251,6 +267,7 @@ def set_step(model: nn.Module, *, targets: Tensor | None = None, sample_weight: 
     wiring = wiring_of(model)
     if wiring is not None:
         wiring.step = StepState(targets, wiring.forwards, sample_weight, float(loss_scale))
+        wiring.made = None
 
 
 def set_targets(model: nn.Module, targets: Tensor | None) -> None:
