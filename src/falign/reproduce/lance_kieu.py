@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -408,16 +408,7 @@ def spread_section(record: SeedSpread | None, hours: Mapping[str, float] | None 
         out += ["", *spread_lines(record), ""]
     else:
         out += ["**Not measured yet.**", ""]
-    if missing:
-        est = ""
-        if hours:
-            est = (" (" + ", ".join(f"{m} about {hours[m]:.1f} h" for m in SPREAD_METHODS if m in hours)
-                   + f" of one core a unit, as the seed-{PROTOCOL_SEED} finals took)")
-        out += [f"Units not measured yet{est}; the queue runs them after the analyses "
-                f"(`python -m falign.reproduce.queue run {NAME} --runs runs --commit`), or one at a time:",
-                ""]
-        out += [f"- `{u}`: {unit_command(u)}" for u in missing]
-        out.append("")
+    out += _unmeasured(missing, hours, SPREAD_METHODS, after="the analyses")
     return "\n".join([*out, SPREAD_END])
 
 
@@ -553,17 +544,23 @@ def paper_config_section(record: PaperConfig | None, hours: Mapping[str, float] 
         out += ["", *paper_config_lines(record), ""]
     else:
         out += ["**Not measured yet.**", ""]
-    if missing:
-        est = ""
-        if hours:
-            est = (" (" + ", ".join(f"{m} about {hours[m]:.1f} h" for m in PAPER_VALUES if m in hours)
-                   + f" of one core a unit, as the seed-{PROTOCOL_SEED} finals took)")
-        out += [f"Units not measured yet{est}; the queue runs them after the spread units "
-                f"(`python -m falign.reproduce.queue run {NAME} --runs runs --commit`), or one at a time:",
-                ""]
-        out += [f"- `{u}`: {unit_command(u)}" for u in missing]
-        out.append("")
+    out += _unmeasured(missing, hours, PAPER_VALUES, after="the spread units")
     return "\n".join([*out, PAPER_END])
+
+
+def _unmeasured(missing: Sequence[str], hours: Mapping[str, float] | None, methods: Iterable[str],
+                after: str) -> list[str]:
+    """Lines listing the units of a section not measured yet (each method's estimate in hours
+    where known), how the queue runs them (``after`` what) and each one's own command."""
+    if not missing:
+        return []
+    est = ""
+    if hours:
+        est = (" (" + ", ".join(f"{m} about {hours[m]:.1f} h" for m in methods if m in hours)
+               + f" of one core a unit, as the seed-{PROTOCOL_SEED} finals took)")
+    return [f"Units not measured yet{est}; the queue runs them after {after} "
+            f"(`python -m falign.reproduce.queue run {NAME} --runs runs --commit`), or one at a time:",
+            "", *(f"- `{u}`: {unit_command(u)}" for u in missing), ""]
 
 
 def _put(text: str, begin: str, end: str, block: str) -> str:
