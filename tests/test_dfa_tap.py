@@ -120,6 +120,32 @@ def test_the_wiring_of_a_converted_model_is_found_deep_in_a_module_tree() -> Non
     assert wiring_of(other) is not None and wiring_of(Net()) is None
 
 
+@pytest.mark.parametrize("copy_with", ["deepcopy", "pickle"])
+def test_a_copied_or_unpickled_model_keeps_its_wiring_and_makes_its_lazy_feedback(copy_with) -> None:
+    """``wiring_of`` answers None without walking a model while no wiring exists, so every way
+    a wiring comes to exist must register it: a deep copy and an unpickled model (of a
+    converted model whose B_i still waits for its first forward) are found by ``set_step``,
+    and the copy's first forward makes its B_i, as the original's does."""
+    import copy
+    import gc
+    import pickle
+
+    from falign.layers.pathways.direct import wiring as wiring_module
+
+    model = falign.convert(Net(), "drtp", warn=False)  # no example input: B_i made at the first forward
+    clone = copy.deepcopy(model) if copy_with == "deepcopy" else pickle.loads(pickle.dumps(model))
+    del model
+    gc.collect()
+    wiring = wiring_module.wiring_of(clone)
+    assert wiring is not None and wiring in wiring_module._LIVE
+    assert clone.fc2.feedback is None  # (fc1's input needs no gradient: it has no B_i)
+    x, y = randn(3, 6, seed=1), torch.tensor([0, 3, 1])
+    falign.set_step(clone, targets=y)
+    F.cross_entropy(clone(x), y).backward()
+    assert clone.fc2.feedback is not None and clone.fc1.weight.grad is not None
+    assert wiring_module.wiring_of(Net()) is None
+
+
 def test_a_backward_pass_asks_the_rule_for_its_signal_once(monkeypatch) -> None:
     """The layers that share a rule project one signal a backward pass (a function of e, the
     step's targets and weight): the rule's direct_signal runs once a pass, again at the next."""

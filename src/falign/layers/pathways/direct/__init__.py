@@ -112,6 +112,7 @@ class Direct(Pathway):
                     f"'{layer.rule.name}', example_input=x) so B_i exists before the optimizer "
                     "is built")
             state.pending_input_shape = layer.fn_input_shape(x)
+            state.wiring.waiting = True
 
     def effective(self, layer):
         if layer.feedback is None:
@@ -128,12 +129,12 @@ class Direct(Pathway):
         return r.reshape(b.shape)
 
     def forward(self, layer, x, plain):
-        wiring = layer.pathway_state.wiring
+        state = layer.pathway_state
+        wiring = state.wiring
         if wiring is not None and (wiring.points or wiring.tapped):
             # feedback points elsewhere (the layers learn by backprop from them), or a layer
             # above the tap (it learns by backprop from the loss)
             return plain(x)
-        state = layer.pathway_state
         state.key = None
         if wiring is not None and not state.recurrent:
             key = wiring.watch(x)
@@ -145,10 +146,10 @@ class Direct(Pathway):
         return super().forward(layer, x, plain)
 
     def linear(self, layer, x, feedback):
-        return apply_eager(DirectLinearFn, x, layer, feedback, layer.pathway_state.key)
+        return apply_eager(DirectLinearFn, x, layer, feedback)
 
     def conv(self, layer, x, feedback):
-        return apply_eager(DirectConvFn, layer.pad(x), layer, feedback, layer.pathway_state.key)
+        return apply_eager(DirectConvFn, layer.pad(x), layer, feedback)
 
     def reference_input_grad(self, layer, x, g, e, targets=None):
         """``direct_input_grad`` with s the rule's ``direct_signal(e, y*, 1/N)``."""

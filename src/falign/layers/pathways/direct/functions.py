@@ -24,8 +24,8 @@ def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
     error = wiring.error
     feedback = layer.feedback if feedback is None else feedback  # lazy B: made after the forward
     weight = layer.weight if weight is None else weight
-    recurrent, time_dim, _ = timing(layer)
-    if recurrent and layer.rule.recurrent != "step":
+    state = layer.pathway_state
+    if state.recurrent and layer.rule.recurrent != "step":
         return None
     if error is None:
         raise RuntimeError(
@@ -36,7 +36,7 @@ def input_signal(wiring, layer, feedback: Tensor | None, x_shape, dtype,
         raise RuntimeError("DFA feedback matrix was never created (no training-mode forward)")
     source = wiring.source(layer.backward_rule, error)
     if position is not None and source.dim() > 2:  # the error of one time step
-        source = source.select(time_dim, position)
+        source = source.select(state.time_dim, position)
     rule = layer.backward_rule
     if rule is layer.rule:
         return project(source, rule.matrix(weight, feedback), tuple(x_shape), dtype, op=layer.op)
@@ -127,9 +127,14 @@ def _record(collected: dict, key: int | None, gx: Tensor | None) -> None:
 
 
 class DirectLinearFn(torch.autograd.Function):
+    """A converted linear layer (see the module docstring); the layer's ``pathway_state`` gives
+    the wiring and the record its signal goes to (``key``, ``DirectWiring.watch``)."""
+
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback, layer, wiring, key):
-        ctx.layer, ctx.wiring, ctx.position, ctx.key = layer, wiring, timing(layer)[2], key
+    def forward(ctx, x, weight, bias, feedback, layer):
+        state = layer.pathway_state
+        ctx.layer, ctx.wiring, ctx.key = layer, state.wiring, state.key
+        ctx.position = layer.position if state.recurrent else None  # (``timing``)
         ctx.save_for_backward(x, weight, feedback)
         return nn.functional.linear(x, weight, bias)
 
@@ -142,14 +147,15 @@ class DirectLinearFn(torch.autograd.Function):
         _record(ctx.wiring.collected, ctx.key, gx)
         gw, gb = linear_weight_grads(g, x, weight, need_w, need_b)
         gfb = feedback_grad(ctx, x, feedback) if need_fb else None
-        return gx, gw, gb, gfb, None, None, None
+        return gx, gw, gb, gfb, None
 
 
 class DirectConvFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, feedback, layer, wiring, key):
-        ctx.layer, ctx.wiring, ctx.has_bias, ctx.position = layer, wiring, bias is not None, None
-        ctx.key = key
+    def forward(ctx, x, weight, bias, feedback, layer):
+        state = layer.pathway_state
+        ctx.layer, ctx.wiring, ctx.has_bias, ctx.position = layer, state.wiring, bias is not None, None
+        ctx.key = state.key
         ctx.save_for_backward(x, weight, feedback)
         return layer.spec.forward(x, weight, bias)
 
@@ -165,7 +171,7 @@ class DirectConvFn(torch.autograd.Function):
                           weight=weight) if need_x else None
         _record(ctx.wiring.collected, ctx.key, gx)
         gfb = feedback_grad(ctx, x, feedback) if need_fb else None
-        return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None, None, None
+        return gx, as_dtype(gw, weight), as_dtype(gb, weight), gfb, None
 
 
 def _eager(fn):
@@ -179,7 +185,8 @@ def _eager(fn):
 _APPLY = {DirectLinearFn: _eager(DirectLinearFn), DirectConvFn: _eager(DirectConvFn)}
 
 
-def apply_eager(fn, x, layer, feedback, key=None):
-    """Apply a direct Function (eagerly, see ``_eager``) to a layer's input; ``key``: the
-    wiring's record its signal goes to (``DirectWiring.watch``)."""
-    return _APPLY[fn](x, layer.weight, layer.bias, feedback, layer, layer.pathway_state.wiring, key)
+def apply_eager(fn, x, layer, feedback):
+    """Apply a direct Function (eagerly, see ``_eager``) to a layer's input.  The wiring and
+    the record the signal goes to are read from ``layer.pathway_state`` (fewer arguments: each
+    costs ``Function.apply`` work a step)."""
+    return _APPLY[fn](x, layer.weight, layer.bias, feedback, layer)

@@ -64,6 +64,7 @@ class FeedbackPoint(nn.Module):
         self.op = "linear" if out.dim() <= 3 else "conv"  # a sequence (features last), or a map
         if self.feedback is None:
             self.pathway_state.pending_input_shape = tuple(out.shape)
+            self.pathway_state.wiring.waiting = True
         return Inject.apply(out, self, self.pathway_state.wiring)
 
 

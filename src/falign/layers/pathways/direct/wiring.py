@@ -59,6 +59,7 @@ class DirectWiring:
         # (rule, e, step, what B_i multiplies): the source of the pass under way, dropped at the
         # next step or forward
         self.made: tuple | None = None
+        self.waiting = False  # whether a layer or point has a B_i waiting for e's shape
         self.hooked: dict[int, tuple] = {}  # id(layer input) -> (weakref to it, key)
         self.keys = 0  # the last key handed out (keys are never reused)
         for layer in layers:
@@ -75,6 +76,12 @@ class DirectWiring:
         self.tapped = False
         if output:
             model.register_forward_pre_hook(self._begin)
+        _LIVE.add(self)
+
+    def __setstate__(self, state):  # an unpickled wiring is live too
+        self.__dict__.update(state)
+        self.waiting = True  # (one look at its layers at the next forward)
+        _LIVE.add(self)
 
     def __deepcopy__(self, memo):  # a copy of a converted model gets its own, empty wiring
         new = DirectWiring.__new__(DirectWiring)
@@ -83,6 +90,7 @@ class DirectWiring:
         new.layers = copy.deepcopy(self.layers, memo)
         new.points = copy.deepcopy(self.points, memo)
         new.error, new.step, new.collected, new.hooked, new.made = None, StepState(), {}, {}, None
+        _LIVE.add(new)
         return new
 
     def _begin(self, module, args):
@@ -99,7 +107,8 @@ class DirectWiring:
                 "DFA taps a tensor output; this module returned "
                 f"{type(output).__name__} (pass output='<submodule name>' to convert)"
             )
-        self._make_feedback(tuple(output.shape))
+        if self.waiting:
+            self._make_feedback(tuple(output.shape))
         if not output.requires_grad or output.grad_fn is None:
             return
         node, index = output.grad_fn, output.output_nr
@@ -121,6 +130,7 @@ class DirectWiring:
     def _make_feedback(self, error_shape: tuple[int, ...]) -> None:
         """Make the B_i whose shapes waited for e's; with ``shared``, every B_i is the first rows
         of one random matrix (Launay et al.'s single feedback matrix)."""
+        self.waiting = False
         pending = []
         for m in (*self.layers, *self.points):
             shape = m.pathway_state.pending_input_shape
@@ -216,17 +226,31 @@ def _replace_gradient(wiring_ref, key: int):
     return replace
 
 
+#: every DirectWiring that exists (made, copied or unpickled): while there is none, no module
+#: can hold one, and ``wiring_of`` answers without walking the model (a step of a model of
+#: another pathway still calls ``set_step``: the integrations and user loops do, whatever the rule)
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
 def wiring_of(model: nn.Module) -> DirectWiring | None:
     """The direct-feedback wiring of a converted model (None: no direct rule): the first
-    module's in ``model.modules()`` order, found depth first through ``children()`` (which,
-    unlike ``modules()``, names no module on the way: a step's ``set_step`` asks it)."""
+    module's in ``model.modules()`` order, found depth first through each module's children
+    (read from its ``_modules``, in ``children()`` order, without the generator and the set of
+    modules seen that ``children()`` makes: a step's ``set_step`` asks it)."""
+    if not _LIVE:
+        return None
+    return _first_wiring(model)
+
+
+def _first_wiring(model: nn.Module) -> DirectWiring | None:
     state = model.__dict__.get("pathway_state")  # (a module's missing attribute is slow to miss)
     if isinstance(state, DirectLayerState) and state.wiring is not None:
         return state.wiring
-    for child in model.children():
-        wiring = wiring_of(child)
-        if wiring is not None:
-            return wiring
+    for child in model._modules.values():
+        if child is not None:
+            wiring = _first_wiring(child)
+            if wiring is not None:
+                return wiring
     return None
 
 
