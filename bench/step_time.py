@@ -17,16 +17,24 @@ target).
 Targets: ``bp`` through falign is the noise floor; rules whose B is stored (``fa``) are held to
 1.02, rules that recompute B from W or redraw it each step to 1.03; a rule whose maths adds
 work (a dense matrix, B's own optimizer update, mirror steps) is reported without a target.
+
+``--rules floor`` times a reference that is not a rule: plain PyTorch with every linear and 2-d
+convolution layer whose input needs a gradient computed by a minimal Python
+``torch.autograd.Function`` doing backprop's own maths (no falign code).  Its ratio is what
+routing a layer's backward through Python costs by itself, the least any rule falign
+implements as an autograd Function can cost.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import falign
@@ -134,7 +142,59 @@ def parse_spec(spec: str) -> tuple[str, dict | None]:
     return name, hardware or None
 
 
+class _FloorFn(torch.autograd.Function):
+    """Backprop's own gradients of a linear or 2-d convolution layer, from Python."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv):
+        ctx.conv = conv
+        ctx.save_for_backward(x, weight)
+        return conv._conv_forward(x, weight, bias) if conv is not None else F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        need = list(ctx.needs_input_grad[:3])
+        if ctx.conv is not None:
+            c = ctx.conv
+            gx, gw, gb = torch.ops.aten.convolution_backward(
+                g, x, weight, [weight.shape[0]] if need[2] else None, list(c.stride), list(c.padding),
+                list(c.dilation), False, [0, 0], c.groups, need)
+            return gx, gw, gb, None
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        return (g @ weight if need[0] else None, g2.T @ x2 if need[1] else None,
+                g2.sum(0) if need[2] else None, None)
+
+
+class _FloorLinear(nn.Linear):
+    def forward(self, x):
+        if not x.requires_grad:  # (as falign's layers: no Function where the input needs no gradient)
+            return F.linear(x, self.weight, self.bias)
+        return _FloorFn.apply(x, self.weight, self.bias, None)
+
+
+class _FloorConv2d(nn.Conv2d):
+    def forward(self, x):
+        if not x.requires_grad or self.padding_mode != "zeros" or isinstance(self.padding, str):
+            return super().forward(x)
+        return _FloorFn.apply(x, self.weight, self.bias, self)
+
+
+def floor_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose linear and 2-d convolution layers compute backprop's gradients
+    in a minimal Python autograd Function (``--rules floor``)."""
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if type(m) is nn.Linear:
+            m.__class__ = _FloorLinear
+        elif type(m) is nn.Conv2d:
+            m.__class__ = _FloorConv2d
+    return model
+
+
 def convert_rule(model: nn.Module, spec: str, example: torch.Tensor) -> nn.Module:
+    if spec == "floor":
+        return floor_model(model)
     name, hardware = parse_spec(spec)
     options = {"hardware": hardware} if hardware else {}
     return falign.convert(model, name, warn=False, example_input=example, **options)
@@ -153,7 +213,7 @@ def measure(model_name: str, rules: list[str], *, batch: int, repeats: int, step
         if spec == "fa:dense" and not has_conv:
             continue
         plain_step = make_step(base, x, y)
-        rule_step = make_step(convert_rule(base, spec, x).to(device), x, y, targets=True)
+        rule_step = make_step(convert_rule(base, spec, x).to(device), x, y, targets=spec != "floor")
         for s in (plain_step, rule_step):
             for _ in range(warmup):
                 s()
