@@ -102,3 +102,27 @@ def test_a_stopped_sweep_says_how_far_each_method_got():
     table = _table(summary)
     assert "| fa | 0 | unfinished: 26 of 50 epochs |" in table and "| frsf | - | not run |" in table
     assert "Stopped with: fa 9/9 grid points, final run 26/50 epochs." in table
+
+
+def test_a_method_run_at_several_settings_gets_a_row_a_setting_not_a_mean_over_them():
+    """A part that sweeps one constraint (hardware-feedback's ``mnist-rank``: run directories
+    ``part/method/SETTING/seedN``) is one row a setting, its mean over that setting's seeds; a
+    method whose runs are only seeds (``part/method/seedN``) stays one row."""
+    def run(d, seed, acc):
+        return {"run_dir": d, "seed": seed, "test_acc": acc, "status": "completed" if acc else "missing"}
+
+    swept = {"part": "r", "method": "fa", "seeds": [0, 1, 0, None], "config": {"data": {"name": "mnist"}},
+             "runs": [run("r/fa/256/seed0", 0, 0.97), run("r/fa/256/seed1", 1, 0.95),
+                      run("r/fa/4/seed0", 0, 0.90), run("r/fa/4/seed1", None, None)],
+             "test_acc_mean": 0.94, "test_acc_std": 0.03}
+    seeds = {"part": "i", "method": "fa", "seeds": [0, 1], "config": {"data": {"name": "mnist"}},
+             "runs": [run("i/fa/seed0", 0, 0.97), run("i/fa/seed1", 1, 0.95)],
+             "test_acc_mean": 0.96, "test_acc_std": 0.01414}
+    not_yet = {**swept, "method": "dfa", "runs": [run("r/dfa/256/seed0", None, None)], "seeds": [None]}
+    table = _table({"target": "t", "title": "t", "scale": "full", "status": "partial", "hardware": {},
+                    "methods": [seeds, swept, not_yet]})
+    assert "| r | fa 256 | 0, 1 | 96.00 ± 1.41 |" in table
+    assert "| r | fa 4 | 0 | 90.00 |" in table
+    assert "| i | fa | 0, 1 | 96.00 ± 1.41 |" in table
+    assert "| r | dfa | - | not run |" in table
+    assert "| r | fa | " not in table  # no mean over the settings

@@ -15,13 +15,15 @@ within the tolerance of its dataset:
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..records import MethodSummary, RecheckRecord, ReproductionSummary
+from ..training.statistics import mean_std
 
 BEGIN, END = "<!-- falign:results -->", "<!-- /falign:results -->"
 
@@ -102,6 +104,28 @@ def _unfinished(method: MethodSummary) -> str:
     return f"unfinished: {done}" + (f" of {total} epochs" if total else " epochs")
 
 
+def by_setting(method: MethodSummary) -> list[MethodSummary]:
+    """A method whose runs are settings x seeds (run directories ``part/method/SETTING/seedN``, as
+    a sweep over one constraint's values): one entry a setting ("fa 256"), with its own seeds and
+    mean over them, once one of its runs finished; otherwise the method itself (its runs are its
+    seeds)."""
+    prefix = f"{method.part}/{method.method}/"
+    groups: dict[str, list] = {}
+    for r in method.runs:
+        rest = r.run_dir[len(prefix):].split("/") if r.run_dir.startswith(prefix) else []
+        if len(rest) != 2 or not re.fullmatch(r"seed\d+", rest[1]):
+            return [method]
+        groups.setdefault(rest[0], []).append(r)
+    if len(groups) < 2 or all(r.test_acc is None for r in method.runs):
+        return [method]
+    out = []
+    for setting, runs in groups.items():
+        mean, std = mean_std([r.test_acc for r in runs])
+        out.append(replace(method, method=f"{method.method} {setting}", runs=tuple(runs),
+                           seeds=tuple(r.seed for r in runs), test_acc_mean=mean, test_acc_std=std))
+    return out
+
+
 def target_table(summary: ReproductionSummary, check: RecheckRecord | None = None) -> str:
     """Markdown: a heading, how it was made, and the table of the target's methods (and what the
     re-check ``check`` of its runs found)."""
@@ -130,7 +154,7 @@ def target_table(summary: ReproductionSummary, check: RecheckRecord | None = Non
         head += ([metric, "gap to BP (measured / published)", "within tolerance"] if accuracy
                  else [f"published: {metric}", "its gap to BP (published)"])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for m in methods:
+    for m in (row for method in methods for row in by_setting(method)):
         bp = next((o for o in methods if o.part == m.part and o.method == "bp"), None)
         n = sum(r.test_acc is not None for r in m.runs)
         row = ([m.part or ""] if parts else []) + [
