@@ -106,7 +106,8 @@ def test_a_stopped_sweep_says_how_far_each_method_got():
 
 def test_a_method_run_at_several_settings_gets_a_row_a_setting_not_a_mean_over_them():
     """A part that sweeps one constraint (hardware-feedback's ``mnist-rank``: run directories
-    ``part/method/SETTING/seedN``) is one row a setting, its mean over that setting's seeds; a
+    ``part/method/SETTING/seedN``, and a rule measured beside the method, as ``sdfa`` beside
+    ``dfa``'s error levels) is one row a rule and setting, its mean over that setting's seeds; a
     method whose runs are only seeds (``part/method/seedN``) stays one row."""
     def run(d, seed, acc):
         return {"run_dir": d, "seed": seed, "test_acc": acc, "status": "completed" if acc else "missing"}
@@ -119,10 +120,15 @@ def test_a_method_run_at_several_settings_gets_a_row_a_setting_not_a_mean_over_t
              "runs": [run("i/fa/seed0", 0, 0.97), run("i/fa/seed1", 1, 0.95)],
              "test_acc_mean": 0.96, "test_acc_std": 0.01414}
     not_yet = {**swept, "method": "dfa", "runs": [run("r/dfa/256/seed0", None, None)], "seeds": [None]}
+    beside = {**swept, "part": "e", "method": "dfa", "seeds": [0, 0, 1],
+              "runs": [run("e/dfa/3/seed0", 0, 0.96), run("e/sdfa/2/seed0", 0, 0.94),
+                       run("e/sdfa/2/seed1", 1, 0.92)]}
     table = _table({"target": "t", "title": "t", "scale": "full", "status": "partial", "hardware": {},
-                    "methods": [seeds, swept, not_yet]})
+                    "methods": [seeds, swept, not_yet, beside]})
     assert "| r | fa 256 | 0, 1 | 96.00 ± 1.41 |" in table
     assert "| r | fa 4 | 0 | 90.00 |" in table
     assert "| i | fa | 0, 1 | 96.00 ± 1.41 |" in table
     assert "| r | dfa | - | not run |" in table
     assert "| r | fa | " not in table  # no mean over the settings
+    assert "| e | dfa 3 | 0 | 96.00 |" in table and "| e | sdfa 2 | 0, 1 | 93.00 ± 1.41 |" in table
+    assert "| e | dfa | " not in table

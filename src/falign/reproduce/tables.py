@@ -105,24 +105,24 @@ def _unfinished(method: MethodSummary) -> str:
 
 
 def by_setting(method: MethodSummary) -> list[MethodSummary]:
-    """A method whose runs are settings x seeds (run directories ``part/method/SETTING/seedN``, as
-    a sweep over one constraint's values): one entry a setting ("fa 256"), with its own seeds and
-    mean over them, once one of its runs finished; otherwise the method itself (its runs are its
-    seeds)."""
-    prefix = f"{method.part}/{method.method}/"
+    """A method whose runs are settings x seeds (run directories ``part/RULE/SETTING/seedN``, as
+    a sweep over one constraint's values, where RULE is the method or a rule measured beside it):
+    one entry a rule and setting ("fa 256", "sdfa 2"), with its own seeds and mean over them,
+    once one of its runs finished; otherwise the method itself (its runs are its seeds)."""
+    prefix = f"{method.part}/"
     groups: dict[str, list] = {}
     for r in method.runs:
         rest = r.run_dir[len(prefix):].split("/") if r.run_dir.startswith(prefix) else []
-        if len(rest) != 2 or not re.fullmatch(r"seed\d+", rest[1]):
+        if len(rest) != 3 or not re.fullmatch(r"seed\d+", rest[2]):
             return [method]
-        groups.setdefault(rest[0], []).append(r)
+        groups.setdefault(f"{rest[0]} {rest[1]}", []).append(r)
     if len(groups) < 2 or all(r.test_acc is None for r in method.runs):
         return [method]
     out = []
-    for setting, runs in groups.items():
+    for label, runs in groups.items():
         mean, std = mean_std([r.test_acc for r in runs])
-        out.append(replace(method, method=f"{method.method} {setting}", runs=tuple(runs),
-                           seeds=tuple(r.seed for r in runs), test_acc_mean=mean, test_acc_std=std))
+        out.append(replace(method, method=label, runs=tuple(runs), seeds=tuple(r.seed for r in runs),
+                           test_acc_mean=mean, test_acc_std=std))
     return out
 
 
