@@ -111,8 +111,7 @@ class Direct(Pathway):
                     "is known only at the first forward: convert with falign.convert(model, "
                     f"'{layer.rule.name}', example_input=x) so B_i exists before the optimizer "
                     "is built")
-            state.pending_input_shape = layer.fn_input_shape(x)
-            state.wiring.waiting = True
+            state.wait_for_error(layer.fn_input_shape(x))
 
     def effective(self, layer):
         if layer.feedback is None:

@@ -63,8 +63,7 @@ class FeedbackPoint(nn.Module):
         self._device, self._dtype = out.device, out.dtype
         self.op = "linear" if out.dim() <= 3 else "conv"  # a sequence (features last), or a map
         if self.feedback is None:
-            self.pathway_state.pending_input_shape = tuple(out.shape)
-            self.pathway_state.wiring.waiting = True
+            self.pathway_state.wait_for_error(tuple(out.shape))
         return Inject.apply(out, self, self.pathway_state.wiring)
 
 

@@ -67,6 +67,12 @@ class DirectLayerState:
     #: the wiring's record the layer's Function adds its signal to, for the call under way
     key: int | None = None
 
+    def wait_for_error(self, input_shape: tuple[int, ...]) -> None:
+        """B_i's shape waits for e's: keep the input's and tell the wiring, which makes B_i at
+        the tap (``DirectWiring._make_feedback``) only while something waits."""
+        self.pending_input_shape = input_shape
+        self.wiring.waiting = True
+
 
 def timing(layer) -> tuple[bool, int, int | None]:
     """(recurrent, time_dim, position) of a layer: a recurrent weight's slot says which step its
